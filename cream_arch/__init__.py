@@ -1,4 +1,5 @@
 """Framework-free definition of the Cream search space and child nets, shared by both packages."""
+from .flops import count_flops_params, model_flops_params
 from .plan import BlockPlan, NetPlan, decode_block_str, make_divisible, plan_network
 from .seeded import seeded_array, seeded_input, seeded_state
 from .space import (CHILD_NETS, CHOICE_BLOCK_POOL, CHOICES, EXP_RATIOS, HEAD_BLOCK, KERNEL_SIZES,
@@ -11,4 +12,5 @@ __all__ = [
     "CHILD_NETS", "CHOICE_BLOCK_POOL", "CHOICES", "EXP_RATIOS", "HEAD_BLOCK", "KERNEL_SIZES",
     "NUM_FEATURES", "STEM_BLOCK", "STEM_SIZE", "SUPERNET_ARCH_DEF", "ChildSpec",
     "child_arch_def", "child_spec", "model_names",
+    "count_flops_params", "model_flops_params",
 ]

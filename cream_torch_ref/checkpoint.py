@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
+from cream_arch.errors import CheckpointError  # framework-free, shared with cream_paddle
 from cream_arch.statecheck import KeyReport, compare_shapes
 
 __all__ = [
@@ -41,15 +42,6 @@ __all__ = [
     "check_state_dict",
     "save_official_checkpoint",
 ]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint could not be used; the message is one line that names the file."""
-
-    def __init__(self, path: "os.PathLike[str] | str", problem: str) -> None:
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 class CfgNodeStandIn(dict):
@@ -165,7 +157,7 @@ def read_checkpoint(path: "os.PathLike[str] | str") -> Any:
     except (RuntimeError, pickle.UnpicklingError, ValueError, KeyError, TypeError,
             AttributeError, IndexError, OSError, UnicodeDecodeError, OverflowError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "EOF" in msg or "corrupt" in msg or isinstance(e, IndexError):
+        if any(w in msg for w in ("EOF", "corrupt", "truncated")) or isinstance(e, IndexError):
             raise CheckpointError(p, f"is truncated or corrupt ({msg[:80]})") from None
         raise CheckpointError(p, f"is not a readable torch checkpoint ({type(e).__name__}: "
                                  f"{msg[:160]})") from None

@@ -8,10 +8,10 @@ import torch
 
 from cream_arch import child_spec, model_names
 
-from .checkpoint import check_state_dict, load_checkpoint
+from .checkpoint import check_state_dict, load_checkpoint, save_official_checkpoint
 from .childnet import ChildNet
 
-__all__ = ["create_model", "list_models", "load_weights"]
+__all__ = ["create_model", "list_models", "load_weights", "seeded_official_checkpoint"]
 
 
 def list_models() -> List[str]:
@@ -47,3 +47,48 @@ def create_model(name: str, num_classes: int = 1000,
     if checkpoint is not None:
         load_weights(model, checkpoint, use_ema=use_ema)
     return model.eval()
+
+
+def seeded_official_checkpoint(name: str, path: "os.PathLike[str] | str", *, legacy: bool = True,
+                               seed_raw: int = 1, seed_ema: Optional[int] = 2,
+                               num_classes: int = 1000, module_prefix: bool = False,
+                               args: str = "yacs") -> "os.PathLike[str] | str":
+    """Write a seeded checkpoint of model ``name`` in the official training's layout.
+
+    The weights are :func:`cream_arch.seeded_state` of the model's keys (raw: ``seed_raw``, EMA:
+    ``seed_ema``; no EMA entry when it is None), so tests and the demo need no downloaded file and
+    the golden logits of the official code apply. ``args`` is a yacs ``CfgNode`` like the official
+    configs (``'yacs'``, needs yacs installed to *write*), an argparse ``Namespace``
+    (``'namespace'``) or absent (``'none'``). ``module_prefix`` adds DDP's ``module.`` prefix.
+    """
+    import argparse
+
+    from cream_arch import seeded_state
+
+    model = ChildNet(child_spec(name).arch_list, num_classes=num_classes)
+    shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    pre = "module." if module_prefix else ""
+
+    def state(seed: int) -> "dict[str, torch.Tensor]":
+        return {pre + k: torch.from_numpy(v) for k, v in seeded_state(shapes, seed).items()}
+
+    selection = int(name.split("-")[1])
+    if args == "yacs":
+        from yacs.config import CfgNode
+
+        cfg = CfgNode({"MODEL": f"{selection}m_retrain", "SEED": 42,
+                       "NET": CfgNode({"SELECTION": selection, "GP": "avg", "DROPOUT_RATE": 0.2,
+                                       "EMA": CfgNode({"USE": True, "DECAY": 0.9999})}),
+                       "DATASET": CfgNode({"NUM_CLASSES": num_classes,
+                                           "IMAGE_SIZE": child_spec(name).resolution}),
+                       "LR": 0.064, "OPT": "rmsproptf"})
+        cfg.freeze()
+        run_args: object = cfg
+    elif args == "namespace":
+        run_args = argparse.Namespace(model=f"{selection}m_retrain", lr=0.064, num_classes=num_classes)
+    else:
+        run_args = None
+    save_official_checkpoint(path, state(seed_raw),
+                             state(seed_ema) if seed_ema is not None else None,
+                             epoch=7, args=run_args, arch=f"{selection}m_retrain", legacy=legacy)
+    return path
