@@ -55,22 +55,23 @@ def seeded_official_checkpoint(name: str, path: "os.PathLike[str] | str", *, leg
                                args: str = "yacs") -> "os.PathLike[str] | str":
     """Write a seeded checkpoint of model ``name`` in the official training's layout.
 
-    The weights are :func:`cream_arch.seeded_state` of the model's keys (raw: ``seed_raw``, EMA:
-    ``seed_ema``; no EMA entry when it is None), so tests and the demo need no downloaded file and
-    the golden logits of the official code apply. ``args`` is a yacs ``CfgNode`` like the official
-    configs (``'yacs'``, needs yacs installed to *write*), an argparse ``Namespace``
+    The weights are :func:`cream_arch.seeded_child_state` of the model (raw: ``seed_raw``, EMA:
+    ``seed_ema``; no EMA entry when it is None): seeded values with BN statistics calibrated so the
+    logits depend on the input, the weights the golden logits of the official code were made with.
+    Tests and the demo therefore need no downloaded file. ``args`` is a yacs ``CfgNode`` like the
+    official configs (``'yacs'``, needs yacs installed to *write*), an argparse ``Namespace``
     (``'namespace'``) or absent (``'none'``). ``module_prefix`` adds DDP's ``module.`` prefix.
     """
     import argparse
 
-    from cream_arch import seeded_state
+    from cream_arch import seeded_child_state
 
-    model = ChildNet(child_spec(name).arch_list, num_classes=num_classes)
-    shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    arch_list = child_spec(name).arch_list
     pre = "module." if module_prefix else ""
 
     def state(seed: int) -> "dict[str, torch.Tensor]":
-        return {pre + k: torch.from_numpy(v) for k, v in seeded_state(shapes, seed).items()}
+        return {pre + k: torch.from_numpy(v)
+                for k, v in seeded_child_state(arch_list, seed, num_classes=num_classes).items()}
 
     selection = int(name.split("-")[1])
     if args == "yacs":

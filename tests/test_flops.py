@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Dict
 
 import pytest
 
+from cream_arch.golden import GOLDEN_DIR
 from cream_arch import (child_arch_def, child_spec, count_flops_params, model_flops_params,
                         model_names, plan_network)
 
-GOLDEN = Path(__file__).parent / "data" / "golden" / "childnets.json"
+GOLDEN = GOLDEN_DIR / "childnets.json"
 
 
 @pytest.fixture(scope="module")
