@@ -1,0 +1,240 @@
+"""Benchmark of ``convert-ckpt`` against x2paddle, in one run (not a test).
+
+For cream-14 and cream-604 (seeded official checkpoints, legacy format, raw + EMA):
+
+* **in-process** time of :func:`converters.convert_checkpoint` (imports done, first and best of
+  ``--repeat`` runs) and the peak RSS it adds over the process after its imports;
+* the same for x2paddle (:func:`converters.x2paddle_engine.convert_with_x2paddle`: checkpoint ->
+  reference model -> ``pytorch2paddle`` trace -> inference model);
+* **CLI** wall time of ``python -m converters.cli SRC -o DST --force`` next to the bare
+  ``python -c "import torch, paddle"`` time (runs alternate; the minimum of ``--repeat`` is
+  compared, the least disturbed by other load), and the CLI's peak RSS.
+
+Each measurement runs in a fresh worker process (this script with ``--worker``), so peak RSS is
+that process's own. Goals (issue 3): in-process conversion >= 5x faster than x2paddle; CLI wall
+<= 1.3x the bare import; peak RSS added by the conversion < 3x the checkpoint size. Prints a
+table and writes JSON (``--json``).
+
+    python bench/convert_bench.py [--models cream-14 cream-604] [--repeat 3] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+GOAL_SPEEDUP = 5.0
+GOAL_CLI_RATIO = 1.3
+GOAL_RSS_RATIO = 3.0
+
+
+def _rss_now() -> int:
+    """Resident set size of this process in bytes (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux >= 4.0: VmHWM), so that import-time transients, which
+    exceed the RSS after the imports, do not count as conversion memory."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    """Peak RSS of this process in bytes since the last reset (VmHWM), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024
+
+
+def _worker(kind: str, src: str, out: str, repeat: int) -> Dict[str, Any]:
+    """Run in a fresh process: import, convert ``repeat`` times, report times and RSS."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    t0 = time.perf_counter()
+    import paddle  # noqa: F401
+    import torch  # noqa: F401
+
+    import cream_paddle  # noqa: F401
+    import cream_torch_ref.checkpoint  # noqa: F401
+    from converters import convert_checkpoint
+    from converters.x2paddle_engine import convert_with_x2paddle
+    if kind == "x2paddle":
+        import cream_torch_ref.childnet  # noqa: F401  (timm)
+        import x2paddle.convert  # noqa: F401
+    imports = time.perf_counter() - t0
+    base = _rss_now()
+    reset = _reset_peak_rss()
+    times: List[float] = []
+    peak_after_first = 0
+    for i in range(repeat):
+        t = time.perf_counter()
+        if kind == "native":
+            convert_checkpoint(src, out, force=True)
+        else:
+            convert_with_x2paddle(src, out, force=True)
+        times.append(time.perf_counter() - t)
+        if i == 0:
+            peak_after_first = _peak_rss()
+    return {"imports_s": imports, "times_s": times, "rss_base": base, "peak_reset": reset,
+            "rss_peak_first": peak_after_first, "rss_added_first": peak_after_first - base}
+
+
+def _timed_peak(args: List[str], cwd: str) -> Tuple[float, int, str, int]:
+    """Wall time and the child's own peak RSS via os.wait4."""
+    t = time.perf_counter()
+    p = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t
+    err = p.stderr.read().decode("utf-8", "replace") if p.stderr else ""
+    p.returncode = os.waitstatus_to_exitcode(status)
+    peak = ru.ru_maxrss if sys.platform == "darwin" else ru.ru_maxrss * 1024
+    return wall, peak, err, p.returncode
+
+
+def _run_worker(kind: str, src: str, out: str, repeat: int) -> Dict[str, Any]:
+    # "-m" from the repository root: the worker imports this checkout whatever is installed
+    cmd = [sys.executable, "-m", "bench.convert_bench", "--worker", kind, src, out, str(repeat)]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{kind} worker failed: {p.stderr.strip().splitlines()[-1:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main(argv: "List[str] | None" = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["cream-14", "cream-604"])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", default=os.path.join(HERE, "convert_bench.json"))
+    ap.add_argument("--worker", nargs=4, metavar=("KIND", "SRC", "OUT", "REPEAT"),
+                    help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.worker:
+        kind, src, out, rep = a.worker
+        print(json.dumps(_worker(kind, src, out, int(rep))))
+        return 0
+
+    from tabulate import tabulate
+    from tqdm import tqdm
+
+    from cream_torch_ref.models import seeded_official_checkpoint
+
+    tmp = tempfile.mkdtemp(prefix="cream-convert-bench-")
+    steps = [f"{m}: {s}" for m in a.models for s in ("checkpoint", "native", "x2paddle")] + \
+        [f"bare import + CLI, round {i + 1}" for i in range(a.repeat)]
+    bar = tqdm(total=len(steps), desc="convert bench", unit="step")
+    results: Dict[str, Any] = {"machine": {"python": platform.python_version(),
+                                           "platform": platform.platform(),
+                                           "cpus": os.cpu_count(),
+                                           "loadavg_start": os.getloadavg()},
+                               "repeat": a.repeat, "models": {}}
+    srcs: Dict[str, str] = {}
+    for m in a.models:
+        src = srcs[m] = os.path.join(tmp, f"{m}.pth.tar")
+        bar.set_postfix_str(f"{m} checkpoint")
+        seeded_official_checkpoint(m, src)
+        bar.update()
+        bar.set_postfix_str(f"{m} native")
+        native = _run_worker("native", src, os.path.join(tmp, f"{m}.pdparams"), a.repeat)
+        bar.update()
+        bar.set_postfix_str(f"{m} x2paddle")
+        x2p = _run_worker("x2paddle", src, os.path.join(tmp, f"{m}.x2paddle"), a.repeat)
+        bar.update()
+        results["models"][m] = {"checkpoint_bytes": os.path.getsize(src), "native": native,
+                                "x2paddle": x2p, "cli": {"walls_s": [], "peak_rss": 0}}
+    # bare import and the CLI alternate, so that a change in machine load hits both alike
+    bare: List[float] = []
+    bare_peak = 0
+    for i in range(a.repeat):
+        bar.set_postfix_str(f"bare import + CLI, round {i + 1}")
+        wall, peak, err, rc = _timed_peak([sys.executable, "-W", "ignore", "-c",
+                                           "import torch, paddle"], ROOT)
+        bare.append(wall)
+        bare_peak = max(bare_peak, peak)
+        for m in a.models:
+            wall, peak, err, rc = _timed_peak(
+                [sys.executable, "-m", "converters.cli", srcs[m], "-o",
+                 os.path.join(tmp, f"{m}.cli.pdparams"), "--force"], ROOT)
+            if rc != 0:
+                raise RuntimeError(f"CLI failed: {err.strip()}")
+            cli = results["models"][m]["cli"]
+            cli["walls_s"].append(wall)
+            cli["peak_rss"] = max(cli["peak_rss"], peak)
+        bar.update()
+    bar.close()
+    results["bare_import"] = {"walls_s": bare, "min_s": min(bare),
+                              "median_s": statistics.median(bare), "peak_rss": bare_peak}
+    for r in results["models"].values():
+        r["cli"]["min_s"] = min(r["cli"]["walls_s"])
+        r["cli"]["median_s"] = statistics.median(r["cli"]["walls_s"])
+    results["machine"]["loadavg_end"] = os.getloadavg()
+
+    mb = 1 / 2**20
+    bare_s = results["bare_import"]["min_s"]  # minimum: the least load-disturbed estimate
+    rows = []
+    for m, r in results["models"].items():
+        nat, x2 = min(r["native"]["times_s"]), min(r["x2paddle"]["times_s"])
+        speedup = x2 / nat
+        cli_ratio = r["cli"]["min_s"] / bare_s
+        added = r["native"]["rss_added_first"]
+        rss_ratio = added / r["checkpoint_bytes"]
+        r["summary"] = {"native_best_s": nat, "native_first_s": r["native"]["times_s"][0],
+                        "x2paddle_best_s": x2, "speedup": speedup, "cli_over_bare": cli_ratio,
+                        "rss_added_over_checkpoint": rss_ratio,
+                        "goals_met": {"speedup": speedup >= GOAL_SPEEDUP,
+                                      "cli": cli_ratio <= GOAL_CLI_RATIO,
+                                      "rss": rss_ratio < GOAL_RSS_RATIO}}
+        rows.append([m, f"{r['checkpoint_bytes'] * mb:.1f}",
+                     f"{r['native']['times_s'][0]:.3f} / {nat:.3f}",
+                     f"{r['x2paddle']['times_s'][0]:.2f} / {x2:.2f}",
+                     f"{speedup:.0f}x {'ok' if speedup >= GOAL_SPEEDUP else 'MISSED'}",
+                     f"{r['cli']['min_s']:.2f} ({cli_ratio:.2f}x "
+                     f"{'ok' if cli_ratio <= GOAL_CLI_RATIO else 'MISSED'})",
+                     f"{added * mb:.0f} ({rss_ratio:.2f}x "
+                     f"{'ok' if rss_ratio < GOAL_RSS_RATIO else 'MISSED'})",
+                     f"{r['cli']['peak_rss'] * mb:.0f}",
+                     f"{r['x2paddle']['rss_added_first'] * mb:.0f}"])
+    print(f"bare `python -c \"import torch, paddle\"`: {bare_s:.2f} s (min of {a.repeat}; median "
+          f"{results['bare_import']['median_s']:.2f} s), "
+          f"peak RSS {results['bare_import']['peak_rss'] * mb:.0f} MiB; "
+          f"load average {results['machine']['loadavg_start'][0]:.1f} -> "
+          f"{results['machine']['loadavg_end'][0]:.1f} on {os.cpu_count()} CPUs")
+    print(tabulate(rows, headers=["model", "ckpt MiB", "native s (first/best)",
+                                  "x2paddle s (first/best)", f"speedup (goal {GOAL_SPEEDUP:g}x)",
+                                  f"CLI wall s, min (goal <= {GOAL_CLI_RATIO}x bare)",
+                                  f"RSS added MiB (goal < {GOAL_RSS_RATIO:g}x ckpt)",
+                                  "CLI peak RSS MiB", "x2paddle RSS added MiB"]))
+    with open(a.json, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""Evaluation throughput, Paddle vs torch, in one run: model only and end to end (decode included).
+
+    python bench/eval_bench.py [--models cream-14 cream-604] [--images 256] [--rounds 3] [--json FILE]
+
+Every configuration runs in a fresh process holding one framework, as ``cream-eval`` does (two
+frameworks' OpenMP thread pools in one process spin-wait against each other and distort both).
+Configurations are run round-robin ``--rounds`` times and the median is reported, so that load from
+other processes hits all of them alike.
+
+* **model only**: a fixed float32 batch through the forward, timed after warm-up: torch eager with
+  one thread per core and with one thread; Paddle eager, ``to_static``, and Paddle Inference with
+  oneDNN (one thread per core, one thread). Reported per wall-clock second and per CPU-second of
+  the process (the latter is less sensitive to other processes competing for the cores).
+* **end to end**: ``cream_torch_ref.evaluate`` / ``cream_paddle.evaluate`` over ``--images`` JPEGs
+  at a typical ImageNet val size (500x375, made from the bundled photos), with the official
+  preprocessing in ``--workers`` decoding processes. ``cores busy`` = CPU time of the process and
+  its workers / wall time.
+* **predictions**: every configuration's top-1 on the bundled photos (model only) or on the
+  end-to-end images is compared with torch's.
+
+Weights: ``seeded_official_checkpoint`` (official format, BatchNorm calibrated so that predictions
+depend on the image; speed does not depend on the values), converted with ``convert-ckpt``'s API.
+Not a test: run it by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+#: Typical ImageNet val image size (width x height); decoding cost scales with it.
+IMAGENET_TYPICAL_SIZE = (500, 375)
+
+
+# --- set-up (parent process) ------------------------------------------------------------------------
+
+def _make_images(folder: Path, n: int) -> Path:
+    """``n`` JPEGs of a typical ImageNet size in one class folder, cycling through the photos."""
+    from PIL import Image
+
+    import cream_data as cd
+
+    cls = folder / "val" / cd.imagenet_wnids()[0]
+    cls.mkdir(parents=True)
+    photos = [Image.open(p).convert("RGB").resize(IMAGENET_TYPICAL_SIZE, Image.LANCZOS)
+              for p in cd.sample_files()]
+    for i in range(n):
+        photos[i % len(photos)].save(cls / f"img_{i:05d}.JPEG", quality=90)
+    return folder / "val"
+
+
+def _photos(res: int) -> np.ndarray:
+    """The bundled photos, preprocessed as the official evaluation does."""
+    import cream_data as cd
+
+    t = cd.EvalTransform(res)
+    return cd.normalize(np.stack([t(p) for p in cd.sample_files()]))
+
+
+def _checkpoint(name: str, folder: Path) -> Dict[str, str]:
+    """A seeded official-format checkpoint and its Paddle conversion (made in a child process, so
+    the parent stays framework-free)."""
+    code = f"""
+from converters.convert import convert_checkpoint
+from cream_torch_ref.models import seeded_official_checkpoint
+seeded_official_checkpoint({name!r}, {str(folder / "model.pth.tar")!r}, legacy=True)
+convert_checkpoint({str(folder / "model.pth.tar")!r}, {str(folder / "model.pdparams")!r}, model={name!r})
+"""
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return {"ckpt": str(folder / "model.pth.tar"), "pdparams": str(folder / "model.pdparams")}
+
+
+# --- one configuration (child process) -------------------------------------------------------------
+
+def _forward(spec: Dict[str, Any]):
+    from cream_arch import child_spec
+
+    res = child_spec(spec["model"]).resolution
+    if spec["framework"] == "torch":
+        import cream_torch_ref
+        from cream_torch_ref.evaluate import make_forward
+
+        net = cream_torch_ref.create_model(spec["model"], checkpoint=spec["ckpt"])
+    else:
+        import cream_paddle
+        from cream_paddle.evaluate import make_forward
+
+        net = cream_paddle.create_model(spec["model"], checkpoint=spec["pdparams"])
+    return net, make_forward(net, spec["mode"], res, spec["threads"]), res
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def run_model_only(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Median images/s (wall and CPU) of the forward on a fixed batch; logits on the photos."""
+    from cream_arch import seeded_input
+
+    _, forward, res = _forward(spec)
+    x = seeded_input(spec["batch"], res, seed=0)
+    photos_logits = forward(_photos(res))
+    forward(x)  # warm-up at the timed batch size
+    walls, cpus = [], []
+    for _ in range(spec["reps"]):
+        c0, t0 = _cpu(), time.perf_counter()
+        forward(x)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(_cpu() - c0)
+    np.save(spec["logits_out"], photos_logits)
+    return {"images_per_s": spec["batch"] / statistics.median(walls),
+            "images_per_cpu_s": spec["batch"] / statistics.median(cpus)}
+
+
+def run_end_to_end(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """cream-eval's path: decode in workers + forward; images/s and cores busy."""
+    import cream_data as cd
+
+    if spec["framework"] == "torch":
+        import cream_torch_ref
+        from cream_torch_ref.evaluate import evaluate
+
+        net = cream_torch_ref.create_model(spec["model"], checkpoint=spec["ckpt"])
+    else:
+        import cream_paddle
+        from cream_paddle.evaluate import evaluate
+
+        net = cream_paddle.create_model(spec["model"], checkpoint=spec["pdparams"])
+    from cream_arch import child_spec
+
+    loader = cd.EvalLoader(cd.open_dataset(spec["data"]), child_spec(spec["model"]).resolution,
+                           batch_size=spec["batch"], workers=spec["workers"])
+    t0, c0 = time.perf_counter(), os.times()
+    r = evaluate(net, loader, mode=spec["mode"], threads=spec["threads"])
+    wall, c1 = time.perf_counter() - t0, os.times()
+    cpu = sum(getattr(c1, f) - getattr(c0, f)
+              for f in ("user", "system", "children_user", "children_system"))
+    np.save(spec["logits_out"], r.predictions[:, 0])
+    return {"images_per_s": r.images_per_s, "model_images_per_s": r.model_images_per_s,
+            "images": r.images, "cores_busy": cpu / wall}
+
+
+def _child(spec_json: str) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    spec = json.loads(spec_json)
+    out = run_model_only(spec) if spec["kind"] == "model" else run_end_to_end(spec)
+    print("RESULT " + json.dumps(out), flush=True)
+    return 0
+
+
+def _run_child(spec: Dict[str, Any]) -> Dict[str, Any]:
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+                          capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"benchmark child failed ({spec['label']}):\n{proc.stderr[-2000:]}")
+
+
+# --- the run (parent process) -----------------------------------------------------------------------
+
+def _configs(cores: int) -> List[Tuple[str, str, str, int]]:
+    """(label, framework, mode, threads) of every model-only configuration."""
+    return [(f"torch eager, {cores} thr", "torch", "eager", cores),
+            ("torch eager, 1 thr", "torch", "eager", 1),
+            ("paddle eager", "paddle", "eager", 1),
+            ("paddle to_static", "paddle", "static", 1),
+            (f"paddle inference, {cores} thr", "paddle", "inference", cores),
+            ("paddle inference, 1 thr", "paddle", "inference", 1)]
+
+
+def bench(models: List[str], images: int, batch: int, reps: int, rounds: int, workers: int,
+          tmp: Path) -> Tuple[Dict[str, Any], List[List[str]]]:
+    """Run every configuration ``rounds`` times round-robin; returns the report and table rows."""
+    import cream_data as cd
+
+    cores = cd.default_workers()
+    data = _make_images(tmp / "data", images)
+    report: Dict[str, Any] = {}
+    rows: List[List[str]] = []
+    for name in models:
+        files = _checkpoint(name, tmp / name)
+        specs: List[Dict[str, Any]] = []
+        for label, fw, mode, threads in _configs(cores):
+            specs.append({"kind": "model", "label": label, "model": name, "framework": fw,
+                          "mode": mode, "threads": threads, "batch": batch, "reps": reps, **files})
+        for label, fw, mode, threads in (
+                (f"torch, {cores} thr", "torch", "eager", cores), ("torch, 1 thr", "torch", "eager", 1),
+                (f"paddle inference, {cores} thr", "paddle", "inference", cores),
+                ("paddle inference, 1 thr", "paddle", "inference", 1),
+                ("paddle eager", "paddle", "eager", 1)):
+            specs.append({"kind": "e2e", "label": label, "model": name, "framework": fw,
+                          "mode": mode, "threads": threads, "batch": batch, "workers": workers,
+                          "data": str(data), **files})
+        results: Dict[str, List[Dict[str, Any]]] = {s["label"] + s["kind"]: [] for s in specs}
+        outputs: Dict[str, np.ndarray] = {}
+        for r in range(rounds):
+            for i, s in enumerate(specs):
+                s["logits_out"] = str(tmp / f"{name}-{i}-{r}.npy")
+                results[s["label"] + s["kind"]].append(_run_child(s))
+                outputs[s["label"] + s["kind"]] = np.load(s["logits_out"])
+        ref_model = outputs[specs[0]["label"] + "model"]
+        ref_e2e = next(v for k, v in outputs.items() if k.endswith("e2e"))
+        entry: Dict[str, Any] = {"model_only": {}, "end_to_end": {}}
+        for s in specs:
+            key = s["label"] + s["kind"]
+            runs = results[key]
+            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            if s["kind"] == "model":
+                out = outputs[key]
+                same = out.argmax(1) == ref_model.argmax(1)
+                med["photos_top1_agree_with_torch"] = float(same.mean() * 100)
+                med["photos_max_logit_diff"] = float(np.abs(out - ref_model).max())
+                entry["model_only"][s["label"]] = med
+                rows.append([name, "model only", s["label"], f"{med['images_per_s']:.0f}",
+                             f"{med['images_per_cpu_s']:.0f}", "",
+                             f"{med['photos_top1_agree_with_torch']:.0f}",
+                             f"{med['photos_max_logit_diff']:.1e}"])
+            else:
+                med["top1_agree_with_torch"] = float((outputs[key] == ref_e2e).mean() * 100)
+                entry["end_to_end"][s["label"]] = med
+                rows.append([name, "end to end", s["label"], f"{med['images_per_s']:.0f}", "",
+                             f"{med['cores_busy']:.2f}", f"{med['top1_agree_with_torch']:.0f}", ""])
+        report[name] = entry
+    return report, rows
+
+
+def main(argv: "List[str] | None" = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["cream-14", "cream-604"])
+    p.add_argument("--images", type=int, default=256, help="images for the end-to-end runs")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--reps", type=int, default=5, help="timed forwards per model-only run")
+    p.add_argument("--rounds", type=int, default=3, help="round-robin repetitions of every run")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores)")
+    p.add_argument("--omp-wait", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "default"],
+                   help="OMP_WAIT_POLICY of the runs (cream-eval uses PASSIVE)")
+    p.add_argument("--json", metavar="FILE")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return _child(args.child)
+
+    import cream_data as cd
+    from tabulate import tabulate
+
+    if args.omp_wait == "default":
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    else:
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait  # inherited by every run
+    workers = cd.default_workers() if args.workers is None else args.workers
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="cream_eval_bench_") as tmp:
+        models, rows = bench(args.models, args.images, args.batch_size, args.reps, args.rounds,
+                             workers, Path(tmp))
+    load_after = os.getloadavg()
+    print(tabulate(rows, headers=["model", "run", "configuration", "img/s", "img per CPU-s",
+                                  "cores busy", "top-1 = torch (%)", "max |dlogit|"],
+                   tablefmt="github", disable_numparse=True))
+    print(f"(batch {args.batch_size}; end to end: {args.images} images of "
+          f"{IMAGENET_TYPICAL_SIZE[0]}x{IMAGENET_TYPICAL_SIZE[1]}, {workers} decoding workers; "
+          f"median of {args.rounds} rounds; OMP_WAIT_POLICY {args.omp_wait}; "
+          f"{os.cpu_count()} CPUs; load average "
+          f"{load_before[0]:.2f} -> {load_after[0]:.2f})")
+    if args.json:
+        report = {"cpus": os.cpu_count(), "omp_wait_policy": args.omp_wait,
+                  "batch_size": args.batch_size, "images": args.images,
+                  "image_size": IMAGENET_TYPICAL_SIZE, "workers": workers, "rounds": args.rounds,
+                  "load_average_before": load_before, "load_average_after": load_after,
+                  "models": models}
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Command line of ``convert-ckpt``: parse arguments, call :mod:`converters.convert`, print one line.
+
+Exit status: 0 converted, 1 refused (bad input or output; the one-line reason names the file), 2
+usage error, 3 internal error (``--debug`` shows the traceback). Nothing is written unless the whole
+conversion succeeded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from typing import List, Optional
+
+from cream_arch.errors import CheckpointError
+from cream_arch.space import model_names
+
+__all__ = ["main", "build_parser"]
+
+PROG = "convert-ckpt"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Convert a Cream checkpoint between PyTorch (.pth.tar) and Paddle (.pdparams), "
+                    "exactly or not at all. The direction follows SRC's extension (.pdparams: to "
+                    "PyTorch) unless --reverse is given. A JSON sidecar DST.json records model, "
+                    "resolution, classes, weights used and the source's sha256.")
+    p.add_argument("src", metavar="SRC", help="checkpoint to convert")
+    p.add_argument("-o", "--output", metavar="DST",
+                   help="output file (default: SRC's name with .pdparams, or .pth.tar on the way "
+                        "back); with --engine x2paddle an output folder")
+    p.add_argument("--model", default="auto", choices=["auto", *model_names()],
+                   help="architecture: recognise it from the weights' shapes (auto, default) or "
+                        "a released child net")
+    p.add_argument("--weights", default="ema", choices=["ema", "model"],
+                   help="which weights of a training checkpoint: the EMA ones (default, as the "
+                        "official test) or the raw model's")
+    p.add_argument("--force", action="store_true", help="overwrite existing output")
+    p.add_argument("--reverse", action="store_true",
+                   help="convert .pdparams -> .pth.tar (automatic for a .pdparams SRC)")
+    p.add_argument("--engine", default="native", choices=["native", "x2paddle"],
+                   help="native: weight conversion (default); x2paddle: trace the reference model "
+                        "into a Paddle inference model with x2paddle, as a third opinion")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    return p
+
+
+def _run(args: argparse.Namespace) -> str:
+    src = args.src
+    if args.engine == "x2paddle":
+        from .x2paddle_engine import convert_with_x2paddle
+
+        res = convert_with_x2paddle(src, args.output, model=args.model, weights=args.weights,
+                                    force=args.force)
+        return json.dumps(res.as_dict(), indent=2) if args.json else res.summary()
+    from .convert import convert_checkpoint, pdparams_to_pth, result_as_dict
+
+    if args.reverse or src.lower().endswith(".pdparams"):
+        if args.weights != "ema":
+            raise CheckpointError(src, "--weights applies to torch training checkpoints only; "
+                                       "a .pdparams holds one set of weights")
+        result = pdparams_to_pth(src, args.output, model=args.model, force=args.force)
+    else:
+        result = convert_checkpoint(src, args.output, model=args.model, weights=args.weights,
+                                    force=args.force)
+    return json.dumps(result_as_dict(result), indent=2) if args.json else result.summary()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``convert-ckpt``; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse already printed usage and the reason
+        return int(e.code or 0)
+    try:
+        with warnings.catch_warnings():  # library chatter (Paddle's ccache note, ...) is not for users
+            warnings.simplefilter("ignore")
+            line = _run(args)
+        print(line)
+        return 0
+    except CheckpointError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - a bug must still not dump a traceback on users
+        if args.debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"{PROG}: internal error on {os.fspath(args.src)}: {type(e).__name__}: {msg[:200]} "
+              "(rerun with --debug for details; nothing was written)", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,508 @@
+"""Convert Cream checkpoints between PyTorch (``.pth.tar``) and Paddle (``.pdparams``), exactly or not at all.
+
+torch -> Paddle (:func:`convert_checkpoint`): read the checkpoint with the project's safe loader
+(:mod:`cream_torch_ref.checkpoint`, no code from the file runs), pick the EMA or raw weights,
+recognise the architecture from the shapes (:func:`cream_arch.detect.detect_arch`) or take the one
+named, build the Paddle model, map every entry with the rules of :mod:`converters.rules` onto the
+model's keys, and write a ``.pdparams`` (what ``paddle.save`` writes) plus a JSON sidecar.
+
+Paddle -> torch (:func:`pdparams_to_pth`): the same in reverse, into the official training's
+checkpoint layout. ``num_batches_tracked`` (which Paddle lacks) is restored from the sidecar of the
+``.pdparams`` when that sidecar belongs to exactly this file (its recorded sha256 matches), else set
+to 0 (the value of a fresh BatchNorm; unused with a fixed momentum). A ``.pth.tar`` -> ``.pdparams``
+-> ``.pth.tar`` round trip is therefore bit-exact.
+
+Output safety: the destination and its sidecar are written to temporary files in the destination
+folder and moved into place with ``os.replace`` only after everything succeeded; an existing file is
+replaced only with ``force``; the destination may never be the source; the source is only read.
+Every failure is a :class:`~cream_arch.errors.CheckpointError` naming the file at fault.
+
+Heavy imports (torch, Paddle, timm) happen inside the functions, so that importing this module and
+parsing the command line stay cheap.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from cream_arch.detect import DetectedArch, detect_arch, detect_num_classes
+from cream_arch.errors import CheckpointError
+from cream_arch.search_space import SupernetArch, detect_supernet, plan_supernet
+from cream_arch.space import CHILD_NETS, child_spec
+
+from .rules import Mapped, RuleError, TargetKey, apply_rules
+
+__all__ = [
+    "ConversionResult",
+    "convert_checkpoint",
+    "pdparams_to_pth",
+    "default_output",
+    "sidecar_path",
+    "sha256_file",
+    "usual_mode",
+    "tool_version",
+    "result_as_dict",
+    "WEIGHTS",
+    "TORCH_SUFFIXES",
+]
+
+#: ``--weights`` choices: the EMA weights (what the official test evaluates) or the raw ones.
+WEIGHTS = ("ema", "model")
+#: Suffixes stripped from a torch checkpoint's name to form the default ``.pdparams`` name.
+TORCH_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar", ".ckpt", ".bin")
+_SIDECAR_TOOL = "convert-ckpt"
+
+
+@dataclass
+class ConversionResult:
+    """What a conversion did: files, model, weights used and the key check."""
+
+    direction: str  # 'torch->paddle' or 'paddle->torch'
+    src: str
+    dst: str
+    sidecar: str
+    model: str  # released name or cream-child[...]
+    arch_list: List[List[int]]
+    num_classes: int
+    resolution: Optional[int]
+    weights: str  # which entry of the source was converted
+    source_sha256: str
+    output_sha256: str
+    keys: int
+    seconds: float
+    notes: List[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the console."""
+        notes = f" ({'; '.join(self.notes)})" if self.notes else ""
+        return (f"{self.src} -> {self.dst}: {self.model}, {self.num_classes} classes, "
+                f"{self.keys} entries from {self.weights}, {self.seconds:.2f} s{notes}")
+
+
+def tool_version() -> str:
+    """Version of this toolkit (recorded in every sidecar)."""
+    try:
+        from importlib.metadata import version
+        return version("cream-parity")
+    except Exception:  # noqa: BLE001 - not installed: running from a source tree
+        return "0+unknown"
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _BackgroundHash:
+    """sha256 of a file computed in a thread (hashlib and file reads release the GIL), so that it
+    overlaps with reading the checkpoint and building the target model."""
+
+    def __init__(self, path: str) -> None:
+        self._digest: Optional[str] = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, args=(path,), daemon=True)
+        self._thread.start()
+
+    def _run(self, path: str) -> None:
+        try:
+            self._digest = sha256_file(path)
+        except BaseException as e:  # noqa: BLE001 - re-raised in result()
+            self._error = e
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._digest is not None
+        return self._digest
+
+
+class _HashingFile:
+    """Write-only view of a binary file that hashes the bytes written (for ``pickle.dump``)."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.sha = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        self.sha.update(data)
+        return self._f.write(data)
+
+
+def default_output(src: str, reverse: bool = False) -> str:
+    """SRC's name with ``.pdparams`` (or ``.pth.tar`` for the reverse), in SRC's folder."""
+    base = os.fspath(src)
+    low = base.lower()
+    if reverse:
+        if low.endswith(".pdparams"):
+            base = base[: -len(".pdparams")]
+        return base + ".pth.tar"
+    for suf in TORCH_SUFFIXES:
+        if low.endswith(suf):
+            base = base[: -len(suf)]
+            break
+    return base + ".pdparams"
+
+
+def sidecar_path(dst: str) -> str:
+    """The JSON sidecar written next to ``dst``."""
+    return os.fspath(dst) + ".json"
+
+
+# --------------------------------------------------------------------------------------------
+# destination checks and atomic writes
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_source(src: str) -> None:
+    if not os.path.exists(src):
+        raise CheckpointError(src, "no such file")
+    if os.path.isdir(src):
+        raise CheckpointError(src, "is a directory, not a checkpoint file")
+
+
+def _check_destination(src: str, dst: str, force: bool) -> None:
+    """Refuse a destination that is the source, in a missing folder, a directory or (without force) taken."""
+    for out in (dst, sidecar_path(dst)):
+        if _same_file(src, out):
+            raise CheckpointError(out, "is the source file; choose another output (-o)")
+    folder = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(folder):
+        raise CheckpointError(dst, f"output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise CheckpointError(dst, f"output folder {folder} is not writable")
+    for out in (dst, sidecar_path(dst)):
+        if os.path.isdir(out):
+            raise CheckpointError(out, "is a directory; give a file name for the output")
+        if os.path.exists(out) and not force:
+            raise CheckpointError(out, "already exists; pass --force to overwrite it")
+
+
+def _dumps(record: Mapping[str, Any]) -> str:
+    """JSON with one top-level entry per line, each value compact (short and diff-friendly)."""
+    rows = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()]
+    return "{\n" + ",\n".join(rows) + "\n}\n"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def usual_mode(path: str) -> None:
+    """Give a file (0666) or folder (0777) made by ``tempfile`` (0600/0700) the umask's usual mode."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
+
+
+def _temp_in(folder: str, name: str) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    usual_mode(tmp)
+    return tmp
+
+
+def _write_outputs(dst: str, write_main: Callable[[Any], Optional[str]],
+                   sidecar: Dict[str, Any]) -> str:
+    """Write ``dst`` and its sidecar atomically; returns the sha256 of ``dst``.
+
+    ``write_main(f)`` writes the content to the open file and may return its sha256 (else the file
+    is re-read). Both go to temporary files in the destination folder first; they replace the
+    destination names only when both are complete, and are removed on any failure.
+    """
+    folder = os.path.dirname(os.path.abspath(dst))
+    tmp_main = _temp_in(folder, os.path.basename(dst))
+    tmp_side = None
+    try:
+        with open(tmp_main, "wb") as f:
+            digest = write_main(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if digest is None:  # re-read: torch.save may write through the file descriptor
+            digest = sha256_file(tmp_main)
+        sidecar = dict(sidecar, output=os.path.basename(dst), output_sha256=digest)
+        tmp_side = _temp_in(folder, os.path.basename(sidecar_path(dst)))
+        with open(tmp_side, "w", encoding="utf-8") as f:
+            f.write(_dumps(sidecar))
+        os.replace(tmp_main, dst)
+        os.replace(tmp_side, sidecar_path(dst))
+        return digest
+    except OSError as e:
+        raise CheckpointError(dst, f"could not be written ({e.strerror or e})") from None
+    finally:
+        for t in (tmp_main, tmp_side):
+            if t and os.path.exists(t):
+                os.remove(t)
+
+
+# --------------------------------------------------------------------------------------------
+# architecture
+
+
+def _resolve_arch(shapes: Mapping[str, Sequence[int]], model: str, layout: str, src: str
+                  ) -> DetectedArch:
+    """The architecture to build: detected from the shapes (``'auto'``) or the released net named."""
+    if model == "auto":
+        try:
+            return detect_arch(shapes, layout=layout)
+        except ValueError as e:
+            raise CheckpointError(src, str(e)) from None
+    if model not in CHILD_NETS:
+        raise CheckpointError(src, f"unknown --model {model!r}; choose auto or one of "
+                                   f"{', '.join(CHILD_NETS)}")
+    spec = child_spec(model)
+    return DetectedArch(spec.arch_list, detect_num_classes(shapes, layout), spec.name,
+                        spec.resolution)
+
+
+def _supernet_arch(found: SupernetArch) -> DetectedArch:
+    """A supernet (issue 5's search checkpoints) in the shape of a detected architecture: no
+    ``arch_list`` (it holds every candidate), its label names the stage depths."""
+    return DetectedArch((), found.num_classes, found.label, None)
+
+
+def _map(src: str, source: Mapping[str, np.ndarray], target: Mapping[str, TargetKey], to: str,
+         what: str, fill: Optional[Callable[[str, TargetKey], np.ndarray]] = None) -> Mapped:
+    try:
+        return apply_rules(source, target, to=to, fill=fill)
+    except RuleError as e:
+        raise CheckpointError(src, f"does not fit {what}: {e}") from None
+
+
+def _sidecar(direction: str, src: str, src_sha: str, arch: DetectedArch, weights: str,
+             keys: int, extra: Dict[str, Any]) -> Dict[str, Any]:
+    return {
+        "tool": _SIDECAR_TOOL,
+        "tool_version": tool_version(),
+        "direction": direction,
+        "model": arch.label,
+        "arch_list": [list(s) for s in arch.arch_list],
+        "resolution": arch.resolution,
+        "num_classes": arch.num_classes,
+        "weights": weights,
+        "source": os.path.basename(src),
+        "source_sha256": src_sha,
+        "keys": keys,
+        **extra,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# torch -> Paddle
+
+
+def convert_checkpoint(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike[str] | str]" = None,
+                       model: str = "auto", weights: str = "ema", force: bool = False
+                       ) -> ConversionResult:
+    """Convert an official Cream ``.pth.tar`` (any form the reference loader accepts) to ``.pdparams``.
+
+    Args:
+        src: the torch checkpoint (legacy or zip format; full training checkpoint or bare state dict).
+        dst: output path; default SRC's name with ``.pdparams``. A sidecar ``DST.json`` is written too.
+        model: ``'auto'`` (recognise the architecture from the shapes) or a released name (``cream-14``).
+        weights: ``'ema'`` (``state_dict_ema`` when present, as the official test) or ``'model'``.
+        force: replace existing output files.
+
+    Raises :class:`~cream_arch.errors.CheckpointError` naming the file on any problem; then nothing
+    is written.
+    """
+    t0 = time.perf_counter()
+    src = os.fspath(src)
+    dst = os.fspath(dst) if dst is not None else default_output(src)
+    if weights not in WEIGHTS:
+        raise CheckpointError(src, f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    _check_source(src)
+    _check_destination(src, dst, force)
+    src_hash = _BackgroundHash(src)
+
+    from cream_torch_ref.checkpoint import load_checkpoint  # torch, lazily
+
+    ck = load_checkpoint(src, use_ema=(weights == "ema"))
+    notes: List[str] = []
+    if weights == "ema" and ck.source != "state_dict_ema":
+        notes.append(f"no EMA weights in the file, converted {ck.source}")
+    source = {}
+    for k, v in ck.state_dict.items():
+        try:
+            source[k] = v.detach().cpu().numpy()
+        except TypeError:  # bfloat16 and the like have no numpy dtype
+            raise CheckpointError(src, f"entry {k!r} is {str(v.dtype).replace('torch.', '')}, "
+                                       "which the Paddle model cannot take (it expects "
+                                       "float32)") from None
+    shapes = {k: v.shape for k, v in source.items()}
+    supernet = detect_supernet(shapes, "torch") if model == "auto" else None  # a search checkpoint
+    arch = _supernet_arch(supernet) if supernet else _resolve_arch(shapes, model, "torch", src)
+
+    import paddle  # lazily
+
+    from cream_paddle.childnet import ChildNet
+
+    from .rules import paddle_layout
+
+    with paddle.LazyGuard():  # the target's keys, shapes and dtypes; no weights allocated or drawn
+        if supernet:
+            from cream_paddle.supernet import SuperNet
+            net: Any = SuperNet(plan_supernet(supernet.sta_num), supernet.num_classes, supernet.slice)
+        else:
+            net = ChildNet(arch.arch_list, num_classes=arch.num_classes)
+        target = paddle_layout(net)
+    mapped = _map(src, source, target, "paddle", f"Paddle {type(net).__name__} {arch.label}")
+    nbt = {k: int(v) for k, v in mapped.dropped.items() if k.endswith("num_batches_tracked")}
+    values = set(nbt.values())
+    extra: Dict[str, Any] = {
+        "epoch": ck.meta.get("epoch") if isinstance(ck.meta.get("epoch"), int) else None,
+        # torch-only BatchNorm counters, kept so that the way back restores them bit-exactly
+        "num_batches_tracked": values.pop() if len(values) == 1 else nbt,
+    }
+    src_sha = src_hash.result()
+    side = _sidecar("torch->paddle", src, src_sha, arch, ck.source, len(mapped.state_dict), extra)
+
+    from cream_paddle.checkpoint import save_checkpoint
+
+    def write(f: Any) -> str:
+        hf = _HashingFile(f)
+        save_checkpoint(hf, mapped.state_dict)
+        return hf.sha.hexdigest()
+
+    digest = _write_outputs(dst, write, side)
+    return ConversionResult("torch->paddle", src, dst, sidecar_path(dst), arch.label,
+                            [list(s) for s in arch.arch_list], arch.num_classes, arch.resolution,
+                            ck.source, src_sha, digest, len(mapped.state_dict),
+                            time.perf_counter() - t0, notes)
+
+
+# --------------------------------------------------------------------------------------------
+# Paddle -> torch
+
+
+def _read_own_sidecar(src: str, src_sha: str, notes: List[str]) -> Dict[str, Any]:
+    """The sidecar ``convert-ckpt`` wrote next to ``src``, if it describes exactly this file."""
+    path = sidecar_path(src)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            side = json.load(f)
+    except (OSError, ValueError) as e:
+        notes.append(f"ignored sidecar {os.path.basename(path)} ({type(e).__name__})")
+        return {}
+    if not isinstance(side, dict) or side.get("tool") != _SIDECAR_TOOL:
+        notes.append(f"ignored sidecar {os.path.basename(path)} (not written by {_SIDECAR_TOOL})")
+        return {}
+    if side.get("output_sha256") != src_sha:
+        notes.append(f"ignored sidecar {os.path.basename(path)} (it describes another version "
+                     "of the file)")
+        return {}
+    return side
+
+
+def pdparams_to_pth(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike[str] | str]" = None,
+                    model: str = "auto", force: bool = False, legacy: bool = True
+                    ) -> ConversionResult:
+    """Convert a Cream ``.pdparams`` back to a ``.pth.tar`` in the official training's layout.
+
+    The output holds ``state_dict`` (the converted weights), ``epoch``, ``arch``, ``args`` (None),
+    ``optimizer`` (empty) and ``version``, in torch's legacy format by default (readable by the
+    official torch 1.2 code). ``num_batches_tracked`` comes from the source's sidecar when it matches
+    the file (sha256), else 0. Raises :class:`~cream_arch.errors.CheckpointError` on any problem;
+    then nothing is written.
+    """
+    t0 = time.perf_counter()
+    src = os.fspath(src)
+    dst = os.fspath(dst) if dst is not None else default_output(src, reverse=True)
+    _check_source(src)
+    _check_destination(src, dst, force)
+    src_sha = sha256_file(src)
+
+    from cream_paddle.checkpoint import load_checkpoint as load_pdparams  # numpy only
+
+    ck = load_pdparams(src)
+    notes: List[str] = []
+    side = _read_own_sidecar(src, src_sha, notes)
+    shapes = {k: v.shape for k, v in ck.state_dict.items()}
+    supernet = detect_supernet(shapes, "paddle") if model == "auto" else None  # a search checkpoint
+    arch = _supernet_arch(supernet) if supernet else _resolve_arch(shapes, model, "paddle", src)
+
+    import torch  # lazily
+
+    from cream_torch_ref.checkpoint import save_official_checkpoint
+    from cream_torch_ref.childnet import ChildNet
+
+    from .rules import torch_layout
+
+    with torch.device("meta"):  # the target's keys, shapes and dtypes; no weights allocated
+        if supernet:
+            from cream_torch_ref.supernet import SuperNet
+            target = torch_layout(SuperNet(plan_supernet(supernet.sta_num), supernet.num_classes,
+                                           supernet.slice))
+        else:
+            target = torch_layout(ChildNet(arch.arch_list, num_classes=arch.num_classes))
+    recorded = side.get("num_batches_tracked")
+    restored: List[str] = []
+
+    def fill(key: str, tk: TargetKey) -> np.ndarray:
+        value: Any = recorded.get(key) if isinstance(recorded, dict) else recorded
+        if isinstance(value, int) and not isinstance(value, bool):
+            restored.append(key)
+            return np.array(value, dtype=tk.dtype)
+        return np.zeros(tk.shape, dtype=tk.dtype)
+
+    mapped = _map(src, ck.state_dict, target, "torch", f"torch ChildNet {arch.label}", fill=fill)
+    if mapped.filled:
+        if len(restored) == len(mapped.filled):
+            notes.append("num_batches_tracked restored from the sidecar")
+        else:
+            notes.append(f"num_batches_tracked set to 0 for {len(mapped.filled) - len(restored)} "
+                         "BatchNorm layers (no matching sidecar)")
+    state = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in mapped.state_dict.items()}
+    epoch = side.get("epoch") if isinstance(side.get("epoch"), int) else 0
+    extra = {"epoch": epoch,
+             "num_batches_tracked": "sidecar" if restored else "zero"}
+    sc = _sidecar("paddle->torch", src, src_sha, arch, ck.source, len(state), extra)
+
+    def write(f: Any) -> None:
+        save_official_checkpoint("<stream>", state, epoch=epoch, arch=arch.label, args=None,
+                                 legacy=legacy, opener=lambda _p, _m: _Unclosable(f))
+
+    digest = _write_outputs(dst, write, sc)
+    return ConversionResult("paddle->torch", src, dst, sidecar_path(dst), arch.label,
+                            [list(s) for s in arch.arch_list], arch.num_classes, arch.resolution,
+                            ck.source, src_sha, digest, len(state), time.perf_counter() - t0, notes)
+
+
+class _Unclosable:
+    """Context-manager view of an open file that leaves it open on exit (the caller closes it)."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+
+    def __enter__(self) -> Any:
+        return self._f
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def result_as_dict(result: ConversionResult) -> Dict[str, Any]:
+    """A :class:`ConversionResult` as plain JSON-able data."""
+    return asdict(result)

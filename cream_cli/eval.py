@@ -1,0 +1,230 @@
+"""``cream-eval``: top-1/top-5, loss and images/s of a Cream child net, in PyTorch or Paddle,
+with the official evaluation preprocessing (timm 0.1.x eval transform, crop 0.875, bicubic).
+
+Data: an ImageNet val folder (``val/<wnid>/*.JPEG``, canonical ImageNet-1k labels, also for a
+subset of the classes), a plain class-folder dataset (sorted folder names; see ``--num-classes``)
+or a PaddleClas-style list file (``relative/path label`` per line).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Dict, Optional, Sequence
+
+from cream_arch import child_spec, model_names
+from cream_arch.errors import CheckpointError
+from cream_data import (LAYOUTS, BadDataError, EvalLoader, EvalResult, ImageDataset,
+                        check_output_path, default_workers, open_dataset, predictions_csv,
+                        write_json)
+from cream_data.loader import DEFAULT_BATCH_SIZE
+from cream_data.report import atomic_write_text
+
+__all__ = ["FRAMEWORKS", "TORCH_SUFFIXES", "PADDLE_SUFFIXES", "OMP_ENV", "build_parser", "load_model",
+           "run_eval", "summary_table", "main"]
+
+FRAMEWORKS = ("torch", "paddle")
+#: What each framework's weights look like (the official training wrote ``.pth.tar``).
+TORCH_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar")
+PADDLE_SUFFIXES = (".pdparams",)
+#: Skipped files listed on the terminal (all of them go to the JSON report).
+MAX_SKIPPED_SHOWN = 20
+#: OpenMP settings applied (unless already set) before torch or Paddle is imported. The model's
+#: threads share the cores with the decoding processes; OpenMP threads that spin-wait between
+#: parallel regions (the default) then steal the cores from each other and from the decoders:
+#: measured on 2 cores under load, torch with 2 threads went from 14 to 365 images/s with
+#: passive waiting (bench/eval_bench.py --omp-wait).
+OMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+class UsageError(ValueError):
+    """A bad combination of arguments; printed as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cream-eval`` command line."""
+    p = argparse.ArgumentParser(prog="cream-eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--framework", required=True, choices=FRAMEWORKS, help="which implementation runs")
+    p.add_argument("--model", required=True, choices=model_names(), metavar="NAME",
+                   help=f"released child net: {', '.join(model_names())}")
+    p.add_argument("--weights", required=True, metavar="FILE",
+                   help="official .pth.tar (torch) or converted .pdparams (paddle; see convert-ckpt)")
+    p.add_argument("--data", required=True, metavar="PATH",
+                   help="ImageNet val folder (or the folder holding val/), class folders, or a list file")
+    p.add_argument("--layout", default="auto", choices=LAYOUTS,
+                   help="data layout (default: auto = list file / wnid folders / class folders)")
+    p.add_argument("--num-classes", type=int, default=None, metavar="N",
+                   help="classifier width (default 1000, or the number of class folders)")
+    p.add_argument("--img-size", type=int, default=None, metavar="PX",
+                   help="crop size (default: the model's official test resolution)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help=f"decoding processes (default: one per core, here {default_workers()}; 0 = none)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads of the model (default: the framework's, one per core)")
+    p.add_argument("--mode", default="auto", metavar="MODE",
+                   help="forward mode: auto, eager (both), static, inference (paddle)")
+    p.add_argument("--raw-weights", action="store_true",
+                   help="use the raw weights of a .pth.tar instead of its EMA weights (the official test "
+                        "evaluates the EMA)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable images and bad entries, listing them in the summary and JSON")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--predictions", metavar="FILE", help="write per-image predictions as CSV")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _check_weights(framework: str, weights: str) -> None:
+    low = weights.lower()
+    if not os.path.isfile(weights):
+        raise CheckpointError(weights, "weights file does not exist" if not os.path.exists(weights)
+                              else "not a file")
+    if framework == "paddle" and low.endswith(TORCH_SUFFIXES):
+        raise CheckpointError(weights, "is a PyTorch checkpoint; convert it first "
+                                       f"(convert-ckpt {weights}) and pass the .pdparams")
+    if framework == "torch" and low.endswith(PADDLE_SUFFIXES):
+        raise CheckpointError(weights, "is a Paddle checkpoint; use --framework paddle")
+
+
+def load_model(framework: str, model: str, weights: str, num_classes: int = 1000,
+               use_ema: bool = True) -> Any:
+    """Build ``model`` in ``framework`` with ``weights`` loaded strictly, in eval mode."""
+    _check_weights(framework, weights)
+    if framework == "torch":
+        from cream_torch_ref import create_model
+    else:
+        from cream_paddle import create_model
+    return create_model(model, num_classes=num_classes, checkpoint=weights, use_ema=use_ema)
+
+
+def _evaluate_module(framework: str) -> Any:
+    if framework == "torch":
+        import cream_torch_ref.evaluate as module
+    else:
+        import cream_paddle.evaluate as module
+    return module
+
+
+def run_eval(framework: str, model: str, weights: str, data: str, *, layout: str = "auto",
+             num_classes: Optional[int] = None, img_size: Optional[int] = None,
+             batch_size: int = DEFAULT_BATCH_SIZE, workers: Optional[int] = None,
+             mode: str = "auto", threads: Optional[int] = None, use_ema: bool = True,
+             skip_bad: bool = False,
+             keep_logits: bool = False, progress: bool = False) -> "tuple[EvalResult, ImageDataset]":
+    """Index ``data``, load the model and evaluate it; returns the result and the dataset."""
+    if framework not in FRAMEWORKS:
+        raise UsageError(f"unknown framework {framework!r}; choose one of {', '.join(FRAMEWORKS)}")
+    spec = child_spec(model)
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {workers}")
+    if num_classes is not None and num_classes < 1:
+        raise UsageError(f"--num-classes must be at least 1, got {num_classes}")
+    _evaluate_module(framework).resolve_mode(mode, 0)  # unknown modes fail before any work
+    dataset = open_dataset(data, layout, num_classes, skip_bad=skip_bad)
+    net = load_model(framework, model, weights, dataset.num_classes, use_ema=use_ema)
+    loader = EvalLoader(dataset, img_size or spec.resolution, batch_size=batch_size,
+                        workers=workers, skip_bad=skip_bad)
+    result = _evaluate_module(framework).evaluate(
+        net, loader, mode=mode, threads=threads, keep_logits=keep_logits, progress=progress,
+        desc=f"{framework} {model}")
+    if result.images == 0:
+        raise BadDataError(data, f"no image could be evaluated ({len(result.skipped)} skipped)")
+    return result, dataset
+
+
+def summary_table(result: EvalResult, model: str, data: str, layout: str) -> str:
+    """The terminal summary: one row per quantity."""
+    from tabulate import tabulate
+
+    rows = [
+        ("model", f"{model} ({result.framework})"),
+        ("data", f"{data} [{layout}]"),
+        ("images", result.images),
+        ("skipped", len(result.skipped)),
+        ("top-1 (%)", f"{result.top1:.3f}"),
+        ("top-5 (%)", f"{result.top5:.3f}"),
+        ("loss", f"{result.loss:.4f}"),
+        ("images/s (end to end)", f"{result.images_per_s:.1f}"),
+        ("images/s (model only)", f"{result.model_images_per_s:.1f}"),
+    ]
+    return tabulate(rows, tablefmt="simple_outline")
+
+
+def _report(args: argparse.Namespace, result: EvalResult, dataset: ImageDataset) -> Dict[str, Any]:
+    out = result.to_dict()
+    out.update({
+        "model": args.model, "weights": os.path.abspath(args.weights),
+        "data": os.path.abspath(args.data), "layout": dataset.layout,
+        "num_classes": dataset.num_classes,
+        "img_size": args.img_size or child_spec(args.model).resolution,
+        "batch_size": args.batch_size, "threads": args.threads,
+        "workers": args.workers if args.workers is not None else default_workers(),
+        "mode": args.mode, "ema": not args.raw_weights,
+        "official": {"top1": child_spec(args.model).top1, "top5": child_spec(args.model).top5},
+    })
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``cream-eval``; returns the exit status (0 ok, 1 bad input or data, 2 usage)."""
+    for key, value in OMP_ENV.items():  # only effective before the framework's first import
+        os.environ.setdefault(key, value)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as e:  # argparse printed the usage and the reason (or --help)
+        return int(e.code or 0)
+    prog = parser.prog
+    try:
+        inputs = [args.weights, args.data]
+        for out in (args.json, args.predictions):
+            if out is not None:
+                check_output_path(out, inputs)
+        if args.json is not None and args.json == args.predictions:
+            raise UsageError("--json and --predictions must be different files")
+        result, dataset = run_eval(
+            args.framework, args.model, args.weights, args.data, layout=args.layout,
+            num_classes=args.num_classes, img_size=args.img_size, batch_size=args.batch_size,
+            workers=args.workers, mode=args.mode, threads=args.threads,
+            use_ema=not args.raw_weights,
+            skip_bad=args.skip_bad, progress=not args.no_progress)
+    except UsageError as e:
+        parser.print_usage(sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except (BadDataError, CheckpointError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        if isinstance(e, BadDataError) and e.skippable and not args.skip_bad:
+            print(f"{prog}: (use --skip-bad to skip bad files and continue)", file=sys.stderr)
+        return 1
+    except ValueError as e:  # unknown mode, bad sizes, ... : still one line
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    print(summary_table(result, args.model, args.data, dataset.layout))
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} bad item(s):")
+        for item in result.skipped[:MAX_SKIPPED_SHOWN]:
+            print(f"  {item}")
+        if len(result.skipped) > MAX_SKIPPED_SHOWN:
+            print(f"  ... and {len(result.skipped) - MAX_SKIPPED_SHOWN} more"
+                  + (f" (all in {args.json})" if args.json else " (use --json for all)"))
+    if args.json:
+        write_json(args.json, _report(args, result, dataset))
+        print(f"wrote {args.json}")
+    if args.predictions:
+        atomic_write_text(args.predictions, predictions_csv(result, dataset.class_names))
+        print(f"wrote {args.predictions}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Writing evaluation reports: whole files or nothing, never over an input."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from typing import Any, Iterable, Optional
+
+from .errors import BadDataError
+from .evaluation import EvalResult
+
+__all__ = ["atomic_write_text", "check_output_path", "predictions_csv", "write_json"]
+
+
+def check_output_path(path: "os.PathLike[str] | str",
+                      inputs: Iterable["Optional[os.PathLike[str] | str]"]) -> str:
+    """``path`` as a string, after checking it names none of ``inputs`` and its folder exists."""
+    p = os.fspath(path)
+    real = os.path.realpath(p)
+    for inp in inputs:
+        if inp is not None and os.path.realpath(os.fspath(inp)) == real:
+            raise BadDataError(p, "output file would overwrite an input; choose another name")
+    if os.path.isdir(p):
+        raise BadDataError(p, "output path is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(p))
+    if not os.path.isdir(folder):
+        raise BadDataError(p, f"output folder {folder} does not exist")
+    return p
+
+
+def atomic_write_text(path: "os.PathLike[str] | str", text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path`` and rename it into place."""
+    p = os.fspath(path)
+    tmp = f"{p}.part{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: "os.PathLike[str] | str", data: Any) -> None:
+    """Atomically write ``data`` as indented JSON."""
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
+
+
+def predictions_csv(result: EvalResult, class_names: Optional[Iterable[str]] = None) -> str:
+    """Per-image CSV: path, label, top-1 prediction (and its name), top-5, correctness."""
+    names = list(class_names) if class_names is not None else None
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    header = ["path", "label", "prediction", "top5", "correct1", "correct5"]
+    if names is not None:
+        header.insert(3, "prediction_name")
+    w.writerow(header)
+    if result.predictions is None or result.labels is None:
+        return buf.getvalue()
+    for path, label, top in zip(result.paths, result.labels.tolist(), result.predictions.tolist()):
+        row = [path, label, top[0], " ".join(map(str, top)), int(top[0] == label), int(label in top)]
+        if names is not None:
+            row.insert(3, names[top[0]].split(",")[0].strip() if top[0] < len(names) else "")
+        w.writerow(row)
+    return buf.getvalue()

@@ -1,0 +1,178 @@
+"""Read and write Paddle ``.pdparams`` checkpoints safely; the twin of ``cream_torch_ref.checkpoint``.
+
+A ``.pdparams`` file is a pickle (protocol 4) of a dict of numpy arrays, as ``paddle.save`` writes a
+state dict. ``paddle.load`` unpickles without restriction, so a hostile file could run code; here the
+file is read with a restricted unpickler whose :data:`ALLOWED_GLOBALS` hold only numpy's array and
+dtype rebuilders and plain containers. No Paddle import is needed to read, so the converter and the
+parity harness can inspect a file cheaply.
+
+Every failure is a :class:`~cream_arch.errors.CheckpointError` whose one-line text names the file.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Tuple
+
+import numpy as np
+
+from cream_arch.errors import CheckpointError
+from cream_arch.statecheck import KeyReport, compare_shapes
+
+__all__ = [
+    "CheckpointError",
+    "ALLOWED_GLOBALS",
+    "PADDLE_META_KEY",
+    "LoadedCheckpoint",
+    "read_checkpoint",
+    "load_checkpoint",
+    "select_state_dict",
+    "check_state_dict",
+    "save_checkpoint",
+]
+
+#: Key ``paddle.save`` may add to a saved ``Layer.state_dict()`` (structured -> parameter names).
+PADDLE_META_KEY = "StructuredToParameterName@@"
+
+
+def _allowed_globals() -> Dict[Tuple[str, str], Any]:
+    allowed: Dict[Tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): OrderedDict,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+    # numpy 2 pickles ``numpy._core.multiarray``; numpy 1 wrote ``numpy.core.multiarray``
+    try:
+        from numpy._core import multiarray  # type: ignore[import-not-found]
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        allowed[(mod, "_reconstruct")] = multiarray._reconstruct
+    return allowed
+
+
+#: ``(module, name) -> object`` for every global a ``.pdparams`` pickle may name.
+ALLOWED_GLOBALS = _allowed_globals()
+
+
+class _Refused(pickle.UnpicklingError):
+    """A global outside the allow-list; carries its dotted name."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D102 - pickle API
+        try:
+            return ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise _Refused(f"{module}.{name}") from None
+
+
+def _sniff(path: str) -> None:
+    if not os.path.exists(path):
+        raise CheckpointError(path, "no such file")
+    if os.path.isdir(path):
+        raise CheckpointError(path, "is a directory, not a checkpoint file")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(path, "is empty (0 bytes), not a checkpoint")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head[:1] != b"\x80":
+        kind = "a zip archive (a torch checkpoint?)" if head == b"PK" else "not a pickle"
+        raise CheckpointError(path, f"is not a Paddle .pdparams file ({kind})")
+
+
+def read_checkpoint(path: "os.PathLike[str] | str") -> Any:
+    """The object stored in a ``.pdparams`` file, unpickled without running any code from it."""
+    p = os.fspath(path)
+    _sniff(p)
+    try:
+        with open(p, "rb") as f:
+            return _RestrictedUnpickler(f).load()
+    except _Refused as e:
+        raise CheckpointError(p, f"refused: the pickle references {e.args[0]}, which is not data "
+                                 "(loading it could run code)") from None
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, OSError, UnicodeDecodeError, OverflowError, MemoryError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, EOFError) or "truncated" in msg or "EOF" in msg:
+            raise CheckpointError(p, f"is truncated or corrupt ({msg[:80]})") from None
+        raise CheckpointError(p, f"is not a readable .pdparams file ({type(e).__name__}: "
+                                 f"{msg[:160]})") from None
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(
+        isinstance(k, str) and (k == PADDLE_META_KEY or (
+            isinstance(v, np.ndarray) and v.dtype != object)) for k, v in obj.items()) and any(
+        k != PADDLE_META_KEY for k in obj)
+
+
+def select_state_dict(obj: Any, path: str, use_ema: bool = True
+                      ) -> Tuple["OrderedDict[str, np.ndarray]", str]:
+    """The arrays in a loaded ``.pdparams`` object and which entry they came from.
+
+    A bare state dict (what ``paddle.save(layer.state_dict())`` writes) is taken as it is, without
+    Paddle's name-map entry. A checkpoint dict is searched like the torch side does
+    (``state_dict_ema`` first when ``use_ema``, then ``state_dict``, then ``model``).
+    """
+    if _is_state_dict(obj):
+        return OrderedDict((k, v) for k, v in obj.items() if k != PADDLE_META_KEY), "bare state_dict"
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(path, f"holds a {type(obj).__name__}, not a state dict")
+    order = ("state_dict_ema", "state_dict", "model") if use_ema else ("state_dict", "model")
+    for key in order:
+        if key in obj:
+            if not _is_state_dict(obj[key]):
+                raise CheckpointError(path, f"entry {key!r} is not a state dict of arrays")
+            return OrderedDict((k, v) for k, v in obj[key].items() if k != PADDLE_META_KEY), key
+    bad = [str(k) for k, v in obj.items() if not isinstance(v, np.ndarray)][:3]
+    if not obj:
+        raise CheckpointError(path, "holds an empty dict, no weights")
+    raise CheckpointError(path, f"is not a state dict of arrays (e.g. entry {bad[0]!r} is not an "
+                                "array)" if bad else "is not a state dict of numeric arrays")
+
+
+def check_state_dict(expected: Mapping[str, Tuple[int, ...]], sd: Mapping[str, Any], path: str,
+                     what: str = "model") -> KeyReport:
+    """Compare ``sd`` with the keys/shapes a model expects; raise a one-line error on any difference."""
+    report = compare_shapes(expected, {k: tuple(np.shape(v)) for k, v in sd.items()})
+    if not report.ok:
+        raise CheckpointError(path, f"does not fit {what}: {report.summary()}")
+    return report
+
+
+@dataclass
+class LoadedCheckpoint:
+    """Arrays chosen from a ``.pdparams`` file, with where they came from and the rest of the file."""
+
+    path: str
+    state_dict: "OrderedDict[str, np.ndarray]"
+    source: str  # 'bare state_dict', 'state_dict_ema', 'state_dict' or 'model'
+    meta: Dict[str, Any]
+
+
+def load_checkpoint(path: "os.PathLike[str] | str", use_ema: bool = True) -> LoadedCheckpoint:
+    """Read ``path`` safely and select its arrays (see :func:`select_state_dict`)."""
+    p = os.fspath(path)
+    obj = read_checkpoint(p)
+    sd, source = select_state_dict(obj, p, use_ema=use_ema)
+    meta = {k: v for k, v in obj.items() if k not in ("state_dict", "state_dict_ema", "model",
+                                                      PADDLE_META_KEY)} \
+        if source != "bare state_dict" else {}
+    return LoadedCheckpoint(p, sd, source, meta)
+
+
+def save_checkpoint(file: Any, state_dict: Mapping[str, np.ndarray]) -> None:
+    """Write ``state_dict`` (numpy arrays) as ``paddle.save`` does: a protocol-4 pickle of a dict.
+
+    ``file`` is a path or a binary file object. ``paddle.load`` reads the result, and so does
+    :func:`load_checkpoint`; nothing here imports Paddle.
+    """
+    data = {k: np.asarray(v) for k, v in state_dict.items()}
+    if hasattr(file, "write"):
+        pickle.dump(data, file, protocol=4)
+        return
+    with open(os.fspath(file), "wb") as f:
+        pickle.dump(data, f, protocol=4)

@@ -1,0 +1,184 @@
+"""Every place where PaddlePaddle and PyTorch differ for these models, in one documented module.
+
+The Paddle blocks (:mod:`cream_paddle.blocks`) call only these helpers for the behaviours below, so a
+difference is handled once and tested once (``tests/test_compat.py`` checks each against torch at the
+op level).
+
+==========================  ======================================  =========================================
+difference                  PyTorch                                 what this module does in Paddle
+==========================  ======================================  =========================================
+BN momentum convention      ``running = (1-m)*running + m*batch``   :func:`paddle_bn_momentum`: Paddle's
+                            (default ``m = 0.1``)                   ``momentum`` weighs the *old* value, so it
+                                                                    is ``1 - m`` (0.9).
+BN running variance         unbiased batch variance (``n/(n-1)``)   :func:`batch_norm` corrects Paddle's
+                            goes into ``running_var``               biased update to torch's after each step.
+BN buffer names             ``running_mean``, ``running_var``,      ``_mean``, ``_variance``, no counter
+                            ``num_batches_tracked`` (buffers)       (the converter's rules map them);
+                                                                    they are *parameters* with
+                                                                    ``stop_gradient`` set, so filter
+                                                                    on it when listing trainables.
+hard-sigmoid                ``relu6(x + 3) / 6`` (slope 1/6)        :class:`Hardsigmoid`: the same formula;
+                                                                    ``paddle.nn.Hardsigmoid`` uses slope
+                                                                    0.1666667 and differs by up to 2e-7.
+padding                     timm ``pad_type=''``: symmetric         :func:`get_padding`: the same formula,
+                            ``((s-1) + d*(k-1)) // 2``              passed to ``Conv2D(padding=...)``.
+dropout                     scales kept units by ``1/(1-p)`` in     :func:`dropout` pins Paddle's
+                            training, identity in eval              ``mode='upscale_in_train'``.
+drop path                   timm ``drop_path``: per-sample          :func:`drop_path`: the same rule.
+                            Bernoulli mask, divided by keep prob
+Linear weight layout        ``[out_features, in_features]``         ``[in_features, out_features]``:
+                                                                    :func:`linear_weight_from_torch` /
+                                                                    :func:`linear_weight_to_torch`.
+initialisation              official "goog" init: conv              :func:`init_weights_goog`, same
+                            N(0, sqrt(2/fan_out)), BN 1/0, Linear   distributions; Linear fan-out is
+                            U(+-1/sqrt(out_features)), biases 0     ``weight.shape[1]`` in Paddle's layout.
+==========================  ======================================  =========================================
+
+Random draws (dropout masks, initial weights) cannot be equal across frameworks; their tests compare
+the rule (which units are scaled by how much, which distribution) rather than values.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+__all__ = [
+    "paddle_bn_momentum",
+    "batch_norm",
+    "Hardsigmoid",
+    "hard_sigmoid",
+    "get_padding",
+    "dropout",
+    "drop_path",
+    "linear_weight_from_torch",
+    "linear_weight_to_torch",
+    "init_weights_goog",
+    "TORCH_BN_MOMENTUM",
+    "BN_EPS",
+]
+
+#: torch's (and the official training's) BatchNorm defaults, in torch's convention.
+TORCH_BN_MOMENTUM: float = 0.1
+BN_EPS: float = 1e-5
+
+
+def paddle_bn_momentum(torch_momentum: float) -> float:
+    """Paddle's ``momentum`` for a torch BatchNorm ``momentum``: Paddle weighs the running value, torch the batch."""
+    if torch_momentum is None or not 0.0 <= float(torch_momentum) <= 1.0:
+        raise ValueError(f"BatchNorm momentum must be a number in [0, 1] (torch convention), "
+                         f"got {torch_momentum!r}; the cumulative average (None) is not supported")
+    return 1.0 - float(torch_momentum)
+
+
+def batch_norm(x: paddle.Tensor, running_mean: paddle.Tensor, running_var: paddle.Tensor,
+               weight: Optional[paddle.Tensor], bias: Optional[paddle.Tensor], training: bool,
+               momentum: float = TORCH_BN_MOMENTUM, eps: float = BN_EPS) -> paddle.Tensor:
+    """BatchNorm over NCHW with torch's semantics; ``momentum`` is in torch's convention.
+
+    Normalisation is Paddle's own kernel (batch statistics in training, running ones in eval). In
+    training Paddle puts the *biased* batch variance into ``running_var`` while torch puts the
+    unbiased one (``n/(n-1)`` times larger, ``n = N*H*W``); the update is corrected afterwards so that
+    a model trained in Paddle keeps the running statistics torch would have kept.
+    """
+    pm = paddle_bn_momentum(momentum)
+    if not training:
+        return F.batch_norm(x, running_mean, running_var, weight, bias, training=False,
+                            momentum=pm, epsilon=eps)
+    n = int(np.prod([x.shape[0]] + list(x.shape[2:])))
+    # The kernel updates the statistics it is given in place; give it copies, so that the module's
+    # buffers can be corrected afterwards without touching a tensor autograd saved for backward.
+    new_mean, new_var = running_mean.detach().clone(), running_var.detach().clone()
+    out = F.batch_norm(x, new_mean, new_var, weight, bias, training=True, momentum=pm,
+                       epsilon=eps)
+    with paddle.no_grad():
+        old_var = running_var.detach()
+        if n > 1:
+            # new_var = pm*old + (1-pm)*biased  ->  pm*old + (1-pm)*biased*n/(n-1), with pm as the
+            # kernel used it: Paddle keeps the momentum attribute in float32 (0.9 -> 0.89999998)
+            pm32 = float(np.float32(pm))
+            new_var = old_var * pm32 + (new_var - old_var * pm32) * (n / (n - 1.0))
+        running_mean.set_value(new_mean)
+        running_var.set_value(new_var)
+    return out
+
+
+def hard_sigmoid(x: paddle.Tensor) -> paddle.Tensor:
+    """``relu6(x + 3) / 6``, bit-identical to ``torch.nn.functional.hardsigmoid`` (slope exactly 1/6)."""
+    return F.relu6(x + 3.0) / 6.0
+
+
+class Hardsigmoid(nn.Layer):
+    """Hard-sigmoid gate with torch's exact formula (``paddle.nn.Hardsigmoid`` uses slope 0.1666667)."""
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:  # noqa: D102
+        return hard_sigmoid(x)
+
+
+def get_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
+    """Symmetric padding of timm's default ``pad_type=''`` (what the official child nets use)."""
+    return ((stride - 1) + dilation * (kernel_size - 1)) // 2
+
+
+def dropout(x: paddle.Tensor, p: float, training: bool) -> paddle.Tensor:
+    """Dropout as torch does it: kept units scaled by ``1/(1-p)`` while training, identity in eval."""
+    return F.dropout(x, p=p, training=training, mode="upscale_in_train")
+
+
+def drop_path(x: paddle.Tensor, drop_prob: float = 0.0, training: bool = False,
+              scale_by_keep: bool = True) -> paddle.Tensor:
+    """Stochastic depth as timm's ``drop_path``: drop whole samples, rescale the kept ones by ``1/keep``."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep = 1.0 - drop_prob
+    shape = [x.shape[0]] + [1] * (x.ndim - 1)
+    mask = paddle.bernoulli(paddle.full(shape, keep, dtype=x.dtype))
+    if keep > 0.0 and scale_by_keep:
+        mask = mask / keep
+    return x * mask
+
+
+def linear_weight_from_torch(w: np.ndarray) -> np.ndarray:
+    """A torch ``Linear.weight`` ``[out, in]`` as Paddle's ``[in, out]`` (a contiguous copy)."""
+    if w.ndim != 2:
+        raise ValueError(f"a Linear weight is 2-D, got shape {list(w.shape)}")
+    return np.ascontiguousarray(w.T)
+
+
+def linear_weight_to_torch(w: np.ndarray) -> np.ndarray:
+    """A Paddle ``Linear.weight`` ``[in, out]`` as torch's ``[out, in]`` (a contiguous copy)."""
+    return linear_weight_from_torch(w)
+
+
+def init_weights_goog(model: nn.Layer) -> None:
+    """The official (TensorFlow-style) initialisation, as timm's ``_init_weight_goog``.
+
+    Conv: N(0, sqrt(2 / fan_out)), ``fan_out = k*k*out_channels // groups``, bias 0. BatchNorm: weight
+    1, bias 0. Linear: U(-r, r), ``r = 1/sqrt(out_features)``, bias 0 (``out_features`` is
+    ``weight.shape[1]`` in Paddle's layout, ``weight.size(0)`` in torch's). Applied with Paddle
+    initializers, so it also works on a model built under ``paddle.LazyGuard`` (then the values are
+    drawn when the parameters are first materialised).
+    """
+    init = nn.initializer
+    zero = init.Constant(0.0)
+    for layer in model.sublayers(include_self=True):
+        if isinstance(layer, nn.Conv2D):
+            k = layer._kernel_size
+            fan_out = int(k[0]) * int(k[1]) * int(layer._out_channels) // int(layer._groups)
+            init.Normal(0.0, math.sqrt(2.0 / fan_out))(layer.weight)
+            if layer.bias is not None:
+                zero(layer.bias)
+        elif isinstance(layer, nn.BatchNorm2D):
+            if layer.weight is not None:
+                init.Constant(1.0)(layer.weight)
+            if layer.bias is not None:
+                zero(layer.bias)
+        elif isinstance(layer, nn.Linear):
+            r = 1.0 / math.sqrt(int(layer.weight.shape[1]))
+            init.Uniform(-r, r)(layer.weight)
+            if layer.bias is not None:
+                zero(layer.bias)

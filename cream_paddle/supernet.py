@@ -1,0 +1,172 @@
+"""The Cream supernet in Paddle, twin of :mod:`cream_torch_ref.supernet` (same names and order).
+
+Every candidate block is built by :func:`cream_paddle.builder.make_block` from the framework-free
+plan of :func:`cream_arch.search_space.plan_supernet` -- the builder the child nets use -- so layer
+paths, parameter names and registration order equal the torch twin's and the official model's;
+state dicts differ only by the framework conventions of ``converters.rules`` (BN buffer names,
+Linear weight layout, no ``num_batches_tracked``).
+
+For the meta-matching step, wrap forward passes in :func:`cream_paddle.second_order.second_order_mode`,
+which switches this model's depthwise convolutions and hard-sigmoid gates to twice-differentiable
+formulations.
+
+BatchNorm statistics. A search iteration runs several train-mode forward passes through the same
+BatchNorm layers (board entries, student, teacher) before one backward. torch updates running
+statistics without autograd noticing; Paddle's ``batch_norm`` writes them in place *and* keeps them
+in its backward node with a version check, so the first backward after a second forward fails
+("modified by an inplace operation"). The supernet's BatchNorm layers therefore run Paddle's kernel
+on copies of the running statistics and write the results back with ``set_value`` (no version
+bump): :func:`_bn_forward_untracked`, with exactly the arithmetic of
+:func:`cream_paddle.compat.batch_norm` (torch momentum, unbiased running variance).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator, List, Sequence, Tuple
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from cream_arch.search_space import SupernetPlan, plan_supernet, search_for_layer, validate_cand
+
+from . import compat
+from .blocks import BatchNormAct2d, SelectAdaptivePool2d
+from .builder import make_block
+
+__all__ = ["SuperNet", "HardSigmoid", "create_supernet"]
+
+
+class HardSigmoid(nn.Layer):
+    """The official squeeze-excite gate ``relu6(x + 3) / 6`` (twin of the torch supernet's class).
+
+    Uses :func:`cream_paddle.compat.hard_sigmoid`; inside ``second_order_mode`` it is computed with
+    ``clip`` instead, which Paddle can differentiate twice.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:  # noqa: D102
+        return compat.hard_sigmoid(x)
+
+
+def _bn_forward_untracked(layer: BatchNormAct2d) -> Callable[[paddle.Tensor], paddle.Tensor]:
+    """``layer.forward`` that updates the running statistics outside autograd's version tracking."""
+
+    def forward(x: paddle.Tensor) -> paddle.Tensor:
+        if not layer.training:
+            return layer.act(layer.drop(compat.batch_norm(
+                x, layer._mean, layer._variance, layer.weight, layer.bias, False, layer.momentum,
+                layer.eps)))
+        pm = compat.paddle_bn_momentum(layer.momentum)
+        old_var = layer._variance.detach().clone()
+        mean = layer._mean.detach().clone()
+        var = old_var.clone()
+        out = F.batch_norm(x, mean, var, layer.weight, layer.bias, training=True, momentum=pm,
+                           epsilon=layer.eps)
+        n = int(np.prod([x.shape[0]] + list(x.shape[2:])))
+        with paddle.no_grad():
+            if n > 1:  # biased -> unbiased batch variance in the running update, as compat.batch_norm
+                batch_part = var - old_var * pm
+                var = old_var * pm + batch_part * (n / (n - 1.0))
+            layer._mean.set_value(mean)
+            layer._variance.set_value(var)
+        return layer.act(layer.drop(out))
+    return forward
+
+
+class SuperNet(nn.Layer):
+    """Every candidate path of the Cream search space in one layer (see the torch twin)."""
+
+    def __init__(self, plan: SupernetPlan, num_classes: int = 1000, slice: int = 4,
+                 drop_rate: float = 0.0, global_pool: str = "avg") -> None:
+        super().__init__()
+        self.plan = plan
+        self.num_classes = num_classes
+        self.num_features = plan.num_features
+        self.drop_rate = drop_rate
+        self.slice = slice
+        self.conv_stem = nn.Conv2D(3, plan.stem_size, 3, stride=2, padding=compat.get_padding(3, 2),
+                                   bias_attr=False)
+        self.bn1 = BatchNormAct2d(plan.stem_size, apply_act=False)
+        self.act1 = nn.Silu()
+        self.blocks = nn.LayerList([
+            nn.LayerList([nn.LayerList([make_block(c, gate_layer=HardSigmoid) for c in candidates])
+                          for candidates in stage])
+            for stage in plan.stages])
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
+        self.conv_head = nn.Conv2D(plan.out_chs, self.num_features, 1)
+        self.act2 = nn.Silu()
+        self.classifier = nn.Linear(self.num_features * self.global_pool.feat_mult(), num_classes)
+        self.meta_layer = nn.Linear(num_classes * slice, 1)
+        compat.init_weights_goog(self)
+        for layer in self.sublayers():
+            if isinstance(layer, BatchNormAct2d):
+                layer.forward = _bn_forward_untracked(layer)
+
+    def forward_features(self, x: paddle.Tensor, architecture: Sequence[Sequence[int]]) -> paddle.Tensor:
+        """Stem, the path's blocks, pool, head conv and Swish."""
+        x = self.act1(self.bn1(self.conv_stem(x)))
+        for layer, layer_arch in zip(self.blocks, architecture):
+            for candidates, choice in zip(layer, layer_arch):
+                if choice == -1:
+                    continue
+                x = candidates[choice](x)
+        return self.act2(self.conv_head(self.global_pool(x)))
+
+    def forward(self, x: paddle.Tensor, architecture: Sequence[Sequence[int]]) -> paddle.Tensor:
+        """Logits of path ``architecture``."""
+        x = self.forward_features(x, architecture)
+        x = x.reshape([x.shape[0], -1])
+        if self.drop_rate > 0.0:
+            x = compat.dropout(x, self.drop_rate, self.training)
+        return self.classifier(x)
+
+    def forward_meta(self, features: paddle.Tensor) -> paddle.Tensor:
+        """The meta layer on a board entry's flattened output difference (shape ``[1, 1]``)."""
+        return self.meta_layer(features.reshape([1, -1]))
+
+    def rand_parameters(self, architecture: Sequence[Sequence[int]], meta: bool = False
+                        ) -> Iterator[paddle.Tensor]:
+        """Parameters of a path in the official order, or only the meta layer's with ``meta=True``.
+
+        Only trainable parameters: Paddle keeps BatchNorm's running statistics as parameters with
+        ``stop_gradient=True``, torch as buffers.
+        """
+        for name, param in self.named_parameters():
+            if param.stop_gradient:
+                continue
+            if "meta" in name and meta:
+                yield param
+            elif "blocks" not in name and "meta" not in name and not meta:
+                yield param
+        if not meta:
+            for layer, layer_arch in zip(self.blocks, architecture):
+                for candidates, choice in zip(layer, layer_arch):
+                    if choice == -1:
+                        continue
+                    yield from (p for p in candidates[choice].parameters() if not p.stop_gradient)
+
+    def rand_parameter_names(self, architecture: Sequence[Sequence[int]], meta: bool = False
+                             ) -> List[str]:
+        """Names of :meth:`rand_parameters`, in the same order."""
+        ids = {id(p): n for n, p in self.named_parameters()}
+        return [ids[id(p)] for p in self.rand_parameters(architecture, meta)]
+
+    def check_path(self, architecture: Sequence[Sequence[int]]) -> List[List[int]]:
+        """``architecture`` as lists, or ``ValueError`` naming the stage/choice that does not exist."""
+        return validate_cand(architecture, self.plan)
+
+
+def create_supernet(flops_minimum: float = 0, flops_maximum: float = 600, num_classes: int = 1000,
+                    slice: int = 4, drop_rate: float = 0.0, global_pool: str = "avg"
+                    ) -> Tuple[SuperNet, Tuple[int, ...], int]:
+    """The official ``gen_supernet``: ``(model, sta_num, resolution)`` for a FLOPs budget."""
+    found = search_for_layer(flops_minimum, flops_maximum)
+    if found is None:
+        raise ValueError(f"Invalid FLOPs Settings: no supernet fits {flops_minimum}..{flops_maximum} "
+                         "MFLOPs")
+    model = SuperNet(plan_supernet(found.sta_num), num_classes=num_classes, slice=slice,
+                     drop_rate=drop_rate, global_pool=global_pool)
+    return model, found.sta_num, found.resolution

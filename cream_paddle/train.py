@@ -1,0 +1,556 @@
+"""Retrain a Cream child net in Paddle with the official recipe; twin of ``cream_torch_ref.train``.
+
+Same functions and classes as the torch module, built from the Paddle port: :class:`ChildNet` (its
+framework differences in :mod:`cream_paddle.compat`), :class:`~cream_paddle.optim.RMSpropTF` (timm's
+update: mean square started at 1, eps inside the root, lr in the momentum buffer, L2 decay on the
+gradient, none on biases and 1-D parameters), the framework-free schedules of
+:mod:`cream_arch.schedules` stepped per epoch, :class:`~cream_paddle.losses.LabelSmoothingCrossEntropy`,
+and :class:`ModelEma`, a re-implementation of timm's ``ModelEma`` (every state-dict entry —
+parameters and BatchNorm statistics — updated as ``ema * decay + (1 - decay) * model``).
+
+Data, augmentation, drop masks and the loop are the same framework-free code as for torch
+(:mod:`cream_data.train_loop`). Checkpoints are ``.pdparams`` pickles of numpy arrays, readable by
+:func:`cream_paddle.checkpoint.load_checkpoint` and ``convert-ckpt``: ``state_dict``,
+``state_dict_ema``, ``optimizer`` (accumulators keyed by structured parameter names, so they load in
+any process), ``epoch``, ``arch``, ``args``, ``version``. Multi-process runs use
+``python -m paddle.distributed.launch`` (gloo on CPU) and ``paddle.DataParallel``.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import pickle
+import tempfile
+import types
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+
+from cream_arch import child_spec
+from cream_arch.errors import CheckpointError
+from cream_data import EvalLoader, EvalResult
+from cream_data.datasets import ImageDataset
+from cream_data.train_loop import TrainResult, run_training
+from cream_data.train_loader import TrainBatch
+from cream_data.train_masks import MaskSpec, StepMasks
+
+from . import compat, optim
+from .blocks import BatchNormAct2d, DropPath
+from .checkpoint import check_state_dict, read_checkpoint
+from .childnet import ChildNet
+from .evaluate import evaluate
+from .losses import LabelSmoothingCrossEntropy, cross_entropy
+
+__all__ = [
+    "FRAMEWORK", "CHECKPOINT_SUFFIX", "build_model", "create_optimizer", "create_scheduler",
+    "create_loss", "current_lr", "ModelEma", "MaskedDropPath", "MaskInjector", "train_step",
+    "bn_buffers", "optimizer_state", "save_train_checkpoint", "load_train_checkpoint",
+    "init_distributed", "Backend", "train",
+]
+
+FRAMEWORK = "paddle"
+CHECKPOINT_SUFFIX = ".pdparams"
+_SCHED_KEY = "LR_Scheduler"
+
+
+def build_model(cfg: Any, seed: Optional[int] = None) -> ChildNet:
+    """The child net of ``cfg.model`` with the recipe's classes, dropout and drop path, in train mode.
+
+    Weights are the official initialisation (:func:`compat.init_weights_goog`) drawn after
+    ``paddle.seed(seed)`` (default ``cfg.seed``).
+    """
+    paddle.seed(cfg.seed if seed is None else seed)
+    model = ChildNet(child_spec(cfg.model).arch_list, num_classes=cfg.num_classes,
+                     drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
+    _install_bn_backward_fix(model)
+    model.train()
+    return model
+
+
+# --- WORKAROUND (remove once cream_paddle.compat.batch_norm is fixed) ---------------------------
+# compat.batch_norm corrects Paddle's biased running variance with paddle.assign(..., output=
+# running_var) *after* F.batch_norm saved running_var for its backward; Paddle then refuses the
+# backward ("modified by an inplace operation"). The fix is to let F.batch_norm update temporary
+# copies and assign the corrected values to the buffers, which the graph does not reference. Until
+# compat.py has it, :func:`_install_bn_backward_fix` gives each BatchNorm layer of a model to be
+# trained a forward with exactly that change; it does nothing when compat's own backward works.
+
+@functools.lru_cache(maxsize=None)
+def _compat_bn_backward_works() -> bool:
+    """Whether ``compat.batch_norm`` in training mode supports backward (probed once)."""
+    x = paddle.to_tensor(np.arange(16, dtype=np.float32).reshape(2, 2, 2, 2), stop_gradient=False)
+    w = paddle.ones([2])
+    w.stop_gradient = False
+    try:
+        compat.batch_norm(x, paddle.zeros([2]), paddle.ones([2]), w, paddle.zeros([2]),
+                          True).sum().backward()
+        return True
+    except RuntimeError:
+        return False
+
+
+def _batch_norm_backward_safe(x: paddle.Tensor, running_mean: paddle.Tensor,
+                              running_var: paddle.Tensor, weight: Optional[paddle.Tensor],
+                              bias: Optional[paddle.Tensor], training: bool,
+                              momentum: float = compat.TORCH_BN_MOMENTUM,
+                              eps: float = compat.BN_EPS) -> paddle.Tensor:
+    """``compat.batch_norm`` with the running statistics updated out of the autograd graph."""
+    if not training:
+        return compat.batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps)
+    pm = compat.paddle_bn_momentum(momentum)
+    n = int(np.prod([x.shape[0]] + list(x.shape[2:])))
+    tmp_mean = running_mean.detach().clone()
+    tmp_var = running_var.detach().clone()
+    out = paddle.nn.functional.batch_norm(x, tmp_mean, tmp_var, weight, bias, training=True,
+                                          momentum=pm, epsilon=eps)
+    with paddle.no_grad():
+        paddle.assign(tmp_mean, output=running_mean)
+        if n > 1:  # torch keeps the unbiased batch variance: scale Paddle's batch part by n/(n-1)
+            old = running_var * pm
+            paddle.assign(old + (tmp_var - old) * (n / (n - 1.0)), output=running_var)
+        else:
+            paddle.assign(tmp_var, output=running_var)
+    return out
+
+
+def _bn_forward(self: Any, x: paddle.Tensor) -> paddle.Tensor:
+    x = _batch_norm_backward_safe(x, self._mean, self._variance, self.weight, self.bias,
+                                  self.training, self.momentum, self.eps)
+    return self.act(self.drop(x))
+
+
+def _install_bn_backward_fix(model: nn.Layer) -> int:
+    """Give every ``BatchNormAct2d`` of ``model`` the backward-safe forward (see above) when
+    ``compat.batch_norm`` needs it; returns how many layers were changed (0 when it does not)."""
+    if _compat_bn_backward_works():
+        return 0
+    n = 0
+    for layer in model.sublayers(include_self=True):
+        if isinstance(layer, BatchNormAct2d):
+            layer.forward = types.MethodType(_bn_forward, layer)
+            n += 1
+    return n
+# --- end of WORKAROUND ------------------------------------------------------------------------
+
+
+def create_optimizer(model: nn.Layer, cfg: Any) -> paddle.optimizer.Optimizer:
+    """:class:`~cream_paddle.optim.RMSpropTF` as timm 0.1.20's ``create_optimizer`` built it."""
+    return optim.create_retrain_optimizer(model, lr=cfg.lr, eps=cfg.opt_eps, momentum=cfg.momentum,
+                                          weight_decay=cfg.weight_decay, alpha=cfg.rmsprop_alpha)
+
+
+def create_scheduler(optimizer: paddle.optimizer.Optimizer, cfg: Any) -> Tuple[Any, int]:
+    """The per-epoch schedule (``step`` or ``cosine``) attached to ``optimizer``; and the epochs."""
+    return optim.create_retrain_scheduler(
+        optimizer, cfg.sched, epochs=cfg.epochs, min_lr=cfg.min_lr, decay_epochs=cfg.decay_epochs,
+        decay_rate=cfg.decay_rate, warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs,
+        cooldown_epochs=cfg.cooldown_epochs, lr=cfg.lr)
+
+
+class _CrossEntropy(nn.Layer):
+    def forward(self, x: paddle.Tensor, target: paddle.Tensor) -> paddle.Tensor:  # noqa: D102
+        return cross_entropy(x, target)
+
+
+def create_loss(cfg: Any) -> nn.Layer:
+    """Label-smoothing cross-entropy when ``cfg.smoothing > 0``, else cross-entropy (torch's ops)."""
+    return LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing > 0 else _CrossEntropy()
+
+
+def current_lr(optimizer: paddle.optimizer.Optimizer) -> float:
+    """The optimizer's learning rate (every group uses it; groups only carry multipliers of 1)."""
+    return float(optimizer.get_lr())
+
+
+class ModelEma:
+    """timm's ``ModelEma`` in Paddle: a copy of the model whose every state-dict entry (parameters
+    and BatchNorm statistics) follows ``ema = ema * decay + (1 - decay) * model`` after each step.
+
+    The copy is made at construction (deep copy, eval mode, no gradients), as timm does. Arguments
+    are timm's: ``device`` may only be ``''`` or ``'cpu'`` (this port runs on the CPU); ``resume``
+    names a training checkpoint whose ``state_dict_ema`` is loaded (read safely).
+    """
+
+    def __init__(self, model: nn.Layer, decay: float = 0.9999, device: str = "",
+                 resume: str = "") -> None:
+        if device not in ("", "cpu"):
+            raise ValueError(f"ModelEma: device {device!r} is not supported (CPU only)")
+        self.ema = copy.deepcopy(model)
+        self.ema.eval()
+        self.decay = decay
+        self.device = device
+        if resume:
+            obj = read_checkpoint(resume)
+            if not isinstance(obj, Mapping) or "state_dict_ema" not in obj:
+                raise CheckpointError(resume, "has no 'state_dict_ema' to resume the EMA from")
+            self.ema.set_state_dict({k: np.asarray(v) for k, v in obj["state_dict_ema"].items()})
+        for p in self.ema.parameters():
+            p.stop_gradient = True
+
+    @paddle.no_grad()
+    def update(self, model: nn.Layer) -> None:
+        """One EMA step towards ``model``'s current state."""
+        msd = model.state_dict()
+        for k, ema_v in self.ema.state_dict().items():
+            model_v = msd[k].detach()
+            paddle.assign(ema_v * self.decay + (1.0 - self.decay) * model_v, output=ema_v)
+
+
+class MaskedDropPath(DropPath):
+    """The port's ``DropPath`` with a given per-sample mask (``.mask``, shape (N,)).
+
+    Without a mask it falls back to the random rule of :func:`compat.drop_path`.
+    """
+
+    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
+        super().__init__(drop_prob, scale_by_keep)
+        self.mask: Optional[paddle.Tensor] = None
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:  # noqa: D102
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        if self.mask is None:
+            return super().forward(x)
+        if int(self.mask.shape[0]) != int(x.shape[0]):
+            raise RuntimeError(f"drop-path mask is for {self.mask.shape[0]} samples, the batch has "
+                               f"{x.shape[0]}")
+        return x * self.mask.reshape([-1] + [1] * (x.ndim - 1)).astype(x.dtype)
+
+
+class MaskInjector:
+    """Feed numpy drop masks to a model (twin of the torch class): drop-path layers become
+    :class:`MaskedDropPath`; dropout before the classifier becomes a pre-hook on the classifier.
+
+    The model's own dropout (:func:`compat.dropout`, ``upscale_in_train``) is switched off while the
+    injector is installed; its rule — kept units scaled by ``1/(1-p)`` — is the mask's.
+    """
+
+    def __init__(self, model: nn.Layer) -> None:
+        self.model = model
+        self._swapped: List[Tuple[nn.Layer, str, nn.Layer]] = []
+        self.layers: List[MaskedDropPath] = []
+        for name, layer in list(model.named_sublayers()):
+            if type(layer) is DropPath:
+                parent_name, _, attr = name.rpartition(".")
+                parent = model
+                for part in (parent_name.split(".") if parent_name else []):
+                    parent = getattr(parent, part)
+                new = MaskedDropPath(layer.drop_prob, layer.scale_by_keep)
+                setattr(parent, attr, new)
+                self._swapped.append((parent, attr, layer))
+                self.layers.append(new)
+            elif isinstance(layer, MaskedDropPath):
+                self.layers.append(layer)
+        self.drop_rate = float(getattr(model, "drop_rate", 0.0))
+        self.dropout_mask: Optional[paddle.Tensor] = None
+        model.drop_rate = 0.0
+        self._hook = model.get_classifier().register_forward_pre_hook(self._dropout)
+
+    def spec(self) -> MaskSpec:
+        """What the model drops: drop-path probabilities in model order and the dropout rate."""
+        return MaskSpec(tuple(float(m.drop_prob) for m in self.layers), self.drop_rate,
+                        int(self.model.get_classifier().weight.shape[0]))  # Linear is [in, out]
+
+    def set(self, masks: Optional[StepMasks]) -> None:
+        """Use ``masks`` for the next forward (``None``: the random rule)."""
+        if masks is None:
+            for layer in self.layers:
+                layer.mask = None
+            self.dropout_mask = None
+            return
+        if len(masks.drop_path) != len(self.layers):
+            raise ValueError(f"{len(masks.drop_path)} drop-path masks for {len(self.layers)} layers")
+        for layer, m in zip(self.layers, masks.drop_path):
+            layer.mask = None if m is None else paddle.to_tensor(np.ascontiguousarray(m))
+        self.dropout_mask = None if masks.dropout is None else paddle.to_tensor(
+            np.ascontiguousarray(masks.dropout))
+
+    def _dropout(self, layer: nn.Layer, inputs: Tuple[paddle.Tensor, ...]) -> Optional[tuple]:
+        if not self.model.training or self.drop_rate <= 0.0:
+            return None
+        x = inputs[0]
+        if self.dropout_mask is None:
+            return (compat.dropout(x, self.drop_rate, True),) + tuple(inputs[1:])
+        if list(self.dropout_mask.shape) != list(x.shape):
+            raise RuntimeError(f"dropout mask has shape {list(self.dropout_mask.shape)}, the "
+                               f"classifier input {list(x.shape)}")
+        return (x * self.dropout_mask.astype(x.dtype),) + tuple(inputs[1:])
+
+    def remove(self) -> None:
+        """Put the original layers and the model's own dropout back."""
+        self._hook.remove()
+        for parent, attr, orig in self._swapped:
+            setattr(parent, attr, orig)
+        self.model.drop_rate = self.drop_rate
+        self._swapped.clear()
+
+
+def bn_buffers(model: nn.Layer) -> Dict[str, paddle.Tensor]:
+    """The model's non-trainable state (BatchNorm ``_mean`` / ``_variance``), by state-dict name.
+
+    Paddle keeps BatchNorm statistics as parameters with ``stop_gradient=True``, not as buffers, so
+    they are the state-dict entries that are not trainable parameters.
+    """
+    trainable = {n for n, p in model.named_parameters() if not p.stop_gradient}
+    return {k: v for k, v in model.state_dict().items() if k not in trainable}
+
+
+def train_step(model: nn.Layer, optimizer: paddle.optimizer.Optimizer, loss_fn: nn.Layer,
+               images: np.ndarray, labels: np.ndarray, *, injector: Optional[MaskInjector] = None,
+               masks: Optional[StepMasks] = None, ema: Optional[ModelEma] = None, shards: int = 1,
+               forward_model: Optional[nn.Layer] = None) -> float:
+    """One optimisation step, as the torch twin (see ``cream_torch_ref.train.train_step``)."""
+    net = forward_model if forward_model is not None else model
+    model.train()
+    n = int(labels.shape[0])
+    if shards < 1 or n % shards:
+        raise ValueError(f"batch of {n} cannot be split into {shards} equal shards")
+    per = n // shards
+    optimizer.clear_grad()
+    total = 0.0
+    keep: Optional[Dict[str, paddle.Tensor]] = None
+    for s in range(shards):
+        lo, hi = s * per, (s + 1) * per
+        if injector is not None:
+            injector.set(masks.rows(lo, hi) if masks is not None else None)
+        x = paddle.to_tensor(np.ascontiguousarray(images[lo:hi]))
+        y = paddle.to_tensor(np.ascontiguousarray(labels[lo:hi]))
+        loss = loss_fn(net(x), y)
+        (loss / shards if shards > 1 else loss).backward()
+        total += float(loss.detach())
+        if shards > 1 and s == 0:
+            keep = {k: v.detach().clone() for k, v in bn_buffers(model).items()}
+    if keep is not None:
+        with paddle.no_grad():
+            for k, v in bn_buffers(model).items():
+                paddle.assign(keep[k], output=v)
+    optimizer.step()
+    if ema is not None:
+        ema.update(model)
+    return total / shards
+
+
+def _chmod_like_new_file(path: str) -> None:
+    """``mkstemp`` creates 0600; give the checkpoint the permissions ``open()`` would (umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _official_arch(cfg: Any) -> str:
+    return f"{cfg.model.split('-')[1]}m_retrain"
+
+
+def _arrays(layer: nn.Layer) -> Dict[str, np.ndarray]:
+    return {k: np.asarray(v.numpy()) for k, v in layer.state_dict().items()}
+
+
+def _plain(v: Any) -> Any:
+    """Python scalars/containers only (the restricted reader accepts no numpy scalar types)."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, (np.floating, float)):
+        return float(v)
+    if isinstance(v, (np.integer, int, bool)) and not isinstance(v, bool):
+        return int(v)
+    return v
+
+
+def _param_names(model: nn.Layer) -> Dict[str, str]:
+    """Paddle's generated parameter name (``conv2d_3.w_0``) -> structured name (``conv_stem.weight``)."""
+    return {p.name: n for n, p in model.named_parameters()}
+
+
+def _split_owner(key: str, owners: List[str]) -> Optional[Tuple[str, str]]:
+    for owner in owners:  # longest first
+        if key.startswith(owner + "_"):
+            return owner, key[len(owner):]
+    return None
+
+
+def optimizer_state(model: nn.Layer, optimizer: paddle.optimizer.Optimizer) -> Dict[str, Any]:
+    """The optimizer's accumulators as ``{structured name: {suffix: array}}`` plus the schedule."""
+    names = _param_names(model)
+    owners = sorted(names, key=len, reverse=True)
+    acc: Dict[str, Dict[str, np.ndarray]] = {}
+    out: Dict[str, Any] = {"accumulators": acc}
+    for key, value in optimizer.state_dict().items():
+        if key == _SCHED_KEY:
+            out[_SCHED_KEY] = _plain(dict(value))
+            continue
+        hit = _split_owner(key, owners)
+        if hit is None or not hasattr(value, "numpy"):
+            continue  # nothing else is kept by RMSProp
+        acc.setdefault(names[hit[0]], {})[hit[1]] = np.asarray(value.numpy())
+    return out
+
+
+def _load_optimizer_state(path: str, model: nn.Layer, optimizer: paddle.optimizer.Optimizer,
+                          state: Mapping[str, Any]) -> None:
+    acc = state.get("accumulators")
+    if not isinstance(acc, Mapping) or not acc:
+        raise CheckpointError(path, "has no optimizer state, so training cannot resume from it")
+    structured = {n: p.name for n, p in model.named_parameters()}
+    unknown = sorted(set(acc) - set(structured))
+    if unknown:
+        raise CheckpointError(path, f"optimizer state for unknown parameter(s) {unknown[:3]}")
+    sd: Dict[str, Any] = {}
+    for name, entries in acc.items():
+        for suffix, arr in entries.items():
+            sd[structured[name] + suffix] = paddle.to_tensor(np.asarray(arr))
+    if _SCHED_KEY in state:
+        sd[_SCHED_KEY] = dict(state[_SCHED_KEY])
+    optimizer.set_state_dict(sd)
+
+
+def save_train_checkpoint(path: str, model: nn.Layer, ema: Optional[ModelEma],
+                          optimizer: paddle.optimizer.Optimizer, epoch: int, cfg: Any) -> None:
+    """Write a ``.pdparams`` training checkpoint (see the module doc), atomically."""
+    obj: Dict[str, Any] = {
+        "epoch": int(epoch), "arch": _official_arch(cfg), "args": _plain(cfg.to_dict()),
+        "version": 2, "state_dict": _arrays(model),
+        "optimizer": optimizer_state(model, optimizer),
+    }
+    if ema is not None:
+        obj["state_dict_ema"] = _arrays(ema.ema)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=CHECKPOINT_SUFFIX, dir=folder)
+    _chmod_like_new_file(tmp)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(obj, f, protocol=4)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _check_args(path: str, args: Any, cfg: Any) -> None:
+    if not isinstance(args, Mapping):
+        return
+    for key in ("model", "num_classes"):
+        if key in args and args[key] != getattr(cfg, key):
+            raise CheckpointError(path, f"was trained with {key}={args[key]!r}, this run has "
+                                        f"{key}={getattr(cfg, key)!r}")
+
+
+def load_train_checkpoint(path: str, model: nn.Layer, ema: Optional[ModelEma],
+                          optimizer: paddle.optimizer.Optimizer, cfg: Any) -> int:
+    """Restore model, EMA and optimizer from :func:`save_train_checkpoint`'s file; returns its epoch."""
+    obj = read_checkpoint(path)
+    if not isinstance(obj, Mapping) or "state_dict" not in obj or "epoch" not in obj:
+        raise CheckpointError(path, "is not a training checkpoint (needs 'state_dict' and 'epoch' "
+                                    "to resume)")
+    _check_args(path, obj.get("args"), cfg)
+    if not isinstance(obj.get("optimizer"), Mapping):
+        raise CheckpointError(path, "has no optimizer state, so training cannot resume from it")
+    expected = {k: tuple(int(s) for s in v.shape) for k, v in model.state_dict().items()}
+    check_state_dict(expected, obj["state_dict"], path, what=f"{cfg.model} ({cfg.num_classes} "
+                                                             "classes)")
+    if ema is not None and "state_dict_ema" in obj:
+        check_state_dict(expected, obj["state_dict_ema"], path, what="the EMA model")
+    _load_optimizer_state(path, model, optimizer, obj["optimizer"])
+    model.set_state_dict({k: np.asarray(v) for k, v in obj["state_dict"].items()})
+    if ema is not None:
+        ema.ema.set_state_dict({k: np.asarray(v) for k, v in
+                                obj.get("state_dict_ema", obj["state_dict"]).items()})
+    return int(obj["epoch"])
+
+
+def init_distributed() -> Tuple[int, int]:
+    """``(rank, world_size)``; under ``paddle.distributed.launch`` (several trainers) joins the
+    collective group (gloo on CPU)."""
+    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+    if world <= 1:
+        return 0, 1
+    import paddle.distributed as dist
+
+    paddle.set_device("cpu")
+    dist.init_parallel_env()
+    return dist.get_rank(), dist.get_world_size()
+
+
+class Backend:
+    """The Paddle half of :func:`cream_data.train_loop.run_training` (twin of the torch class)."""
+
+    framework = FRAMEWORK
+    checkpoint_suffix = CHECKPOINT_SUFFIX
+
+    def __init__(self, cfg: Any, *, distributed: Optional[bool] = None, shards: int = 1) -> None:
+        self.cfg = cfg
+        if distributed is None:
+            distributed = int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1
+        self.rank, self.world_size = init_distributed() if distributed else (0, 1)
+        self.shards = shards
+        self.model = build_model(cfg)
+        self.optimizer = create_optimizer(self.model, cfg)
+        self.scheduler, self.epochs = create_scheduler(self.optimizer, cfg)
+        self.ema = ModelEma(self.model, decay=cfg.ema_decay) if cfg.ema else None
+        self.injector = MaskInjector(self.model)
+        self.loss_fn = create_loss(cfg)
+        self.forward_model: nn.Layer = self.model
+        if self.world_size > 1:
+            self.forward_model = paddle.DataParallel(self.model)
+
+    @property
+    def has_ema(self) -> bool:
+        return self.ema is not None
+
+    def mask_spec(self) -> MaskSpec:
+        return self.injector.spec()
+
+    def train_step(self, batch: TrainBatch, masks: StepMasks) -> float:
+        return train_step(self.model, self.optimizer, self.loss_fn, batch.images, batch.labels,
+                          injector=self.injector, masks=masks, ema=self.ema, shards=self.shards,
+                          forward_model=self.forward_model)
+
+    def lr(self) -> float:
+        return current_lr(self.optimizer)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.scheduler.step(epoch)
+
+    def evaluate(self, loader: EvalLoader, ema: bool) -> EvalResult:
+        model = self.ema.ema if ema and self.ema is not None else self.model
+        try:
+            return evaluate(model, loader, mode="eager",
+                            desc=f"{FRAMEWORK} eval{' EMA' if ema else ''}")
+        finally:
+            self.model.train()
+
+    def save(self, path: str, epoch: int, metric: Optional[float]) -> None:
+        save_train_checkpoint(path, self.model, self.ema, self.optimizer, epoch, self.cfg)
+
+    def load(self, path: str) -> int:
+        return load_train_checkpoint(path, self.model, self.ema, self.optimizer, self.cfg)
+
+    def mean_over_ranks(self, value: float) -> float:
+        if self.world_size <= 1:
+            return value
+        import paddle.distributed as dist
+
+        t = paddle.to_tensor([value], dtype="float64")
+        dist.all_reduce(t)
+        return float(t.numpy()[0]) / self.world_size
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import paddle.distributed as dist
+
+            dist.barrier()
+
+
+def train(cfg: Any, train_set: ImageDataset, val_set: Optional[ImageDataset] = None,
+          output_dir: Optional[str] = None, *, resume: Optional[str] = None,
+          workers: Optional[int] = None, progress: bool = True, max_steps: Optional[int] = None,
+          shards: int = 1, log: Any = print) -> TrainResult:
+    """Retrain ``cfg.model`` on ``train_set`` (evaluating on ``val_set``); see ``run_training``."""
+    backend = Backend(cfg, shards=shards)
+    return run_training(cfg, backend, train_set, val_set, output_dir, resume=resume,
+                        workers=workers, progress=progress, max_steps=max_steps, log=log)

@@ -1,0 +1,22 @@
+"""timm's EfficientNet/MobileNetV3 blocks, under the names ``cream_paddle.blocks`` mirrors.
+
+The reference uses timm's classes unchanged; this module only gathers them in one place so that the
+two trees have the same files with the same class names (``tests/test_mirror.py`` checks it).
+"""
+from __future__ import annotations
+
+from timm.layers import BatchNormAct2d, DropPath, SelectAdaptivePool2d
+from timm.layers.adaptive_avgmax_pool import FastAdaptiveAvgPool
+from timm.models._efficientnet_blocks import (ConvBnAct, DepthwiseSeparableConv, InvertedResidual,
+                                              SqueezeExcite)
+
+__all__ = [
+    "BatchNormAct2d",
+    "SqueezeExcite",
+    "ConvBnAct",
+    "DepthwiseSeparableConv",
+    "InvertedResidual",
+    "SelectAdaptivePool2d",
+    "FastAdaptiveAvgPool",
+    "DropPath",
+]

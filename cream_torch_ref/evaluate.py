@@ -1,0 +1,68 @@
+"""Evaluate a torch child net on ImageNet-style data with the official preprocessing.
+
+Twin of ``cream_paddle.evaluate`` (same functions, same signatures). Only the forward pass is
+framework code; decoding, normalisation, top-k and loss are the shared, framework-free
+:func:`cream_data.run_evaluation`, so both frameworks see the same float32 input and are scored
+by the same arithmetic.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from cream_data import EvalLoader, EvalResult, ForwardFn, run_evaluation
+
+__all__ = ["FRAMEWORK", "FORWARD_MODES", "resolve_mode", "make_forward", "forward_logits",
+           "evaluate"]
+
+FRAMEWORK = "torch"
+#: ``eager``: the module as is (the reference). ``auto`` is ``eager``. (``cream_paddle.evaluate``
+#: has the same names; there ``auto`` picks a compiled predictor.)
+FORWARD_MODES = ("auto", "eager")
+
+
+def resolve_mode(mode: str, num_images: int) -> str:
+    """The forward mode ``mode`` stands for on a run over ``num_images`` images (always eager)."""
+    if mode not in FORWARD_MODES:
+        raise ValueError(f"unknown forward mode {mode!r} for torch; choose one of "
+                         f"{', '.join(FORWARD_MODES)}")
+    return "eager"
+
+
+def make_forward(model: torch.nn.Module, mode: str = "auto", img_size: Optional[int] = None,
+                 threads: Optional[int] = None) -> ForwardFn:
+    """A function float32 NCHW numpy batch -> float32 logits numpy, running ``model`` in eval mode.
+
+    ``img_size`` is unused here (the Paddle twin needs it to compile); it is accepted so callers can
+    treat both frameworks alike. ``threads`` sets torch's intra-op threads for the whole process
+    (default: torch's own choice, one per core).
+    """
+    resolve_mode(mode, 0)
+    if threads is not None:
+        torch.set_num_threads(max(1, int(threads)))
+    model.eval()
+
+    def forward(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = model(torch.from_numpy(np.ascontiguousarray(images)))
+        if isinstance(out, (tuple, list)):  # as the official validate(): first output
+            out = out[0]
+        return out.float().numpy()
+
+    return forward
+
+
+def forward_logits(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    """Logits of one normalised float32 NCHW batch (eager, eval mode)."""
+    return make_forward(model, "eager")(images)
+
+
+def evaluate(model: torch.nn.Module, loader: EvalLoader, *, mode: str = "auto",
+             threads: Optional[int] = None, keep_logits: bool = False, progress: bool = False,
+             desc: Optional[str] = None) -> EvalResult:
+    """Top-1/top-5 (percent), mean cross-entropy and images/s of ``model`` over ``loader``."""
+    forward = make_forward(model, resolve_mode(mode, loader.num_images), loader.img_size, threads)
+    return run_evaluation(forward, loader, FRAMEWORK, keep_logits=keep_logits, progress=progress,
+                          desc=desc or FRAMEWORK)

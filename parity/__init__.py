@@ -1,0 +1,12 @@
+"""Parity harness: show that the Paddle port computes what the PyTorch reference computes.
+
+``parity run`` (:mod:`parity.runner`, :mod:`parity.cli`) compares every module output, the BN
+statistics, the losses, every gradient, optimizer steps, LR schedules and an x2paddle third opinion,
+under the named tolerances of :mod:`parity.compare`, and names the first module that differs.
+Importing this package is cheap: torch and Paddle are imported when a run starts.
+"""
+from .compare import TOLERANCES, Comparison, Tolerance, first_divergence, tolerance_for
+from .runner import ParityConfig, ParityResult, run_parity
+
+__all__ = ["TOLERANCES", "Comparison", "Tolerance", "first_divergence", "tolerance_for",
+           "ParityConfig", "ParityResult", "run_parity"]

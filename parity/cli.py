@@ -1,0 +1,209 @@
+"""``parity``: show that the Paddle port computes what the PyTorch reference computes.
+
+Subcommands:
+
+* ``parity run``: the strict comparison harness (:mod:`parity.runner`): every module's output in
+  eval and train mode, BN statistics, losses, every gradient, optimizer steps, LR schedules and an
+  x2paddle third opinion; table, JSON and plot; exit 0 iff everything is within tolerance.
+* ``parity eval``: both models on the same images (:mod:`parity.eval_parity`).
+* ``parity search-step``: one step of the supernet search in both frameworks
+  (:mod:`parity.search_step`).
+* ``parity train-step``: k retraining steps in both frameworks (:mod:`parity.train_step`).
+
+Exit status: 0 pass, 1 divergence beyond tolerance, 2 bad input or a subcommand that is not
+available.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Callable, List, Optional
+
+from cream_arch import model_names
+
+from .runner import STAGES  # cheap: torch and Paddle are imported when a run starts
+
+__all__ = ["main", "build_parser", "add_run_parser", "run_command"]
+
+#: ``subcommand -> module`` whose ``register(subparsers)`` adds it (handler in ``func``).
+_PLUGINS = (("eval", "parity.eval_parity"), ("search-step", "parity.search_step"),
+            ("train-step", "parity.train_step"))
+
+
+def add_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add ``parity run`` to a subparsers object."""
+    p = sub.add_parser(
+        "run", help="compare the torch reference and the Paddle port, layer by layer",
+        description="Build both models with identical weights (converted from an official-format "
+                    "checkpoint, or a seeded one), feed identical inputs, and compare every module "
+                    "output (eval and train mode, fp64 and fp32), BN statistics, losses, all "
+                    "gradients, k optimizer steps, the LR schedules and the x2paddle-traced logits. "
+                    "Exit 0 iff every comparison is within its named tolerance.")
+    p.add_argument("--model", required=True, choices=model_names(), metavar="NAME",
+                   help=f"released child net: {', '.join(model_names())}")
+    p.add_argument("--ckpt", metavar="FILE",
+                   help="official-format .pth.tar (EMA weights used when present); default: a "
+                        "seeded official-format checkpoint generated in the report folder")
+    p.add_argument("--batch", type=int, default=2, metavar="N", help="batch size (default 2)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="input/target seed (default 0)")
+    p.add_argument("--resolution", type=int, metavar="PX",
+                   help="input size (default: the model's test resolution)")
+    p.add_argument("--report", metavar="DIR",
+                   help="folder for parity.json, parity.png, the converted weights and the "
+                        "x2paddle cache (default out/parity/NAME)")
+    p.add_argument("--json", metavar="FILE", help="write the JSON here instead of DIR/parity.json")
+    p.add_argument("--no-x2paddle", action="store_true",
+                   help="skip the x2paddle third opinion (saves the tracing time)")
+    p.add_argument("--stages", metavar="LIST", default=",".join(STAGES),
+                   help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
+    p.add_argument("--precision", choices=("both", "fp64", "fp32"), default="both",
+                   help="fp64 = semantic check, fp32 = deployed precision (default both)")
+    p.add_argument("--steps", type=int, default=3, metavar="K",
+                   help="optimizer steps to compare (default 3, at least 3)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch CPU threads (default 1: fastest at small batches)")
+    p.add_argument("--inject-fault", metavar="FAULT",
+                   help="break the Paddle model on purpose to see the run fail and name the place: "
+                        + ", ".join(_fault_names()))
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_command)
+
+
+def _fault_names() -> List[str]:
+    from .faults import FAULTS
+
+    return list(FAULTS)
+
+
+def _fail(msg: str) -> int:
+    print(f"parity run: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Handler of ``parity run``: 0 pass, 1 divergence, 2 bad input."""
+    from cream_arch.errors import CheckpointError
+
+    report = args.report or os.path.join("out", "parity", args.model)
+    json_path = args.json or os.path.join(report, "parity.json")
+    plot_path = os.path.join(report, "parity.png")
+    if args.batch < 1:
+        return _fail(f"--batch must be >= 1, got {args.batch}")
+    if args.steps < 3:
+        return _fail(f"--steps must be >= 3 (the comparison needs k >= 3 steps), got {args.steps}")
+    if args.resolution is not None and args.resolution < 32:
+        return _fail(f"--resolution must be >= 32 (five stride-2 stages), got {args.resolution}")
+    if args.ckpt is not None and not os.path.isfile(args.ckpt):
+        return _fail(f"{args.ckpt}: no such file" if not os.path.exists(args.ckpt)
+                     else f"{args.ckpt}: is not a file")
+    if os.path.exists(report) and not os.path.isdir(report):
+        return _fail(f"{report}: exists and is not a folder (--report)")
+    if os.path.isdir(json_path):
+        return _fail(f"{json_path}: is a folder (--json)")
+    mutate = None
+    if args.inject_fault is not None:
+        from .faults import FAULTS
+
+        if args.inject_fault not in FAULTS:
+            return _fail(f"unknown fault {args.inject_fault!r}; choose from {', '.join(FAULTS)}")
+        fault = FAULTS[args.inject_fault]
+        mutate = fault.apply
+        print(f"injecting fault {fault.name!r} into the Paddle model: {fault.description} "
+              f"(expect the first divergence at {fault.module})")
+    if args.ckpt is not None:
+        for out in (json_path, plot_path):
+            if os.path.exists(out) and os.path.samefile(out, args.ckpt):
+                return _fail(f"{out}: is the input checkpoint; refusing to overwrite it")
+
+    from .report import format_first_divergence, format_table, write_json, write_plot
+    from .runner import PRECISIONS, ParityConfig, run_parity
+
+    wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
+    bad = [s for s in wanted if s not in STAGES]
+    if bad or not wanted:
+        return _fail(f"--stages: unknown {', '.join(bad) or '(empty)'}; choose from "
+                     f"{', '.join(STAGES)}")
+    stages = tuple(s for s in STAGES if s in wanted and not (s == "x2paddle" and args.no_x2paddle))
+    precisions = PRECISIONS if args.precision == "both" else (args.precision,)
+    cfg = ParityConfig(model=args.model, ckpt=args.ckpt, batch=args.batch, seed=args.seed,
+                       resolution=args.resolution, report_dir=report, stages=stages,
+                       precisions=precisions, optim_steps=args.steps, threads=args.threads,
+                       progress=not args.no_progress)
+    try:
+        result = run_parity(cfg, mutate_paddle=mutate)
+    except CheckpointError as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        print("parity run: interrupted", file=sys.stderr)
+        return 130
+    print(format_table(result))
+    print()
+    t = result.timings
+    print(f"{len(result.comparisons)} comparisons in {t.get('total', 0):.1f} s "
+          f"(model {args.model}, batch {args.batch}, {result.info.get('resolution')} px, "
+          f"weights: {result.info.get('weights', '?')})")
+    write_json(result, json_path,
+               {"injected_fault": args.inject_fault} if args.inject_fault else None)
+    write_plot(result, plot_path)
+    print(f"JSON: {json_path}\nplot: {plot_path}")
+    print(format_first_divergence(result))
+    return 0 if result.ok else 1
+
+
+def _unavailable(name: str, module: str, exc: BaseException) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        print(f"parity {name}: not available: {module} could not be imported "
+              f"({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 2
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``parity`` parser with ``run`` and every plugin subcommand that imports."""
+    parser = argparse.ArgumentParser(
+        prog="parity", description="Prove the Paddle port of Cream computes what the PyTorch "
+                                   "reference computes.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_run_parser(sub)
+    for name, module in _PLUGINS:
+        try:
+            mod = importlib.import_module(module)
+            mod.register(sub)
+        except Exception as e:  # noqa: BLE001 - one broken plugin must not take `parity run` down
+            if name in sub.choices:  # it failed half-way through registering
+                sub.choices[name].set_defaults(func=_unavailable(name, module, e))
+                continue
+            p = sub.add_parser(name, help=f"(not available: {type(e).__name__})", add_help=False)
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(func=_unavailable(name, module, e))
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``parity`` console script (``argv`` None: the process's arguments).
+
+    Run as a program (``argv`` None), it leaves with ``os._exit`` once its outputs are written and
+    flushed: torch and Paddle otherwise spend several seconds in C++ destructors at interpreter exit.
+    Called with an argument list (tests, other code), it returns the exit status.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "func", None)  # plugins register their handler as ``func``
+    if handler is None:
+        parser.print_help()
+        return 2
+    code = int(handler(args) or 0)
+    if argv is None and ("torch" in sys.modules or "paddle" in sys.modules):
+        import logging
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,828 @@
+"""The parity run: both frameworks, identical weights and inputs, every comparison, one verdict.
+
+:func:`run_parity` is what ``parity run`` and ``pytest parity/`` call. Stages, in order (each
+compared under the named tolerances of :mod:`parity.compare`):
+
+1. ``forward/eval/fp64``, ``forward/train/fp64``, ``bn_stats/fp64``, ``loss/fp64``,
+   ``backward/fp64`` — the semantic check: in float64 rounding cannot hide a wrong constant, so the
+   first module whose output differs is where the port computes something else.
+2. The same five in float32, the precision the models run in, with fp32 bounds.
+3. ``loss/shared/fp32`` — the loss twins on the *same* logits (values and gradients w.r.t. logits).
+4. ``optim/sgd/fp64`` and ``optim/rmsproptf/fp64`` — k steps of the search's Nesterov SGD +
+   per-iteration LambdaLR and of the retraining's RMSpropTF + epoch schedule, both frameworks'
+   optimizers fed the same k reference gradients (k batches, the official loss); the LR of every
+   step and every parameter after the last. Always in float64: it checks the update rule.
+5. ``lr/schedules`` — the whole retrain step and cosine schedules and the search schedule's start.
+6. ``x2paddle/eval/fp32`` — a third opinion: the torch model traced by x2paddle, run in Paddle.
+
+Weights: the torch reference loads an official-format checkpoint (the one given, or one generated from
+a seed); the Paddle port loads the ``.pdparams`` that ``convert-ckpt``'s converter makes from it, so
+the converter is part of what is checked. Gradient and statistic names are mapped with the
+converter's rules (:mod:`converters.rules`), never with a second table.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from cream_arch import child_spec, seeded_input
+
+from .capture import Capture, Event, capture_paddle, capture_torch
+from .compare import (GRAD_CONTEXT_FLOOR, Comparison, compare_arrays, compare_named,
+                      first_divergence)
+
+__all__ = ["ParityConfig", "ParityResult", "run_parity", "align_bn_constants_to_paddle",
+           "make_seeded_checkpoint", "STAGES", "PRECISIONS"]
+
+#: Stage groups a run can be limited to (``ParityConfig.stages``).
+STAGES: Tuple[str, ...] = ("eval", "train", "losses", "optim", "lr", "x2paddle")
+PRECISIONS: Tuple[str, ...] = ("fp64", "fp32")
+
+
+@dataclass
+class ParityConfig:
+    """What to compare; defaults are what ``parity run --model NAME`` does."""
+
+    model: str
+    ckpt: Optional[str] = None  # official-format .pth.tar; None: generate one from ``weights_seed``
+    batch: int = 2
+    seed: int = 0  # inputs and targets
+    weights_seed: int = 1  # seeded checkpoint: raw weights from this seed, EMA from seed + 1
+    resolution: Optional[int] = None  # None: the model's test resolution
+    report_dir: Optional[str] = None  # converted weights and the x2paddle cache go here
+    stages: Tuple[str, ...] = STAGES
+    precisions: Tuple[str, ...] = PRECISIONS
+    optim_steps: int = 3
+    threads: int = 1  # torch intra-op threads; small batches run fastest (and steadiest) on one
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad:
+            raise ValueError(f"unknown stage(s) {bad}; choose from {', '.join(STAGES)}")
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad:
+            raise ValueError(f"unknown precision(s) {bad}; choose from {', '.join(PRECISIONS)}")
+        if self.optim_steps < 1 or self.batch < 1:
+            raise ValueError("batch and optim_steps must be >= 1")
+
+
+@dataclass
+class ParityResult:
+    """Every comparison of a run, the first divergence, timings and where the inputs came from."""
+
+    config: ParityConfig
+    comparisons: List[Comparison] = field(default_factory=list)
+    timings: Dict[str, float] = field(default_factory=dict)
+    info: Dict[str, Any] = field(default_factory=dict)
+    curves: Dict[str, List[Tuple[str, float, float]]] = field(default_factory=dict)  # for the plot
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.comparisons) and all(c.ok for c in self.comparisons)
+
+    @property
+    def first(self) -> Optional[Comparison]:
+        return first_divergence(self.comparisons)
+
+    def as_dict(self) -> Dict[str, Any]:
+        first = self.first
+        return {
+            "ok": self.ok,
+            "model": self.config.model,
+            "config": asdict(self.config),
+            "compared": len(self.comparisons),
+            "failed": sum(not c.ok for c in self.comparisons),
+            "first_divergence": first.as_dict() if first else None,
+            "timings_s": self.timings,
+            "info": self.info,
+            "comparisons": [c.as_dict() for c in self.comparisons],
+        }
+
+
+PaddleMutator = Callable[[Any], None]
+
+
+# ------------------------------------------------------------------------------------------------
+# models and weights
+
+
+@dataclass
+class _Models:
+    """The reference (fp32, eval) and the port, each handed out per precision in its loaded state.
+
+    One copy per framework and precision is made (the Paddle port loaded once through its own
+    loader, ``mutate`` applied, both cast); every later request restores the loaded weights and
+    statistics and drops gradients, so each stage starts from the same state without a new copy.
+    """
+
+    name: str
+    torch_model: Any
+    pdparams: str
+    num_classes: int
+    mutate: Optional[PaddleMutator]
+    weights_sha256: str = ""
+    _paddle: Any = None
+    _copies: Dict[Tuple[str, str], Tuple[Any, Dict[str, Any]]] = field(default_factory=dict)
+
+    def torch(self, dtype: str) -> Any:
+        key = ("torch", dtype)
+        if key not in self._copies:
+            m = copy.deepcopy(self.torch_model)
+            m = align_bn_constants_to_paddle(m.double()) if dtype == "fp64" else m.float()
+            self._copies[key] = (m, {k: v.detach().clone() for k, v in m.state_dict().items()})
+        m, init = self._copies[key]
+        m.load_state_dict(init)
+        for p in m.parameters():
+            p.grad = None
+        return m.eval()
+
+    def paddle(self, dtype: str) -> Any:
+        key = ("paddle", dtype)
+        if key not in self._copies:
+            if self._paddle is None:  # loaded once through the port's own loader
+                import cream_paddle
+
+                self._paddle = cream_paddle.create_model(self.name, num_classes=self.num_classes,
+                                                         checkpoint=self.pdparams)
+            m = copy.deepcopy(self._paddle)
+            if self.mutate is not None:
+                self.mutate(m)
+            if dtype == "fp64":
+                m.to(dtype="float64")
+            self._copies[key] = (m, {k: v.detach().clone() for k, v in m.state_dict().items()})
+        m, init = self._copies[key]
+        m.set_state_dict(init)
+        m.clear_gradients(set_to_zero=False)
+        m.eval()
+        return m
+
+
+def align_bn_constants_to_paddle(model: Any) -> Any:
+    """Round every BatchNorm's epsilon and momentum to the float32 values Paddle computes with.
+
+    Paddle stores BN ``epsilon`` and ``momentum`` as float32 attributes even for float64 tensors
+    (1e-5 -> 9.99999975e-06, 0.9 -> 0.89999998; pinned by ``parity/test_ops.py``). In float64 that
+    representational difference alone moves a BN output by up to ~1e-8 of its scale where a channel's
+    running variance is ~0, enough to hide a semantic one. The float64 reference therefore uses the
+    same rounded constants; the float32 stages use the reference untouched.
+    """
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eps = float(np.float32(m.eps))
+            if m.momentum is not None:
+                m.momentum = 1.0 - float(np.float32(1.0 - m.momentum))
+    return model
+
+
+def make_seeded_checkpoint(name: str, path: str, seed: int = 1, resolution: Optional[int] = None
+                           ) -> None:
+    """An official-format checkpoint (torch 1.2 legacy layout) of ``name`` with seeded weights.
+
+    ``state_dict_ema`` (what the harness loads) holds :func:`cream_arch.seeded_child_state`: seeded
+    weights with BN statistics calibrated on a batch at ``resolution``, so activations and logits
+    are as input-dependent as a trained net's. ``state_dict`` holds plain :func:`seeded_state`
+    values (the file needs it; nothing reads it). Calibration runs a float64 numpy forward pass, so
+    it is done at the run's resolution and the file is kept in the report folder for the next run.
+    """
+    import torch
+
+    from cream_arch import seeded_child_state, seeded_state
+    from cream_torch_ref import save_official_checkpoint
+
+    arch = child_spec(name).arch_list
+    ema = seeded_child_state(arch, seed + 1, resolution=resolution or child_spec(name).resolution)
+    raw = seeded_state([(k, v.shape) for k, v in ema.items()], seed)
+    tmp = path + ".tmp"
+    save_official_checkpoint(tmp, {k: torch.from_numpy(v) for k, v in raw.items()},
+                             {k: torch.from_numpy(v) for k, v in ema.items()}, arch=name)
+    os.replace(tmp, path)
+
+
+def _prepare_models(cfg: ParityConfig, work: str, mutate: Optional[PaddleMutator],
+                    info: Dict[str, Any]) -> _Models:
+    from converters.convert import convert_checkpoint
+    from cream_torch_ref import create_model as torch_create
+    from cream_torch_ref.checkpoint import load_checkpoint
+
+    ckpt = cfg.ckpt
+    if ckpt is None:
+        res = cfg.resolution or child_spec(cfg.model).resolution
+        ckpt = os.path.join(work, f"{cfg.model}-seed{cfg.weights_seed}-cal{res}.pth.tar")
+        if not os.path.isfile(ckpt):
+            make_seeded_checkpoint(cfg.model, ckpt, cfg.weights_seed, res)
+        info["weights"] = f"seeded official-format checkpoint (EMA: seed {cfg.weights_seed + 1}, " \
+                          f"BN statistics calibrated at {res} px), EMA weights used"
+    else:
+        info["weights"] = f"{ckpt} (EMA weights when present)"
+    ck = load_checkpoint(ckpt, use_ema=True)
+    num_classes = int(ck.state_dict["classifier.bias"].shape[0]) \
+        if "classifier.bias" in ck.state_dict else 1000
+    torch_model = torch_create(cfg.model, num_classes=num_classes, checkpoint=ckpt)
+    pdparams = os.path.join(work, f"{cfg.model}.pdparams")
+    conv = convert_checkpoint(ckpt, pdparams, model=cfg.model, weights="ema", force=True)
+    info["checkpoint"] = os.fspath(ckpt)
+    info["converted"] = conv.summary()
+    info["num_classes"] = num_classes
+    return _Models(cfg.model, torch_model, pdparams, num_classes, mutate, conv.source_sha256)
+
+
+# ------------------------------------------------------------------------------------------------
+# name mapping through the converter's rules
+
+
+def _to_torch_names(paddle_values: Dict[str, np.ndarray], torch_model: Any,
+                    ref: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """Paddle-named arrays as torch-named, torch-laid-out arrays, for the torch keys of ``ref``.
+
+    Uses the converter's rules (renames such as ``_mean`` -> ``running_mean``, the Linear transpose);
+    shapes and dtypes are taken from ``ref`` so gradients of an fp64 run map too.
+    """
+    from converters.rules import RuleError, TargetKey, apply_rules, torch_layout
+
+    kinds = torch_layout(torch_model)
+    layout = {k: TargetKey(tuple(v.shape), v.dtype.name, kinds[k].kind) for k, v in ref.items()}
+    src = {k: v for k, v in paddle_values.items()}
+    wanted = {_paddle_twin(k) for k in ref}
+    src = {k: v for k, v in src.items() if k in wanted}
+    try:
+        mapped = apply_rules(src, layout, to="torch", fill=lambda k, tk: np.asarray(ref[k]))
+    except RuleError as e:
+        raise RuntimeError(f"names do not map through the converter rules: {e}") from None
+    return mapped.state_dict
+
+
+def _paddle_twin(torch_key: str) -> str:
+    """The Paddle name of a torch state-dict key, for filtering only (the rules do the mapping)."""
+    from converters.rules import RULES
+
+    prefix, _, leaf = torch_key.rpartition(".")
+    for r in RULES:
+        if r.torch_leaf == leaf and r.paddle_leaf is not None:
+            return f"{prefix}.{r.paddle_leaf}" if prefix else r.paddle_leaf
+    return torch_key
+
+
+# ------------------------------------------------------------------------------------------------
+# comparisons of captures
+
+
+def _owner(param: str) -> str:
+    return param.rsplit(".", 1)[0] if "." in param else param
+
+
+def _compare_forward(t: Capture, p: Capture, stage: str, precision: str, category: str,
+                     truth: Optional[Capture] = None
+                     ) -> Tuple[List[Comparison], List[Tuple[str, float, float]]]:
+    """Module outputs (and inline-computed inputs) paired by name and call, then the logits.
+
+    ``truth``: the reference's fp64 capture of the same pass (fp32 stages; see
+    :data:`parity.compare.FP32_ACCURACY_FACTOR`).
+    """
+    out: List[Comparison] = []
+    curve: List[Tuple[str, float, float]] = []
+    pev: Dict[Tuple[str, str, int], Event] = {e.key: e for e in p.events}
+    tru: Dict[Tuple[str, str, int], Event] = {e.key: e for e in truth.events} if truth else {}
+    tkeys = {e.key for e in t.events}
+    done: Dict[Tuple[int, int, int], Comparison] = {}  # a tensor several modules return: once
+    for i, e in enumerate(t.events):
+        if e.kind == "in" and not e.inline:
+            continue
+        pe = pev.get(e.key)
+        te = tru.get(e.key)
+        slots = (e.slot, pe.slot if pe is not None else -1, te.slot if te is not None else -1)
+        if slots in done and pe is not None:
+            c = dataclasses.replace(done[slots], name=e.label, order=i, module=e.culprit, note="")
+            if not c.ok and done[slots].note.startswith("worst"):
+                c.note = done[slots].note.split(";")[0]
+        else:
+            got = p.array(pe) if pe is not None else None
+            c = compare_arrays(got, t.array(e), category=category, stage=stage, name=e.label,
+                               order=i, precision=precision, module=e.culprit,
+                               truth=truth.array(te) if (truth is not None and te is not None)
+                               else None)
+            done[slots] = c
+        if e.kind == "in":
+            c.note = (c.note + "; " if c.note else "") + f"computed inline in {e.culprit}"
+        out.append(c)
+        if e.kind == "out":
+            curve.append((e.module, c.max_abs / c.ref_scale if c.ref_scale else 0.0, c.excess))
+    for j, e in enumerate(p.events):  # modules the port runs that the reference does not
+        if e.key not in tkeys and (e.kind == "out" or e.inline):
+            out.append(compare_arrays(p.array(e), None, category=category, stage=stage,
+                                      name=e.label, order=len(t.events) + j, precision=precision))
+    out.append(compare_arrays(p.logits, t.logits, category="logits", stage=stage, name="logits",
+                              order=len(t.events), precision=precision, module="classifier",
+                              truth=truth.logits if truth is not None else None))
+    return out, curve
+
+
+def _compare_backward(t: Capture, p: Capture, models: _Models, stage: str, precision: str,
+                      truth: Optional[Capture] = None
+                      ) -> Tuple[List[Comparison], List[Tuple[str, float, float]]]:
+    """Module-output gradients in backward order, then parameter and input gradients."""
+    out: List[Comparison] = []
+    curve: List[Tuple[str, float, float]] = []
+    gscale = max((float(np.abs(v).max()) for v in t.param_grads.values() if v.size), default=0.0)
+    ctx = GRAD_CONTEXT_FLOOR * gscale
+    by_name: Dict[str, List[np.ndarray]] = {}
+    for n, g in p.out_grads:
+        by_name.setdefault(n, []).append(g)
+    tru: Dict[str, List[np.ndarray]] = {}
+    for n, g in (truth.out_grads if truth is not None else []):
+        tru.setdefault(n, []).append(g)
+    seen: Dict[str, int] = {}
+    first_at: Dict[str, int] = {}
+    for i, (n, g) in enumerate(t.out_grads):
+        k = seen.get(n, 0)
+        seen[n] = k + 1
+        first_at.setdefault(n, i)
+        lst = by_name.get(n, [])
+        got = lst[k] if k < len(lst) else None
+        tl = tru.get(n, [])
+        c = compare_arrays(got, g, category="out_grad", stage=stage, name=f"d/d {n}", order=i,
+                           precision=precision, module=n, scale=ctx,
+                           truth=tl[k] if k < len(tl) else None)
+        out.append(c)
+        curve.append((n, c.max_abs / c.ref_scale if c.ref_scale else 0.0, c.excess))
+    n_out = len(t.out_grads)
+    pg = _to_torch_names(p.param_grads, models.torch_model, t.param_grads)
+    order = {k: first_at.get(_owner(k), n_out) + 0.5 for k in t.param_grads}
+    out += compare_named(pg, t.param_grads, category="param_grad", stage=stage,
+                         precision=precision, order=order,
+                         modules={k: _owner(k) for k in t.param_grads}, scale=ctx,
+                         truth=truth.param_grads if truth is not None else None)
+    out.append(compare_arrays(p.input_grad, t.input_grad, category="input_grad", stage=stage,
+                              name="d/d input", order=n_out + 1, precision=precision,
+                              module="conv_stem",
+                              truth=truth.input_grad if truth is not None else None))
+    return out, curve
+
+
+def _bn_stats(t: Capture, p: Capture, models: _Models, stage: str, precision: str,
+              truth: Optional[Capture] = None) -> List[Comparison]:
+    keys = [k for k in t.state if k.endswith(("running_mean", "running_var"))]
+    allkeys = [k for k in t.state if k in keys or k.endswith("num_batches_tracked")]
+    mapped = _to_torch_names(p.state, models.torch_model, {k: t.state[k] for k in allkeys})
+    ref = {k: t.state[k] for k in keys}
+    got = {k: mapped[k] for k in keys if k in mapped}
+    order = {k: i for i, k in enumerate(keys)}
+    return compare_named(got, ref, category="bn_stats", stage=stage, precision=precision,
+                         order=order, modules={k: _owner(k) for k in keys},
+                         truth=truth.state if truth is not None else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# losses
+
+
+def _soft_target(shape: Tuple[int, int], seed: int, dtype: Any) -> np.ndarray:
+    """A teacher distribution for the distillation loss, independent of the student's logits.
+
+    (A teacher close to the student would make the loss gradient ``softmax(z) - soft`` cancel to
+    ~0, leaving only rounding noise to compare.)
+    """
+    z = np.random.RandomState(seed).standard_normal(shape) * 2.0
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return (z / z.sum(axis=1, keepdims=True)).astype(dtype)
+
+
+def _losses_torch(logits: np.ndarray, target: np.ndarray, soft: np.ndarray, grad: bool
+                  ) -> Dict[str, np.ndarray]:
+    import torch
+    import cream_torch_ref.losses as L
+
+    out: Dict[str, np.ndarray] = {}
+    fns = {"cross_entropy": lambda z: L.cross_entropy(z, torch.tensor(target)),
+           "label_smoothing_cross_entropy":
+               lambda z: L.label_smoothing_cross_entropy(z, torch.tensor(target), 0.1),
+           "cross_entropy_loss_with_soft_target":
+               lambda z: L.cross_entropy_loss_with_soft_target(z, torch.tensor(soft)),
+           "cream_distill_loss":
+               lambda z: L.cream_distill_loss(z, torch.tensor(target), torch.tensor(soft), 0.7)}
+    for n, f in fns.items():
+        z = torch.tensor(logits, requires_grad=grad)
+        v = f(z)
+        out[n] = np.asarray(v.detach().numpy())
+        if grad:
+            v.backward()
+            out[f"d {n} / d logits"] = z.grad.numpy().copy()
+    return out
+
+
+def _losses_paddle(logits: np.ndarray, target: np.ndarray, soft: np.ndarray, grad: bool
+                   ) -> Dict[str, np.ndarray]:
+    import paddle
+    import cream_paddle.losses as L
+
+    out: Dict[str, np.ndarray] = {}
+    tgt = paddle.to_tensor(target.astype(np.int64))
+    fns = {"cross_entropy": lambda z: L.cross_entropy(z, tgt),
+           "label_smoothing_cross_entropy": lambda z: L.label_smoothing_cross_entropy(z, tgt, 0.1),
+           "cross_entropy_loss_with_soft_target":
+               lambda z: L.cross_entropy_loss_with_soft_target(z, paddle.to_tensor(soft)),
+           "cream_distill_loss":
+               lambda z: L.cream_distill_loss(z, tgt, paddle.to_tensor(soft), 0.7)}
+    for n, f in fns.items():
+        z = paddle.to_tensor(logits)
+        z.stop_gradient = not grad
+        v = f(z)
+        out[n] = np.asarray(v.detach().numpy())
+        if grad:
+            v.backward()
+            out[f"d {n} / d logits"] = z.grad.numpy().copy()
+    return out
+
+
+def _compare_losses(t_logits: np.ndarray, p_logits: np.ndarray, target: np.ndarray, stage: str,
+                    precision: str, grad: bool, seed: int) -> List[Comparison]:
+    soft = _soft_target(t_logits.shape, seed + 2000, t_logits.dtype)
+    ref = _losses_torch(t_logits, target, soft, grad)
+    got = _losses_paddle(p_logits, target, soft, grad)
+    return compare_named(got, ref, category="loss", stage=stage, precision=precision)
+
+
+# ------------------------------------------------------------------------------------------------
+# optimizers and schedules
+
+
+def _to_paddle_names(torch_values: Dict[str, np.ndarray], paddle_model: Any
+                     ) -> Dict[str, np.ndarray]:
+    """Torch-named arrays (gradients) as the Paddle model's names and layouts, by the converter rules."""
+    from converters.rules import RuleError, TargetKey, apply_rules, paddle_layout
+
+    trainable = {n for n, p in paddle_model.named_parameters() if not p.stop_gradient}
+    kinds = paddle_layout(paddle_model)
+    some = next(iter(torch_values.values()))
+    layout = {k: TargetKey(v.shape, some.dtype.name, v.kind) for k, v in kinds.items()
+              if k in trainable}
+    try:
+        return apply_rules(torch_values, layout, to="paddle").state_dict
+    except RuleError as e:
+        raise RuntimeError(f"gradient names do not map through the converter rules: {e}") from None
+
+
+def _gradient_sequence(models: _Models, cfg: ParityConfig, res: int) -> List[Dict[str, np.ndarray]]:
+    """The reference's parameter gradients on ``cfg.optim_steps`` different batches (torch names).
+
+    Train mode, label-smoothing loss (the official training loss), at the loaded weights, in
+    float32; returned as float64 arrays, the gradients both frameworks' optimizers then consume.
+    """
+    import torch
+    import cream_torch_ref.losses as TL
+
+    tm = models.torch("fp32").train()
+    rng = np.random.RandomState(cfg.seed + 1000)
+    seq = []
+    for step in range(cfg.optim_steps):
+        x = seeded_input(cfg.batch, res, cfg.seed + 1 + step)
+        y = rng.randint(0, models.num_classes, cfg.batch).astype(np.int64)
+        tm.zero_grad()
+        TL.label_smoothing_cross_entropy(tm(torch.tensor(x)), torch.tensor(y), 0.1).backward()
+        seq.append({n: p.grad.detach().numpy().astype(np.float64)
+                    for n, p in tm.named_parameters() if p.grad is not None})
+    return seq
+
+
+def _optimizer_steps(models: _Models, kind: str, grads: List[Dict[str, np.ndarray]]
+                     ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray], List[float], List[float]]:
+    """k steps of the official search (``sgd``) or retrain (``rmsproptf``) optimizer and schedule.
+
+    Both frameworks build their optimizer and scheduler with their own factories
+    (``cream_torch_ref.optim`` / ``cream_paddle.optim``) on float64 copies of the loaded weights,
+    and step them on the *same* gradients (``grads``, mapped to Paddle with the converter's rules).
+    What is compared is then the update rule and its schedule alone: with each framework computing
+    its own gradients, lr 1.0 over a batch of 2 would amplify a 3e-8 gradient difference ~500x in
+    three steps. (The gradients themselves are compared by the backward stages.)
+    """
+    import paddle
+    import torch
+    import cream_paddle.optim as PO
+    import cream_torch_ref.optim as TO
+
+    tm, pm = models.torch("fp64"), models.paddle("fp64")
+    if kind == "sgd":  # experiments/configs/train/train.yaml and lib/utils/util.py
+        to, po = TO.create_search_optimizer(tm), PO.create_search_optimizer(pm)
+        # ITERS shortened to 4 (1 epoch, 1 GPU, batch 320000) so the k steps walk down the LR
+        ts = TO.create_search_scheduler(to, lr=1.0, epochs=1, num_gpu=1, batch_size=320000)
+        ps = PO.create_search_scheduler(po, lr=1.0, epochs=1, num_gpu=1, batch_size=320000)
+    else:  # experiments/configs/retrain/*.yaml: RMSpropTF, step schedule with warmup
+        to, po = TO.create_retrain_optimizer(tm), PO.create_retrain_optimizer(pm)
+        ts, _ = TO.create_retrain_scheduler(to, "step")
+        ps, _ = PO.create_retrain_scheduler(po, "step")
+    tparams = dict(tm.named_parameters())
+    pparams = {n: p for n, p in pm.named_parameters() if not p.stop_gradient}
+    # give every Paddle parameter a gradient tensor (zeros) without running the model
+    paddle.add_n([(p * 0).sum() for p in pparams.values()]).backward()
+    tlr: List[float] = []
+    plr: List[float] = []
+    for step, g in enumerate(grads):
+        tlr.append(float(to.param_groups[0]["lr"]))
+        plr.append(float(po.get_lr()))
+        for n, v in g.items():
+            tparams[n].grad = torch.from_numpy(v.copy())
+        for n, v in _to_paddle_names(g, pm).items():
+            pparams[n].grad.set_value(v)
+        to.step()
+        po.step()
+        if kind == "sgd":  # per iteration
+            ts.step()
+            ps.step()
+        else:  # one "epoch" per step, so the k steps walk through the warmup
+            ts.step(step + 1)
+            ps.step(step + 1)
+    tstate = {k: v.detach().numpy().copy() for k, v in tparams.items()}
+    pstate = {k: v.detach().numpy().copy() for k, v in pm.state_dict().items()}
+    return tstate, pstate, tlr, plr
+
+
+def _compare_optim(models: _Models, kind: str, grads: List[Dict[str, np.ndarray]]
+                   ) -> List[Comparison]:
+    stage = f"optim/{kind}/fp64"
+    tstate, pstate, tlr, plr = _optimizer_steps(models, kind, grads)
+    out = [compare_arrays(np.array(plr), np.array(tlr), category="lr", stage=stage,
+                          name=f"lr of steps 1..{len(grads)}", order=-1, precision="fp64",
+                          module="scheduler")]
+    mapped = _to_torch_names(pstate, models.torch_model, tstate)
+    out += compare_named(mapped, tstate, category="optim_params", stage=stage, precision="fp64",
+                         modules={k: _owner(k) for k in tstate})
+    return out
+
+
+def _compare_schedules() -> List[Comparison]:
+    """Whole schedules: timm's (torch reference) vs the Paddle port's, value per epoch/iteration."""
+    import torch
+    import cream_paddle.optim as PO
+    import cream_torch_ref.optim as TO
+
+    out: List[Comparison] = []
+    for i, sched in enumerate(("step", "cosine")):
+        topt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.064)
+        ts, n = TO.create_retrain_scheduler(topt, sched)
+        ps, n2 = PO.create_retrain_scheduler(None, sched, lr=0.064)
+        tv, pv = [], []
+        for e in range(n):
+            tv.append(topt.param_groups[0]["lr"])
+            pv.append(ps.last_lr)
+            ts.step(e + 1)
+            ps.step(e + 1)
+        c = compare_arrays(np.array(pv), np.array(tv), category="lr", stage="lr/schedules",
+                           name=f"retrain {sched} ({n} epochs)", order=i, precision="fp32",
+                           module="scheduler")
+        if n != n2:
+            c.ok, c.note = False, f"epochs to run differ: port {n2}, reference {n}"
+        out.append(c)
+    topt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    ts = TO.create_search_scheduler(topt)
+    ps = PO.create_search_scheduler(None)
+    tv, pv = [], []
+    for _ in range(2000):
+        tv.append(topt.param_groups[0]["lr"])
+        pv.append(ps.last_lr)
+        ts.step()
+        ps.step()
+    out.append(compare_arrays(np.array(pv), np.array(tv), category="lr", stage="lr/schedules",
+                              name="search LambdaLR (first 2000 iterations)", order=2,
+                              precision="fp32", module="scheduler"))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# x2paddle
+
+
+def _x2paddle_export(models: _Models, x: np.ndarray, cache_dir: str) -> Tuple[str, bool]:
+    """The x2paddle export of the reference for this input shape and weights, traced once.
+
+    The folder is keyed by the weights' sha256 and the input shape (recorded in ``key.json``); it is
+    built in a temporary sibling and renamed into place, so a cache is complete or absent.
+    """
+    import json
+    import shutil
+
+    from converters import x2paddle_engine as X
+
+    key = {"weights_sha256": models.weights_sha256, "input_shape": list(x.shape)}
+    stamp = os.path.join(cache_dir, "key.json")
+    if os.path.isfile(stamp):
+        try:
+            with open(stamp) as f:
+                if json.load(f) == key:
+                    X.inference_files(cache_dir)
+                    return cache_dir, True
+        except (OSError, ValueError, FileNotFoundError):
+            pass
+    parent = os.path.dirname(os.path.abspath(cache_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".x2paddle-", dir=parent)
+    try:
+        X.export_with_x2paddle(models.torch("fp32"), tmp, tuple(x.shape))
+        with open(os.path.join(tmp, "key.json"), "w") as f:
+            json.dump(key, f)
+        if os.path.isdir(cache_dir):
+            shutil.rmtree(cache_dir)
+        os.replace(tmp, cache_dir)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return cache_dir, False
+
+
+def _compare_x2paddle(models: _Models, x: np.ndarray, t_logits: np.ndarray, cache_dir: str,
+                      info: Dict[str, Any], truth: Optional[np.ndarray] = None) -> List[Comparison]:
+    from converters import x2paddle_engine as X
+
+    t0 = time.perf_counter()
+    folder, cached = _x2paddle_export(models, x, cache_dir)
+    logits = X.run_x2paddle(folder, x)
+    info["x2paddle"] = {"folder": folder, "cached": cached,
+                        "seconds": round(time.perf_counter() - t0, 2)}
+    return [compare_arrays(np.asarray(logits), t_logits, category="x2paddle_logits",
+                           stage="x2paddle/eval/fp32", name="logits (x2paddle-traced program)",
+                           order=0, precision="fp32", module="(traced program)", truth=truth)]
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _error(stage: str, category: str, what: str, exc: BaseException) -> Comparison:
+    """A stage that raised: a failed comparison at the start of its stage, with the message."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    side = ""
+    tb = exc.__traceback__
+    files = []
+    while tb is not None:
+        files.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    for f in reversed(files):  # innermost project frame tells which side raised
+        if "cream_paddle" in f or f"{os.sep}paddle{os.sep}" in f:
+            side = "in the Paddle port: "
+            break
+        if "cream_torch_ref" in f or f"{os.sep}torch{os.sep}" in f:
+            side = "in the torch reference: "
+            break
+    c = Comparison(category, stage, f"{what} raised", -1, module=what)
+    c.note = f"error: {side}{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+    c.max_abs = c.max_rel = c.excess = math.inf
+    return c
+
+
+def run_parity(cfg: ParityConfig, mutate_paddle: Optional[PaddleMutator] = None) -> ParityResult:
+    """Run every configured stage; ``mutate_paddle`` edits each fresh Paddle model (fault injection)."""
+    import warnings
+
+    from tqdm import tqdm
+
+    result = ParityResult(cfg)
+    res = cfg.resolution or child_spec(cfg.model).resolution
+    result.info["resolution"] = res
+    tmp = None
+    if cfg.report_dir:
+        os.makedirs(cfg.report_dir, exist_ok=True)
+        work = cfg.report_dir
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="parity-")
+        work = tmp.name
+    # (label, stage and category an exception is recorded under, function)
+    plan: List[Tuple[str, str, str, Callable[[], None]]] = []
+    state: Dict[str, Any] = {}
+    x = seeded_input(cfg.batch, res, cfg.seed)
+
+    def prepare() -> None:
+        state["models"] = _prepare_models(cfg, work, mutate_paddle, result.info)
+        state["target"] = np.random.RandomState(cfg.seed).randint(
+            0, state["models"].num_classes, cfg.batch).astype(np.int64)
+
+    plan.append(("weights", "", "", prepare))  # bad input: raised to the caller
+
+    def eval_stage(prec: str) -> None:
+        m = state["models"]
+        stage = f"forward/eval/{prec}"
+        t = capture_torch(m.torch(prec), x)
+        p = capture_paddle(m.paddle(prec), x)
+        truth = state.pop("truth_eval", None) if prec == "fp32" else None
+        comps, curve = _compare_forward(t, p, stage, prec, "layer", truth)
+        result.comparisons += comps
+        result.curves[stage] = curve
+        state[f"eval_logits_{prec}"] = t.logits
+        if prec == "fp64":
+            state["truth_eval"] = t
+
+    def train_stage(prec: str) -> None:
+        import cream_paddle.losses as PL
+        import cream_torch_ref.losses as TL
+
+        m = state["models"]
+        y = state["target"]
+
+        def tl(z: Any, tgt: Any) -> Any:
+            return TL.label_smoothing_cross_entropy(z, tgt, 0.1)
+
+        def pl(z: Any, tgt: Any) -> Any:
+            return PL.label_smoothing_cross_entropy(z, tgt, 0.1)
+
+        t = capture_torch(m.torch(prec), x, train=True, grads=True, target=y, loss_fn=tl)
+        p = capture_paddle(m.paddle(prec), x, train=True, grads=True, target=y, loss_fn=pl)
+        stage = f"forward/train/{prec}"
+        truth = state.pop("truth_train", None) if prec == "fp32" else None
+        if prec == "fp64":
+            state["truth_train"] = t
+        comps, curve = _compare_forward(t, p, stage, prec, "layer_train", truth)
+        result.comparisons += comps
+        result.curves[stage] = curve
+        result.comparisons += _bn_stats(t, p, m, f"bn_stats/{prec}", prec, truth)
+        if "losses" in cfg.stages:
+            result.comparisons += _compare_losses(t.logits, p.logits, y, f"loss/{prec}", prec,
+                                                  grad=False, seed=cfg.seed)
+        comps, curve = _compare_backward(t, p, m, f"backward/{prec}", prec, truth)
+        result.comparisons += comps
+        result.curves[f"backward/{prec}"] = curve
+
+    def shared_losses() -> None:
+        logits = state.get("eval_logits_fp32")
+        if logits is None:
+            logits = seeded_input(cfg.batch, 1, cfg.seed + 7, channels=state["models"].num_classes
+                                  ).reshape(cfg.batch, -1)
+        result.comparisons += _compare_losses(logits, logits, state["target"], "loss/shared/fp32",
+                                              "fp32", grad=True, seed=cfg.seed)
+
+    precs = [p for p in PRECISIONS if p in cfg.precisions]  # fp64 first: fp32 is judged against it
+    if "eval" in cfg.stages:
+        for prec in precs:
+            plan.append((f"forward/eval/{prec}", f"forward/eval/{prec}", "layer",
+                         lambda p=prec: eval_stage(p)))
+    if "train" in cfg.stages:
+        for prec in precs:
+            plan.append((f"train+backward/{prec}", f"forward/train/{prec}", "layer_train",
+                         lambda p=prec: train_stage(p)))
+    if "optim" in cfg.stages:  # always fp64: a semantic check of the update rule and schedule
+        def optim(kind: str) -> None:
+            if "grads" not in state:
+                state["grads"] = _gradient_sequence(state["models"], cfg, res)
+            result.comparisons.extend(_compare_optim(state["models"], kind, state["grads"]))
+
+        for kind in ("sgd", "rmsproptf"):
+            plan.append((f"optim/{kind}/fp64", f"optim/{kind}/fp64", "optim_params",
+                         lambda k=kind: optim(k)))
+    if "losses" in cfg.stages:
+        plan.append(("loss/shared", "loss/shared/fp32", "loss", shared_losses))
+    if "lr" in cfg.stages:
+        plan.append(("lr/schedules", "lr/schedules", "lr",
+                     lambda: result.comparisons.extend(_compare_schedules())))
+    if "x2paddle" in cfg.stages:
+        def x2p() -> None:
+            m = state["models"]
+            logits = state.get("eval_logits_fp32")
+            if logits is None:
+                logits = capture_torch(m.torch("fp32"), x).logits
+            cache = os.path.join(work, "x2paddle", f"{cfg.model}-b{cfg.batch}-r{res}")
+            result.comparisons += _compare_x2paddle(m, x, logits, cache, result.info,
+                                                    state.get("eval_logits_fp64"))
+        plan.append(("x2paddle", "x2paddle/eval/fp32", "x2paddle_logits", x2p))
+
+    t_all = time.perf_counter()
+    try:
+        with _torch_threads(cfg.threads), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bar = tqdm(plan, desc=f"parity {cfg.model}", unit="stage", disable=not cfg.progress,
+                       leave=False)
+            for name, stage, category, fn in bar:
+                bar.set_postfix_str(name)
+                t0 = time.perf_counter()
+                if not stage:
+                    fn()
+                else:
+                    try:
+                        fn()
+                    except Exception as e:  # noqa: BLE001 - a crash in the port is a finding
+                        result.comparisons.append(_error(stage, category, name, e))
+                result.timings[name] = round(time.perf_counter() - t0, 3)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    result.timings["total"] = round(time.perf_counter() - t_all, 3)
+    return result

@@ -1,0 +1,674 @@
+"""``parity search-step``: one Cream search iteration in PyTorch and Paddle, against the official code.
+
+A *golden file* (a ``torch.save``-d dict, read with ``weights_only=True``) fixes the starting point of
+one iteration of the official search loop: the supernet (``flops_minimum``, ``flops_maximum``,
+``num_classes``), its initial state, a batch ``x``/``y``, the sampled path ``random_cand``, one board
+entry (``teacher_cand``, ``board_x``, ``board_feat``) and ``cfg`` (``LR``, ``META_LR``,
+``MOMENTUM``, ``WEIGHT_DECAY``, ``NESTEROV``, ``SLICE``, ``PICK_METHOD``, ``META_STA_EPOCH``,
+``UPDATE_ITER``, ``epoch``, ``batch_idx``; optional ``SMOOTHING``, ``POOL_SIZE``). It may hold the
+official results: ``meta_value``, ``loss``, ``kd_loss``, ``valid_loss`` (and the meta step's
+``meta_value_meta_update``, ``meta_kd_loss``, ``meta_valid_loss``), ``grads`` (``meta_first/``,
+``meta_val/``, ``meta_teacher/`` and ``step/`` + parameter name), and the entries that changed,
+``after_meta_update`` and ``after_step``.
+
+Both frameworks run the iteration (``cream_torch_ref.search.search_step`` /
+``cream_paddle.search.search_step``): the second-order meta-matching update, then the distillation
+step and its optimizer step. Compared are the meta values, the losses, every gradient, and every
+parameter and BN statistic after the meta update and after the step: each framework against the
+golden results, and the two frameworks against each other (in full). Entries a golden file does not
+list as changed must still equal the initial state.
+
+Compact golden files (the ones in ``tests/data/golden_search``) keep the repository small:
+``init_seed`` + ``state_keys_shapes`` instead of ``init_state_dict`` (the weights are
+``cream_arch.seeded``), ``x``/``board_x`` in float16 (exactly the values used), and tensors above
+``cream_arch.digest.FULL_LIMIT`` elements as digests (see :mod:`cream_arch.digest`), which are checked
+on sampled elements, norm, sum and random projections.
+
+Tolerances are the named constants below. Exit 0 iff every comparison passes, 1 otherwise, 2 for
+bad input. ``--inject-fault`` breaks one thing in the Paddle run to show the harness notices.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from cream_arch.digest import is_digest, sample_positions
+from cream_arch.search_config import SearchConfig
+from cream_arch.search_space import plan_supernet, search_for_layer
+from cream_arch.seeded import seeded_state
+
+from .compare import GRAD_CONTEXT_FLOOR, Tolerance
+
+__all__ = ["register", "run_search_step", "load_golden", "Golden", "Row", "SearchStepResult",
+           "GoldenError", "SCALAR_FP32", "GRAD_FP32_SEARCH", "STATE_FP32_SEARCH", "SCALAR_FP64",
+           "GRAD_FP64_SEARCH", "STATE_FP64_SEARCH", "BN_FP64_SEARCH", "PROJECTION_SIGMAS",
+           "FAULTS", "FRAMEWORKS"]
+
+FRAMEWORKS = ("both", "torch", "paddle")
+
+# --- tolerances -----------------------------------------------------------------------------
+#: Meta values and losses (fp32): the issue's bound. Measured against the official golden files:
+#: torch 0 to 2.4e-7, Paddle 0 to 1.2e-7.
+SCALAR_FP32 = Tolerance(1e-5, 0.0, "issue bound for meta value and losses; measured <= 2.4e-7")
+#: Every gradient (fp32): the issue's 1e-4, relative to the tensor's scale, the scale being at least
+#: GRAD_CONTEXT_FLOOR of the largest gradient of its family (meta_first, meta_val, meta_teacher,
+#: step): biases in front of a convolution and a train-mode BatchNorm have an exactly zero gradient,
+#: which both sides return as ~1e-9 of rounding noise. Measured: Paddle vs official 4e-5.
+GRAD_FP32_SEARCH = Tolerance(0.0, 1e-4, "issue bound for gradients, of scale (>= 1 % of the "
+                                        "family's largest); measured <= 4e-5")
+#: Parameters and BN statistics after the meta update and after the step (fp32), of each tensor's
+#: scale. Measured: 2e-6.
+STATE_FP32_SEARCH = Tolerance(0.0, 1e-4, "issue bound for updated parameters and BN statistics, of "
+                                         "scale; measured <= 2e-6")
+#: float64 semantic check (Paddle vs torch only; the golden files are fp32). Measured: losses
+#: 6e-12, gradients 8e-10 of scale.
+SCALAR_FP64 = Tolerance(1e-10, 0.0, "fp64: rounding leaves ~1e-12 on a loss")
+GRAD_FP64_SEARCH = Tolerance(0.0, 1e-7, "fp64 gradients through two backward passes; measured 8e-10")
+STATE_FP64_SEARCH = Tolerance(0.0, 1e-7, "fp64 weights after two SGD steps at lr up to 1")
+#: Paddle's batch_norm op keeps its momentum as a float32 attribute (0.9 -> 0.89999998) even for
+#: float64 tensors, which moves running statistics by ~2.4e-8 * |old - batch|: measured 1.4e-7.
+BN_FP64_SEARCH = Tolerance(0.0, 1e-5, "Paddle's BN momentum attribute is float32 even in fp64; "
+                                      "measured 1.4e-7")
+#: Digest projections are random: a tensor whose every element is within the bound shifts a
+#: projection by a N(0, |err|^2) amount, held to this many standard deviations.
+PROJECTION_SIGMAS: float = 4.0
+
+
+class GoldenError(ValueError):
+    """A golden file that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+
+
+@dataclass
+class Golden:
+    """A golden file, parsed: inputs in torch layout (numpy) and the optional expected results."""
+
+    path: str
+    num_classes: int
+    sta_num: Tuple[int, ...]
+    init_state: Dict[str, np.ndarray]
+    x: np.ndarray
+    y: np.ndarray
+    random_cand: List[List[int]]
+    teacher_cand: List[List[int]]
+    board_x: np.ndarray
+    board_feat: np.ndarray
+    board_prec1: float
+    board_flops: float
+    cfg: SearchConfig
+    epoch: int
+    batch_idx: int
+    expected: Dict[str, Any] = field(default_factory=dict)
+
+
+_REQUIRED = ("flops_minimum", "flops_maximum", "num_classes", "x", "y", "random_cand",
+             "teacher_cand", "board_x", "board_feat", "cfg")
+_CFG_KEYS = ("LR", "META_LR", "MOMENTUM", "WEIGHT_DECAY", "NESTEROV", "SLICE", "PICK_METHOD",
+             "META_STA_EPOCH", "UPDATE_ITER", "epoch", "batch_idx")
+_SCALARS = ("meta_value", "loss", "kd_loss", "valid_loss", "meta_value_meta_update",
+            "meta_kd_loss", "meta_valid_loss")
+
+
+def _np(v: Any) -> np.ndarray:
+    if hasattr(v, "detach"):
+        v = v.detach().cpu()
+        if str(v.dtype) in ("torch.float16", "torch.bfloat16"):
+            v = v.float()
+        return v.numpy()
+    return np.asarray(v)
+
+
+def load_golden(path: str) -> Golden:
+    """Read and check a golden file (never runs code from it); :class:`GoldenError` if unusable."""
+    import torch
+
+    if not os.path.isfile(path):
+        raise GoldenError(path, "no such file" if not os.path.exists(path) else "not a file")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling problem is a bad file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GoldenError(path, f"not a weights-only torch file ({first[:160]})") from None
+    if not isinstance(raw, Mapping):
+        raise GoldenError(path, f"expected a dict, found {type(raw).__name__}")
+    missing = [k for k in _REQUIRED if k not in raw]
+    if "init_state_dict" not in raw and not ("init_seed" in raw and "state_keys_shapes" in raw):
+        missing.append("init_state_dict (or init_seed + state_keys_shapes)")
+    if missing:
+        raise GoldenError(path, f"missing key(s): {', '.join(missing)}")
+    c = raw["cfg"]
+    if not isinstance(c, Mapping):
+        raise GoldenError(path, "cfg is not a dict")
+    missing = [k for k in _CFG_KEYS if k not in c]
+    if missing:
+        raise GoldenError(path, f"cfg lacks {', '.join(missing)}")
+    found = search_for_layer(float(raw["flops_minimum"]), float(raw["flops_maximum"]))
+    if found is None:
+        raise GoldenError(path, f"no supernet fits {raw['flops_minimum']}..{raw['flops_maximum']} MFLOPs")
+    if "sta_num" in raw and tuple(int(n) for n in raw["sta_num"]) != found.sta_num:
+        raise GoldenError(path, f"sta_num {list(raw['sta_num'])} is not what the layer search gives "
+                                f"({list(found.sta_num)})")
+    if "init_state_dict" in raw:
+        init = {k: _np(v) for k, v in raw["init_state_dict"].items()}
+    else:
+        entries = [(str(k), tuple(int(s) for s in shape), str(dt))
+                   for k, shape, dt in raw["state_keys_shapes"]]
+        arrays = seeded_state([(k, s) for k, s, _ in entries], seed=int(raw["init_seed"]))
+        init = {k: np.asarray(arrays[k]).astype(dt).reshape(s) for k, s, dt in entries}
+    try:
+        cfg = SearchConfig(
+            lr=float(c["LR"]), meta_lr=float(c["META_LR"]), momentum=float(c["MOMENTUM"]),
+            weight_decay=float(c["WEIGHT_DECAY"]), opt="sgd" if bool(c["NESTEROV"]) else "momentum",
+            slice=int(c["SLICE"]), pick_method=str(c["PICK_METHOD"]),
+            meta_sta_epoch=int(c["META_STA_EPOCH"]), update_iter=int(c["UPDATE_ITER"]),
+            smoothing=float(c.get("SMOOTHING", 0.1)), pool_size=int(c.get("POOL_SIZE", 10)),
+            num_classes=int(raw["num_classes"]), batch_size=int(_np(raw["x"]).shape[0]))
+        cfg.check(path)
+    except (TypeError, ValueError) as e:
+        raise GoldenError(path, f"bad cfg ({e})") from None
+    expected = {k: raw[k] for k in _SCALARS if raw.get(k) is not None}
+    for k in ("grads", "after_meta_update", "after_step"):
+        if k in raw:
+            expected[k] = dict(raw[k])
+    g = Golden(path, int(raw["num_classes"]), found.sta_num, init, _np(raw["x"]).astype(np.float32),
+               _np(raw["y"]).astype(np.int64), [list(map(int, s)) for s in raw["random_cand"]],
+               [list(map(int, s)) for s in raw["teacher_cand"]],
+               _np(raw["board_x"]).astype(np.float32), _np(raw["board_feat"]).astype(np.float32),
+               float(raw.get("board_prec1", 0.0)), float(raw.get("board_flops", 0.0)), cfg,
+               int(c["epoch"]), int(c["batch_idx"]), expected)
+    plan = plan_supernet(g.sta_num)
+    for what, cand in (("random_cand", g.random_cand), ("teacher_cand", g.teacher_cand)):
+        try:
+            from cream_arch.search_space import validate_cand
+            validate_cand(cand, plan)
+        except ValueError as e:
+            raise GoldenError(path, f"{what}: {e}") from None
+    return g
+
+
+# --- running one framework ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Fault:
+    """A deliberate mistake in the Paddle run."""
+
+    name: str
+    description: str
+    apply: Callable[[SearchConfig], SearchConfig]
+
+
+FAULTS: Dict[str, Fault] = {f.name: f for f in (
+    Fault("meta-lr", "simulated SGD step with 1 % too large a meta learning rate",
+          lambda c: replace(c, meta_lr=c.meta_lr * 1.01)),
+    Fault("smoothing", "label smoothing 0.11 instead of 0.1",
+          lambda c: replace(c, smoothing=c.smoothing + 0.01)),
+    Fault("weight-decay", "weight decay doubled", lambda c: replace(c, weight_decay=c.weight_decay * 2)),
+    Fault("fix-meta-value", "the select_teacher bug fix switched on (no effect with one board entry: "
+          "expect a pass)", lambda c: replace(c, fix_meta_value=True)),
+)}
+
+
+@dataclass
+class RunRecord:
+    """One framework's iteration: scalars, gradients and full states, torch names and layouts."""
+
+    framework: str
+    precision: str
+    scalars: Dict[str, Optional[float]]
+    grads: Dict[str, np.ndarray]
+    after_meta_update: Dict[str, np.ndarray]
+    after_step: Dict[str, np.ndarray]
+    meta_ran: bool
+    seconds: float
+
+
+def _record_fields(rec: Any) -> Dict[str, Optional[float]]:
+    return {k: getattr(rec, k) for k in _SCALARS}
+
+
+def run_torch(g: Golden, precision: str = "fp32") -> RunRecord:
+    """The iteration with :mod:`cream_torch_ref.search`."""
+    import torch
+
+    from cream_torch_ref import search as S
+    from cream_torch_ref.supernet import SuperNet
+    from cream_arch.board import PrioritizedBoard
+
+    dt = torch.float64 if precision == "fp64" else torch.float32
+    plan = plan_supernet(g.sta_num)
+    model = SuperNet(plan, num_classes=g.num_classes, slice=g.cfg.slice).to(dt)
+    state = {k: torch.from_numpy(v.astype(np.float64) if (dt == torch.float64 and v.dtype.kind == "f")
+                                 else v) for k, v in g.init_state.items()}
+    model.load_state_dict(state)
+    model.train()
+    opt = S.LegacySGD(model, g.cfg.lr, g.cfg.meta_lr, g.cfg.momentum, g.cfg.weight_decay, g.cfg.nesterov)
+    board = PrioritizedBoard(plan.sta_num, pool_size=g.cfg.pool_size, meta_sta_epoch=g.cfg.meta_sta_epoch,
+                             pick_method=g.cfg.pick_method)
+    board.add(g.board_prec1, g.board_flops, g.teacher_cand, torch.from_numpy(g.board_x).to(dt),
+              torch.from_numpy(g.board_feat).to(dt))
+    rec = S.StepRecord()
+    t = time.perf_counter()
+    S.search_step(model, opt, board, torch.from_numpy(g.x).to(dt), torch.from_numpy(g.y),
+                  g.random_cand, g.epoch, g.batch_idx, g.cfg, S.make_loss_fn(g.cfg.smoothing), record=rec)
+    return RunRecord("torch", precision, _record_fields(rec), rec.grads, rec.after_meta_update,
+                     rec.after_step, rec.meta_ran, time.perf_counter() - t)
+
+
+def run_paddle(g: Golden, precision: str = "fp32", fault: Optional[str] = None) -> RunRecord:
+    """The iteration with :mod:`cream_paddle.search` (``fault``: a name from :data:`FAULTS`)."""
+    import paddle
+
+    from converters.rules import apply_rules, paddle_layout
+    from cream_arch.board import PrioritizedBoard
+    from cream_paddle import search as S
+    from cream_paddle.supernet import SuperNet
+
+    cfg = FAULTS[fault].apply(g.cfg) if fault else g.cfg
+    dtype = "float64" if precision == "fp64" else "float32"
+    old_default = paddle.get_default_dtype()
+    paddle.set_default_dtype(dtype)
+    try:
+        plan = plan_supernet(g.sta_num)
+        model = SuperNet(plan, num_classes=g.num_classes, slice=cfg.slice)
+        src = {k: (v.astype(dtype) if v.dtype.kind == "f" else v) for k, v in g.init_state.items()}
+        model.set_state_dict(apply_rules(src, paddle_layout(model), to="paddle").state_dict)
+        model.train()
+        opt = S.LegacySGD(model, cfg.lr, cfg.meta_lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+        board = PrioritizedBoard(plan.sta_num, pool_size=cfg.pool_size, meta_sta_epoch=cfg.meta_sta_epoch,
+                                 pick_method=cfg.pick_method)
+        board.add(g.board_prec1, g.board_flops, g.teacher_cand, paddle.to_tensor(g.board_x.astype(dtype)),
+                  paddle.to_tensor(g.board_feat.astype(dtype)))
+        rec = S.StepRecord()
+        t = time.perf_counter()
+        S.search_step(model, opt, board, paddle.to_tensor(g.x.astype(dtype)), paddle.to_tensor(g.y),
+                      g.random_cand, g.epoch, g.batch_idx, cfg, S.make_loss_fn(cfg.smoothing), record=rec)
+        seconds = time.perf_counter() - t
+    finally:
+        paddle.set_default_dtype(old_default)
+    return RunRecord("paddle", precision, _record_fields(rec), rec.grads, rec.after_meta_update,
+                     rec.after_step, rec.meta_ran, seconds)
+
+
+# --- comparing ---------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One compared quantity."""
+
+    pair: str  # 'torch~golden', 'paddle~golden', 'paddle~torch', 'paddle~torch/fp64'
+    group: str  # scalars, grads, after_meta_update, after_step
+    name: str
+    max_abs: float = math.nan
+    rel: float = math.nan  # error over the scale the tolerance refers to
+    excess: float = math.nan  # error over the allowed error; <= 1 passes
+    tolerance: str = ""
+    ok: bool = False
+    note: str = ""
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                d[k] = str(v)
+        return d
+
+
+def _tol_name(tol: Tolerance) -> str:
+    for k, v in globals().items():
+        if v is tol and k.isupper():
+            return k
+    return tol.describe()
+
+
+def _scalar_row(pair: str, name: str, got: Optional[float], ref: Optional[float], tol: Tolerance) -> Row:
+    r = Row(pair, "scalars", name, tolerance=_tol_name(tol))
+    if got is None or ref is None:
+        r.ok = got is None and ref is None
+        r.note = "" if r.ok else ("missing in the run" if got is None else "not expected")
+        r.max_abs = r.rel = r.excess = 0.0 if r.ok else math.inf
+        return r
+    d = abs(float(got) - float(ref))
+    allowed = tol.atol + tol.rtol * abs(float(ref))
+    r.max_abs, r.rel = d, d / max(abs(float(ref)), 1e-30)
+    r.excess = d / allowed if allowed > 0 else (0.0 if d == 0 else math.inf)
+    r.ok = bool(r.excess <= 1.0)
+    return r
+
+
+def _tensor_row(pair: str, group: str, name: str, got: Optional[np.ndarray], ref: Any, tol: Tolerance,
+                scale_floor: float = 0.0) -> Row:
+    """``got`` against ``ref`` (an array or a digest): |diff| <= rtol * scale (+ atol)."""
+    r = Row(pair, group, name, tolerance=_tol_name(tol))
+    if got is None:
+        r.note, r.max_abs, r.rel, r.excess = "missing in the run", math.inf, math.inf, math.inf
+        return r
+    a = np.asarray(got, dtype=np.float64)
+    if is_digest(ref):
+        shape = tuple(int(s) for s in ref["shape"])
+        if a.shape != shape:
+            r.note = f"shape {list(a.shape)} vs expected {list(shape)}"
+            r.max_abs = r.rel = r.excess = math.inf
+            return r
+        n = int(ref["numel"])
+        scale = max(float(_np(ref["absmax"])), scale_floor, 1e-30)
+        allowed = tol.atol + tol.rtol * scale
+        val = _np(ref["val"]).astype(np.float64)
+        mine = a.ravel()[sample_positions(name, n)]
+        d_elem = float(np.abs(mine - val).max()) if val.size else 0.0
+        from cream_arch.digest import tensor_digest
+
+        dig = tensor_digest(name, a)
+        d_norm = abs(dig["l2"] - float(_np(ref["l2"])))
+        d_sum = abs(dig["sum"] - float(_np(ref["sum"])))
+        d_proj = float(np.abs(np.asarray(dig["proj"]) - _np(ref["proj"])).max())
+        root = math.sqrt(n)
+        excess = max(d_elem / allowed, d_norm / (root * allowed), d_sum / (n * allowed),
+                     d_proj / (PROJECTION_SIGMAS * root * allowed))
+        r.max_abs, r.rel, r.excess = d_elem, d_elem / scale, excess
+        r.note = "digest"
+        r.ok = bool(excess <= 1.0)
+        return r
+    b = _np(ref).astype(np.float64)
+    if a.shape != b.shape:
+        r.note = f"shape {list(a.shape)} vs expected {list(b.shape)}"
+        r.max_abs = r.rel = r.excess = math.inf
+        return r
+    if a.size == 0:
+        r.max_abs = r.rel = r.excess = 0.0
+        r.ok = True
+        return r
+    with np.errstate(invalid="ignore"):
+        d = np.abs(a - b)
+        dmax = float(np.nanmax(d)) if not np.isnan(d).all() else math.inf
+        if np.isnan(d).any() and not (np.isnan(a) == np.isnan(b)).all():
+            dmax = math.inf
+    scale = max(float(np.abs(b).max()), scale_floor, 1e-30)
+    allowed = tol.atol + tol.rtol * scale
+    r.max_abs, r.rel = dmax, dmax / scale
+    r.excess = dmax / allowed if allowed > 0 else (0.0 if dmax == 0 else math.inf)
+    r.ok = bool(r.excess <= 1.0)
+    return r
+
+
+def _family(name: str) -> str:
+    return name.split("/", 1)[0]
+
+
+def _family_max(grads: Mapping[str, Any]) -> Dict[str, float]:
+    out: Dict[str, float] = {}
+    for k, v in grads.items():
+        if is_digest(v):
+            m = float(_np(v["absmax"]))
+        else:
+            m = float(np.abs(_np(v)).max()) if np.size(_np(v)) else 0.0
+        out[_family(k)] = max(out.get(_family(k), 0.0), m)
+    return out
+
+
+def _state_tol(key: str, fp64: bool) -> Tolerance:
+    if fp64:
+        return BN_FP64_SEARCH if ("running_" in key) else STATE_FP64_SEARCH
+    return STATE_FP32_SEARCH
+
+
+def compare_to_golden(run: RunRecord, g: Golden) -> List[Row]:
+    """``run`` against the golden file's expected results (absent ones are not compared)."""
+    pair = f"{run.framework}~golden"
+    rows: List[Row] = []
+    exp = g.expected
+    for k in _SCALARS:
+        if k in exp or run.scalars.get(k) is not None:
+            if k not in exp and not any(x in exp for x in ("grads", "after_step")):
+                continue
+            rows.append(_scalar_row(pair, k, run.scalars.get(k), exp.get(k), SCALAR_FP32))
+    if "grads" in exp:
+        fam = _family_max(exp["grads"])
+        for k, ref in exp["grads"].items():
+            rows.append(_tensor_row(pair, "grads", k, run.grads.get(k), ref, GRAD_FP32_SEARCH,
+                                    GRAD_CONTEXT_FLOOR * fam[_family(k)]))
+        for k in sorted(set(run.grads) - set(exp["grads"])):
+            rows.append(Row(pair, "grads", k, math.inf, math.inf, math.inf, _tol_name(GRAD_FP32_SEARCH),
+                            False, "gradient the official step did not compute"))
+    for group in ("after_meta_update", "after_step"):
+        if group not in exp:
+            if group == "after_meta_update" and run.meta_ran and "after_step" in exp:
+                rows.append(Row(pair, group, "(meta update)", math.inf, math.inf, math.inf, "", False,
+                                "the run made a meta update, the official step did not"))
+            continue
+        mine = getattr(run, group)
+        if not mine:
+            rows.append(Row(pair, group, "(state)", math.inf, math.inf, math.inf, "", False,
+                            "the run recorded no state here (no meta update?)"))
+            continue
+        changed = exp[group]
+        for k in g.init_state:
+            if k not in mine:
+                if k.endswith("num_batches_tracked") and run.framework == "paddle":
+                    continue  # Paddle keeps no BN step counter
+                rows.append(Row(pair, group, k, math.inf, math.inf, math.inf, "", False,
+                                "missing in the run"))
+                continue
+            ref = changed.get(k, g.init_state[k])
+            if k.endswith("num_batches_tracked"):
+                same = int(np.asarray(mine[k])) == int(np.asarray(_np(ref)))
+                rows.append(Row(pair, group, k, 0.0 if same else math.inf, 0.0 if same else math.inf,
+                                0.0 if same else math.inf, "exact", same))
+                continue
+            rows.append(_tensor_row(pair, group, k, mine[k], ref, _state_tol(k, False)))
+    return rows
+
+
+def compare_runs(got: RunRecord, ref: RunRecord) -> List[Row]:
+    """Paddle (``got``) against torch (``ref``), every tensor in full."""
+    fp64 = got.precision == "fp64"
+    pair = f"{got.framework}~{ref.framework}" + ("/fp64" if fp64 else "")
+    scalar_tol = SCALAR_FP64 if fp64 else SCALAR_FP32
+    grad_tol = GRAD_FP64_SEARCH if fp64 else GRAD_FP32_SEARCH
+    rows = [_scalar_row(pair, k, got.scalars.get(k), ref.scalars.get(k), scalar_tol) for k in _SCALARS]
+    fam = _family_max(ref.grads)
+    for k in sorted(set(ref.grads) | set(got.grads)):
+        if k not in ref.grads:
+            rows.append(Row(pair, "grads", k, math.inf, math.inf, math.inf, "", False,
+                            "gradient the reference did not compute"))
+            continue
+        rows.append(_tensor_row(pair, "grads", k, got.grads.get(k), ref.grads[k], grad_tol,
+                                GRAD_CONTEXT_FLOOR * fam.get(_family(k), 0.0)))
+    for group in ("after_meta_update", "after_step"):
+        a, b = getattr(got, group), getattr(ref, group)
+        if bool(a) != bool(b):
+            rows.append(Row(pair, group, "(state)", math.inf, math.inf, math.inf, "", False,
+                            "only one framework made a meta update"))
+            continue
+        for k in b:
+            if k.endswith("num_batches_tracked") and k not in a:
+                continue  # Paddle keeps no BN step counter
+            rows.append(_tensor_row(pair, group, k, a.get(k), b[k], _state_tol(k, fp64)))
+    return rows
+
+
+@dataclass
+class SearchStepResult:
+    """All rows, the runs' timings, and the verdict."""
+
+    golden: str
+    frameworks: List[str]
+    rows: List[Row]
+    seconds: Dict[str, float]
+    fault: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rows) and all(r.ok for r in self.rows)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"golden": self.golden, "frameworks": self.frameworks, "ok": self.ok,
+                "injected_fault": self.fault, "seconds": self.seconds,
+                "tolerances": {n: {"atol": t.atol, "rtol": t.rtol, "reason": t.reason}
+                               for n, t in globals().items() if isinstance(t, Tolerance) and n.isupper()},
+                "summary": summarize(self.rows), "rows": [r.as_dict() for r in self.rows]}
+
+
+def run_search_step(golden: "str | Golden", framework: str = "both", precision: str = "fp32",
+                    fault: Optional[str] = None) -> SearchStepResult:
+    """Run the golden iteration in ``framework`` (``'torch'``, ``'paddle'`` or ``'both'``) and compare.
+
+    ``precision='both'`` adds a float64 Paddle-vs-torch run (needs ``framework='both'``).
+    """
+    if framework not in FRAMEWORKS:
+        raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}, got {framework!r}")
+    if fault is not None and fault not in FAULTS:
+        raise ValueError(f"unknown fault {fault!r}; choose from {', '.join(FAULTS)}")
+    g = load_golden(golden) if isinstance(golden, str) else golden
+    rows: List[Row] = []
+    seconds: Dict[str, float] = {}
+    runs: Dict[str, RunRecord] = {}
+    if framework in ("both", "torch"):
+        runs["torch"] = run_torch(g)
+        seconds["torch"] = runs["torch"].seconds
+    if framework in ("both", "paddle"):
+        runs["paddle"] = run_paddle(g, fault=fault)
+        seconds["paddle"] = runs["paddle"].seconds
+    has_expected = any(k in g.expected for k in ("grads", "after_step", "loss"))
+    if has_expected:
+        for run in runs.values():
+            rows += compare_to_golden(run, g)
+    if "torch" in runs and "paddle" in runs:
+        rows += compare_runs(runs["paddle"], runs["torch"])
+        if precision in ("both", "fp64"):
+            t64, p64 = run_torch(g, "fp64"), run_paddle(g, "fp64", fault)
+            seconds["torch_fp64"], seconds["paddle_fp64"] = t64.seconds, p64.seconds
+            rows += compare_runs(p64, t64)
+    elif not has_expected:
+        raise GoldenError(g.path, "holds no expected results; run --framework both to compare the "
+                                  "two frameworks")
+    return SearchStepResult(g.path, list(runs), rows, seconds, fault)
+
+
+def summarize(rows: Sequence[Row]) -> List[Dict[str, Any]]:
+    """One line per (pair, group): how many compared, how many failed, the worst entry."""
+    out: List[Dict[str, Any]] = []
+    keys: List[Tuple[str, str]] = []
+    for r in rows:
+        if (r.pair, r.group) not in keys:
+            keys.append((r.pair, r.group))
+    for pair, group in keys:
+        sel = [r for r in rows if r.pair == pair and r.group == group]
+        worst = max(sel, key=lambda r: r.excess if not math.isnan(r.excess) else math.inf)
+        out.append({"pair": pair, "group": group, "compared": len(sel),
+                    "failed": sum(not r.ok for r in sel), "worst": worst.name,
+                    "worst_rel": worst.rel, "worst_excess": worst.excess,
+                    "tolerance": worst.tolerance})
+    return out
+
+
+def format_table(result: SearchStepResult) -> str:
+    """The summary as a table (tabulate)."""
+    from tabulate import tabulate
+
+    lines = [[s["pair"], s["group"], s["compared"], s["failed"], s["worst"],
+              f"{s['worst_rel']:.2e}" if isinstance(s["worst_rel"], float) else s["worst_rel"],
+              f"{s['worst_excess']:.2f}" if isinstance(s["worst_excess"], float) else s["worst_excess"],
+              s["tolerance"]] for s in summarize(result.rows)]
+    return tabulate(lines, headers=["pair", "group", "n", "failed", "worst entry", "error",
+                                    "of allowed", "tolerance"])
+
+
+# --- command line -------------------------------------------------------------------------------
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--golden", required=True, metavar="FILE",
+                   help="golden file of one official search iteration (see tests/data/golden_search)")
+    p.add_argument("--framework", choices=FRAMEWORKS, default="both",
+                   help="which framework(s) to run (default both; both also compares them)")
+    p.add_argument("--precision", choices=("fp32", "both"), default="fp32",
+                   help="'both' adds a float64 Paddle-vs-torch run, the semantic check (default fp32)")
+    p.add_argument("--json", metavar="FILE", help="write every comparison as JSON here")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch CPU threads (default 1: on a busy machine more threads spin and run "
+                        "the meta step many times slower)")
+    p.add_argument("--inject-fault", choices=sorted(FAULTS), metavar="FAULT",
+                   help="break the Paddle run on purpose: " + ", ".join(
+                       f"{n} ({f.description})" for n, f in FAULTS.items()))
+
+
+def _fail(msg: str) -> int:
+    print(f"parity search-step: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``parity search-step``: 0 pass, 1 divergence, 2 bad input."""
+    if args.json:
+        if os.path.isdir(args.json):
+            return _fail(f"{args.json}: is a folder (--json)")
+        if os.path.exists(args.golden) and os.path.exists(args.json) and \
+                os.path.samefile(args.json, args.golden):
+            return _fail(f"{args.json}: is the golden file; refusing to overwrite it")
+        parent = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(parent):
+            return _fail(f"{args.json}: folder {parent} does not exist")
+    if args.precision == "both" and args.framework != "both":
+        return _fail("--precision both needs --framework both (fp64 compares the two frameworks)")
+    if args.inject_fault and args.framework == "torch":
+        return _fail("--inject-fault breaks the Paddle run; use --framework paddle or both")
+    if args.threads < 1:
+        return _fail(f"--threads must be >= 1, got {args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    try:
+        g = load_golden(args.golden)
+        if args.inject_fault:
+            f = FAULTS[args.inject_fault]
+            print(f"injecting fault {f.name!r} into the Paddle run: {f.description}")
+        result = run_search_step(g, args.framework, args.precision, args.inject_fault)
+    except GoldenError as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        print("parity search-step: interrupted", file=sys.stderr)
+        return 130
+    print(format_table(result))
+    bad = [r for r in result.rows if not r.ok]
+    for r in bad[:10]:
+        print(f"FAIL {r.pair} {r.group} {r.name}: error {r.rel:.3e} of scale "
+              f"({r.excess:.2f}x allowed, {r.tolerance}) {r.note}".rstrip())
+    if len(bad) > 10:
+        print(f"... and {len(bad) - 10} more failures")
+    t = ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items())
+    print(f"{len(result.rows)} comparisons; step time: {t}")
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(result.as_dict(), fh, indent=1)
+        os.replace(tmp, args.json)
+        print(f"JSON: {args.json}")
+    print("PASS" if result.ok else "FAIL")
+    return 0 if result.ok else 1
+
+
+def register(subparsers: "argparse._SubParsersAction") -> None:
+    """Add the ``search-step`` subcommand to the ``parity`` command line."""
+    p = subparsers.add_parser("search-step", help="one supernet search iteration in both frameworks "
+                                                  "vs the official code", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Stand-alone entry (``python -m parity.search_step``); the console script is ``parity search-step``."""
+    parser = argparse.ArgumentParser(prog="parity search-step", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""One search iteration in both frameworks against the official code, and the algorithm's pieces.
+
+The golden files (``tests/data/golden_search``, see the README there) were made by running one
+iteration of the official ``train_epoch`` loop; ``parity search-step`` replays them.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cream_arch.board import PrioritizedBoard
+from cream_arch.search_config import SearchConfig
+from cream_arch.search_space import plan_supernet
+from cream_arch.seeded import seeded_input, seeded_state
+from cream_torch_ref import search as T
+from cream_torch_ref.supernet import SuperNet
+from parity.search_step import FAULTS, load_golden, run_search_step
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden_search"
+GOLDENS = ["meta_step_official.pt", "meta_step_deep.pt", "warmup_step.pt"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a busy 2-core machine, 2 spinning threads make the meta step 10x slower
+    yield
+    torch.set_num_threads(old)
+
+
+# --- against the official code --------------------------------------------------------------------
+@pytest.mark.golden
+@pytest.mark.paddle
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "meta_step_deep.pt"
+                                  else n for n in GOLDENS])
+def test_search_step_matches_official(name: str) -> None:
+    result = run_search_step(str(GOLDEN / name), "both")
+    bad = [r for r in result.rows if not r.ok]
+    assert not bad, [(r.pair, r.group, r.name, r.rel, r.note) for r in bad[:5]]
+    pairs = {r.pair for r in result.rows}
+    assert pairs == {"torch~golden", "paddle~golden", "paddle~torch"}
+    groups = {(r.pair, r.group) for r in result.rows}
+    if name != "warmup_step.pt":  # the meta update ran: every kind of quantity was compared
+        for pair in ("torch~golden", "paddle~golden"):
+            assert {(pair, g) for g in ("scalars", "grads", "after_meta_update", "after_step")} <= groups
+        families = {r.name.split("/")[0] for r in result.rows if r.group == "grads"}
+        assert families == {"meta_first", "meta_val", "meta_teacher", "step"}
+
+
+@pytest.mark.golden
+@pytest.mark.paddle
+def test_search_step_notices_faults() -> None:
+    for name, fault, expect in (("meta_step_official.pt", "meta-lr", "meta_teacher/"),
+                                ("warmup_step.pt", "smoothing", "loss")):
+        result = run_search_step(load_golden(str(GOLDEN / name)), "paddle", fault=fault)
+        bad = [r for r in result.rows if not r.ok]
+        assert bad, fault
+        assert any(expect in r.name for r in bad), (fault, [r.name for r in bad[:5]])
+    assert "fix-meta-value" in FAULTS  # documented as a no-op with one board entry
+
+
+@pytest.mark.golden
+def test_torch_fault_in_the_2020_semantics_is_caught() -> None:
+    """The second backward must read the *updated* weights (torch 1.2). Computing it on the
+    pre-update weights (clean semantics) moves the meta gradient far beyond the tolerance."""
+    g = load_golden(str(GOLDEN / "meta_step_official.pt"))
+    exp = g.expected["grads"]
+    res = run_search_step(g, "torch")
+    ok = {r.name: r for r in res.rows if r.group == "grads"}
+    assert ok["meta_teacher/meta_layer.weight"].ok
+    # clean semantics: a step that keeps the saved weights as they were
+    model = SuperNet(plan_supernet(g.sta_num), num_classes=g.num_classes)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in g.init_state.items()})
+    model.train()
+    board = PrioritizedBoard(g.sta_num)
+    board.add(1.0, 1.0, g.teacher_cand, torch.from_numpy(g.board_x), torch.from_numpy(g.board_feat))
+    clean = _clean_meta_teacher_grads(model, board, g)
+    ref = exp["meta_teacher/meta_layer.weight"].numpy()
+    assert np.abs(clean - ref).max() > 0.05 * np.abs(ref).max()
+
+
+def _clean_meta_teacher_grads(model, board, g) -> np.ndarray:
+    import copy
+
+    import torch.nn.functional as F
+
+    from cream_torch_ref.losses import cross_entropy_loss_with_soft_target
+
+    cfg, cand, x, y = g.cfg, g.random_cand, torch.from_numpy(g.x), torch.from_numpy(g.y)
+    opt = T.LegacySGD(model, cfg.lr, cfg.meta_lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+    mv, tc = T.select_teacher(model, board, cand, "meta")
+    out = model(x[:4], cand)
+    with torch.no_grad():
+        soft = F.softmax(model(x[:4], tc), 1)
+    kd = mv * cross_entropy_loss_with_soft_target(out, soft)
+    params = list(model.rand_parameters(cand))
+    g1 = torch.autograd.grad(kd, params, create_graph=True)
+    sw0 = -g1[0] * opt.meta_lr + params[0]
+    twin = copy.deepcopy(model)  # the update happens on a copy: the graph keeps the old weights
+    o2 = T.LegacySGD(twin, cfg.lr, cfg.meta_lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+    clipped, _ = T.clip_grad_norm_legacy([t.detach() for t in g1])
+    o2.step(dict(zip(model.rand_parameter_names(cand), clipped)))
+    val = T.make_loss_fn(cfg.smoothing)(twin(x[4:8], cand), y[4:8])
+    v = torch.autograd.grad(val, list(twin.rand_parameters(cand)))
+    return torch.autograd.grad(sw0, [model.meta_layer.weight], grad_outputs=v[0])[0].numpy()
+
+
+# --- the optimizer and clipping of torch 1.2 ---------------------------------------------------------
+def test_legacy_sgd_rules() -> None:
+    lin = torch.nn.Linear(3, 2)
+    opt = T.LegacySGD(lin, lr=0.5, meta_lr=0.0, momentum=0.9, weight_decay=0.1, nesterov=True)
+    w0, b0 = lin.weight.detach().clone(), lin.bias.detach().clone()
+    g = torch.ones_like(lin.weight)
+    opt.step({"weight": g})  # bias: no gradient and not live -> untouched
+    d = g + 0.1 * w0
+    assert torch.allclose(lin.weight, w0 - 0.5 * (d + 0.9 * d))  # Nesterov's first step: 1.9 d
+    assert torch.equal(lin.bias, b0)
+    w1 = lin.weight.detach().clone()
+    opt.step({})  # torch 1.2 zero_grad kept a zero gradient: the weight keeps moving (decay, momentum)
+    buf = 0.9 * d + 0.1 * w1
+    assert torch.allclose(lin.weight, w1 - 0.5 * (0.1 * w1 + 0.9 * buf), atol=1e-7)
+    opt.release(["weight"])  # the meta step's `del weight.grad`
+    w2 = lin.weight.detach().clone()
+    opt.step({})
+    assert torch.equal(lin.weight, w2)
+
+
+def test_legacy_sgd_twins_agree() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import paddle
+    from cream_paddle import search as P
+
+    tl = torch.nn.Linear(4, 3)
+    pl = paddle.nn.Linear(4, 3)
+    pl.weight.set_value(tl.weight.detach().numpy().T)
+    pl.bias.set_value(tl.bias.detach().numpy())
+    to = T.LegacySGD(tl, 0.3, 0.01, 0.9, 1e-2, True)
+    po = P.LegacySGD(pl, 0.3, 0.01, 0.9, 1e-2, True)
+    rng = np.random.RandomState(0)
+    for step in range(3):
+        gw = rng.standard_normal((3, 4)).astype(np.float32)
+        grads_t = {"weight": torch.from_numpy(gw)} if step != 1 else {}
+        grads_p = {"weight": paddle.to_tensor(gw.T.copy())} if step != 1 else {}
+        if step == 0:
+            grads_t["bias"] = torch.ones(3)
+            grads_p["bias"] = paddle.ones([3])
+        to.step(grads_t)
+        po.step(grads_p)
+        assert np.allclose(pl.weight.numpy().T, tl.weight.detach().numpy(), atol=1e-6)
+        assert np.allclose(pl.bias.numpy(), tl.bias.detach().numpy(), atol=1e-6)
+    assert po.state_dict()["live"] == to.state_dict()["live"] == ["bias", "weight"]
+
+
+def test_clip_grad_norm_legacy() -> None:
+    g = [torch.full((3,), 2.0), torch.full((4,), 1.0)]
+    clipped, total = T.clip_grad_norm_legacy(g, 1.0)
+    assert total == pytest.approx((12.0 + 4.0) ** 0.5)
+    coef = 1.0 / (total + 1e-6)
+    assert torch.allclose(clipped[0], g[0] * coef) and torch.allclose(clipped[1], g[1] * coef)
+    small, _ = T.clip_grad_norm_legacy([torch.full((2,), 0.1)], 1.0)
+    assert torch.equal(small[0], torch.full((2,), 0.1))
+
+
+# --- a board of several entries, the bug-fix option, both frameworks -----------------------------------
+@pytest.fixture(scope="module")
+def two_entry_setup():
+    plan = plan_supernet((1, 1, 2, 1, 1))
+    keys_shapes = [(k, tuple(v.shape)) for k, v in SuperNet(plan, num_classes=6).state_dict().items()]
+    init = {k: np.asarray(v).astype(np.int64 if "num_batches" in k else np.float32)
+            for k, v in seeded_state(keys_shapes, seed=9).items()}
+    rng = np.random.RandomState(1)
+    entries = []
+    paths = ([[0], [1], [2], [3, 0], [4], [5], [0]], [[0], [4], [1], [2, 2], [0], [3], [0]])
+    for i, cand in enumerate(paths):
+        feat = np.exp(rng.standard_normal((4, 6))).astype(np.float32)
+        entries.append((60.0 - 10 * i, 100.0 + i, cand, seeded_input(4, 48, 20 + i),
+                        feat / feat.sum(1, keepdims=True)))
+    x = seeded_input(8, 48, 30)
+    y = rng.randint(0, 6, 8).astype(np.int64)
+    cfg = replace(SearchConfig(), lr=0.2, meta_lr=0.3, num_classes=6, update_iter=5, meta_sta_epoch=1)
+    return plan, init, entries, x, y, cfg
+
+
+def _run_torch(setup, fix: bool) -> T.StepRecord:
+    plan, init, entries, x, y, cfg = setup
+    cfg = replace(cfg, fix_meta_value=fix)
+    m = SuperNet(plan, num_classes=6)
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in init.items()})
+    m.train()
+    board = PrioritizedBoard(plan.sta_num)
+    for p1, fl, cand, data, feat in entries:
+        board.add(p1, fl, cand, torch.from_numpy(data), torch.from_numpy(feat))
+    rec = T.StepRecord()
+    T.search_step(m, T.LegacySGD(m, cfg.lr, cfg.meta_lr), board, torch.from_numpy(x), torch.from_numpy(y),
+                  [[0], [2], [5], [1, 3], [2], [0], [0]], 2, 5, cfg, T.make_loss_fn(0.1), record=rec)
+    return rec
+
+
+@pytest.mark.paddle
+def test_two_entry_board_paddle_equals_torch(two_entry_setup) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import paddle
+    from converters.rules import apply_rules, paddle_layout
+    from cream_paddle import search as P
+    from cream_paddle.supernet import SuperNet as PS
+    from parity.search_step import RunRecord, compare_runs
+
+    plan, init, entries, x, y, cfg = two_entry_setup
+    ref = _run_torch(two_entry_setup, False)
+    assert ref.meta_ran
+    m = PS(plan, num_classes=6)
+    m.set_state_dict(apply_rules(init, paddle_layout(m), to="paddle").state_dict)
+    m.train()
+    board = PrioritizedBoard(plan.sta_num)
+    for p1, fl, cand, data, feat in entries:
+        board.add(p1, fl, cand, paddle.to_tensor(data), paddle.to_tensor(feat))
+    rec = P.StepRecord()
+    P.search_step(m, P.LegacySGD(m, cfg.lr, cfg.meta_lr), board, paddle.to_tensor(x), paddle.to_tensor(y),
+                  [[0], [2], [5], [1, 3], [2], [0], [0]], 2, 5, cfg, P.make_loss_fn(0.1), record=rec)
+
+    def as_run(framework, r):
+        return RunRecord(framework, "fp32", {k: getattr(r, k) for k in
+                                             ("meta_value", "loss", "kd_loss", "valid_loss",
+                                              "meta_value_meta_update", "meta_kd_loss", "meta_valid_loss")},
+                         r.grads, r.after_meta_update, r.after_step, r.meta_ran, 0.0)
+    rows = compare_runs(as_run("paddle", rec), as_run("torch", ref))
+    bad = [(r.group, r.name, r.rel) for r in rows if not r.ok]
+    assert not bad, bad[:5]
+
+
+def test_fix_meta_value_option(two_entry_setup) -> None:
+    """Official: the meta value is sigmoid(-score) of the *last* board entry scored; the option
+    takes the picked entry's. With two entries scoring differently the two must differ."""
+    plan, init, entries, *_ = two_entry_setup
+    m = SuperNet(plan, num_classes=6)
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in init.items()})
+    m.train()
+    board = PrioritizedBoard(plan.sta_num)
+    for p1, fl, cand, data, feat in entries:
+        board.add(p1, fl, cand, torch.from_numpy(data), torch.from_numpy(feat))
+    cand = [[0], [2], [5], [1, 3], [2], [0], [0]]
+    with torch.no_grad():
+        scores = [float(m.forward_meta(torch.softmax(m(e.data, cand), 1) - e.feat)) for e in board.entries()]
+        official, teacher = T.select_teacher(m, board, cand, "meta", fix_meta_value=False)
+        fixed, teacher2 = T.select_teacher(m, board, cand, "meta", fix_meta_value=True)
+    best = int(np.argmax(scores))
+    assert teacher == teacher2 == board.entries()[best].cand
+    assert float(official) == pytest.approx(1 / (1 + np.exp(scores[-1])), rel=1e-5)
+    assert float(fixed) == pytest.approx(1 / (1 + np.exp(scores[best])), rel=1e-5)
+    assert best != len(scores) - 1 or scores[0] == scores[-1]
+    ran = _run_torch(two_entry_setup, True)
+    assert ran.meta_value != _run_torch(two_entry_setup, False).meta_value
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+@pytest.mark.cli
+def test_parity_cli_exit_codes(tmp_path: Path, capsys) -> None:
+    from parity.search_step import main
+
+    out = tmp_path / "r.json"
+    assert main(["--golden", str(GOLDEN / "warmup_step.pt"), "--framework", "torch",
+                 "--json", str(out)]) == 0
+    assert "PASS" in capsys.readouterr().out and json.loads(out.read_text())["ok"] is True
+    bad = tmp_path / "bad.pt"
+    torch.save({"x": torch.zeros(1)}, bad)
+    assert main(["--golden", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.pt" in err and "missing key(s)" in err
+    assert main(["--golden", str(GOLDEN / "warmup_step.pt"), "--json", str(GOLDEN / "warmup_step.pt")]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(b"\x80\x04cos\nsystem\n.")
+    p = subprocess.run([sys.executable, "-m", "parity.search_step", "--golden", str(evil)],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "evil.pt" in p.stderr and "Traceback" not in p.stderr

@@ -1,0 +1,179 @@
+"""Paddle's twice-differentiable formulations (``cream_paddle.second_order``) against torch.
+
+Each formulation is checked for its value, its gradient and a second derivative (the gradient of a
+gradient, as the meta-matching step takes it) against torch's own ops. Also checked: the in-place
+mechanism the 2020 numerics rely on (a weight written without a version bump is what the *second*
+backward reads), in both frameworks.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import paddle
+    import paddle.nn.functional as F
+
+from cream_paddle import second_order as so
+
+pytestmark = pytest.mark.paddle
+
+#: fp32 values, gradients and second derivatives: a few ulp per op; relative to the tensor's scale.
+VALUE_REL = 2e-6
+GRAD_REL = 2e-5
+
+
+def _close(got, ref, rel: float, floor: float = 1e-12) -> None:
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() <= rel * max(np.abs(ref).max(), floor), np.abs(got - ref).max()
+
+
+def _second_order(p_fn, t_fn, xs, seed: int = 0):
+    """value, d(sum(y*c))/dx, and d/dx of sum(grad * d) in both frameworks; compared."""
+    rng = np.random.RandomState(seed)
+    pt = [paddle.to_tensor(x) for x in xs]
+    tt = [torch.tensor(x, requires_grad=True) for x in xs]
+    for t in pt:
+        t.stop_gradient = False
+    py, ty = p_fn(*pt), t_fn(*tt)
+    _close(py.numpy(), ty.detach().numpy(), VALUE_REL)
+    c = rng.standard_normal(ty.shape).astype(np.float32)
+    pg = paddle.grad((py * paddle.to_tensor(c)).sum(), pt, create_graph=True)
+    tg = torch.autograd.grad((ty * torch.from_numpy(c)).sum(), tt, create_graph=True)
+    for a, b in zip(pg, tg):
+        _close(a.numpy(), b.detach().numpy(), GRAD_REL)
+    d = [rng.standard_normal(g.shape).astype(np.float32) for g in tg]
+    pgg = paddle.grad(sum((g * paddle.to_tensor(v)).sum() for g, v in zip(pg, d)), pt, allow_unused=True)
+    tgg = torch.autograd.grad(sum((g * torch.from_numpy(v)).sum() for g, v in zip(tg, d)), tt,
+                              allow_unused=True)
+    for a, b in zip(pgg, tgg):
+        if b is None:
+            assert a is None or np.abs(a.numpy()).max() == 0
+            continue
+        _close(a.numpy(), b.numpy(), GRAD_REL)
+
+
+@pytest.mark.parametrize("k,stride", [(3, 1), (5, 2), (7, 1), (3, 2)])
+def test_depthwise_conv(k: int, stride: int) -> None:
+    rng = np.random.RandomState(k + stride)
+    x = rng.standard_normal((2, 8, 9, 9)).astype(np.float32)
+    w = (rng.standard_normal((8, 1, k, k)) * 0.3).astype(np.float32)
+    pad = ((stride - 1) + (k - 1)) // 2
+    _second_order(lambda a, b: so.depthwise_conv2d(a, b, (stride, stride), (pad, pad), (1, 1), 8),
+                  lambda a, b: TF.conv2d(a, b, stride=stride, padding=pad, groups=8), [x, w])
+
+
+def test_hard_sigmoid_softmax_log_softmax() -> None:
+    x = (np.random.RandomState(1).standard_normal((4, 10)) * 4).astype(np.float32)
+    _second_order(so.hard_sigmoid, lambda a: TF.relu6(a + 3.0) / 6.0, [x])
+    _second_order(lambda a: so.softmax(a, 1), lambda a: TF.softmax(a, 1), [x])
+    _second_order(lambda a: so.log_softmax(a, 1), lambda a: TF.log_softmax(a, 1), [x])
+    big = x * 50  # max subtraction keeps exp finite
+    _second_order(lambda a: so.log_softmax(a, 1), lambda a: TF.log_softmax(a, 1), [big])
+
+
+def test_soft_target_cross_entropy() -> None:
+    rng = np.random.RandomState(2)
+    pred = rng.standard_normal((4, 10)).astype(np.float32)
+    soft = np.exp(rng.standard_normal((4, 10))).astype(np.float32)
+    soft /= soft.sum(1, keepdims=True)
+    _second_order(lambda a: so.soft_target_cross_entropy(a, paddle.to_tensor(soft)),
+                  lambda a: torch.mean(torch.sum(-torch.from_numpy(soft) * TF.log_softmax(a, 1), 1)),
+                  [pred])
+
+
+def test_batch_norm_train() -> None:
+    rng = np.random.RandomState(3)
+    x = rng.standard_normal((4, 6, 3, 3)).astype(np.float32) * 2 + 1
+    w = rng.uniform(0.5, 1.5, 6).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    _second_order(lambda a, g, bb: so.batch_norm_train(a, g, bb, 1e-5)[0],
+                  lambda a, g, bb: TF.batch_norm(a, None, None, g, bb, training=True, eps=1e-5),
+                  [x, w, b])
+
+
+def test_second_order_mode_switches_and_restores() -> None:
+    from cream_arch.search_space import plan_supernet
+    from cream_paddle.supernet import SuperNet
+
+    model = SuperNet(plan_supernet((1, 1, 1, 1, 1)), num_classes=5)
+    model.train()
+    x = paddle.to_tensor(np.random.RandomState(4).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    cand = [[0], [1], [2], [3], [4], [5], [0]]
+    before = {id(layer): layer.__dict__.get("forward") for layer in model.sublayers()}
+    state = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    ref = model(x, cand).numpy()
+    stats_normal = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    model.set_state_dict(state)
+    with so.second_order_mode(model):
+        assert any("forward" in layer.__dict__ and so.is_depthwise(layer) for layer in model.sublayers())
+        out = model(x, cand)
+        params = list(model.rand_parameters(cand))
+        g = paddle.grad(out.sum(), params, create_graph=True)
+        gg = paddle.grad(sum((t * t).sum() for t in g), params[-4:], allow_unused=True)
+        assert all(t is not None for t in gg)
+    _close(out.numpy(), ref, 1e-5)  # the same function
+    for k, v in model.state_dict().items():  # and the same running-statistics update
+        _close(v.numpy(), stats_normal[k], 1e-5, floor=1e-2)  # some means are ~1e-9: noise
+    after = {id(layer): layer.__dict__.get("forward") for layer in model.sublayers()}
+    assert after == before  # every layer back to what it was
+    with pytest.raises(RuntimeError, match="boom"):
+        with so.second_order_mode(model):
+            raise RuntimeError("boom")
+    assert {id(layer): layer.__dict__.get("forward") for layer in model.sublayers()} == before
+
+
+def test_unpatched_depthwise_has_no_double_grad_in_paddle() -> None:
+    """Why the module exists; if Paddle gains the kernel this test tells us the shim may go."""
+    x = paddle.to_tensor(np.ones((1, 4, 5, 5), np.float32))
+    x.stop_gradient = False
+    w = paddle.create_parameter([4, 1, 3, 3], "float32")
+    g, = paddle.grad(F.conv2d(x, w, padding=1, groups=4).sum() * 1.0, [x], create_graph=True)
+    try:
+        paddle.grad((g * g).sum(), [w])
+    except (RuntimeError, ValueError, NotImplementedError) as e:
+        assert "depthwise_conv2d_double_grad" in str(e) or "grad op" in str(e)
+    else:  # pragma: no cover - depends on the Paddle build
+        pytest.skip("this Paddle build has a depthwise double-grad kernel")
+
+
+@pytest.mark.parametrize("framework", ["torch", "paddle"])
+def test_untracked_write_reaches_second_backward(framework: str) -> None:
+    """h = x W, loss = s * |h|^2; d/ds of (dloss/dx . v) reads W in the backward: after an untracked
+    in-place write of W it must read the *new* W (torch 1.2's ``.data`` semantics)."""
+    rng = np.random.RandomState(5)
+    xn, wn = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((3, 2)).astype(np.float32)
+    v = rng.standard_normal((4, 3)).astype(np.float32)
+    h = xn @ wn
+    expect_new = float((2 * h @ (wn + 1).T * v).sum())
+    expect_old = float((2 * h @ wn.T * v).sum())
+    if framework == "torch":
+        x = torch.tensor(xn, requires_grad=True)
+        w = torch.nn.Parameter(torch.tensor(wn))
+        s = torch.tensor(1.5, requires_grad=True)
+        hh = x @ w
+        gx, = torch.autograd.grad(s * (hh * hh).sum(), [x], create_graph=True)
+        w.data.add_(1.0)
+        gs, = torch.autograd.grad((gx * torch.from_numpy(v)).sum(), [s])
+        got = float(gs)
+    else:
+        x = paddle.to_tensor(xn)
+        x.stop_gradient = False
+        w = paddle.create_parameter([3, 2], "float32")
+        w.set_value(wn)
+        s = paddle.to_tensor(1.5)
+        s.stop_gradient = False
+        hh = paddle.matmul(x, w)
+        gx, = paddle.grad(s * (hh * hh).sum(), [x], create_graph=True)
+        w.set_value(wn + 1)
+        gs, = paddle.grad((gx * paddle.to_tensor(v)).sum(), [s])
+        got = float(gs)
+    assert abs(got - expect_new) <= 1e-4 * abs(expect_new)
+    assert abs(expect_new - expect_old) > 1.0  # the two semantics are far apart here
