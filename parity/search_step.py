@@ -595,7 +595,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                         "the meta step many times slower)")
     p.add_argument("--inject-fault", choices=sorted(FAULTS), metavar="FAULT",
                    help="break the Paddle run on purpose: " + ", ".join(
-                       f"{n} ({f.description})" for n, f in FAULTS.items()))
+                       f"{n} ({f.description})" for n, f in FAULTS.items()).replace("%", "%%"))
 
 
 def _fail(msg: str) -> int:
