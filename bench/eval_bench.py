@@ -70,6 +70,8 @@ def _checkpoint(name: str, folder: Path) -> Dict[str, str]:
     """A seeded official-format checkpoint and its Paddle conversion (made in a child process, so
     the parent stays framework-free)."""
     code = f"""
+import warnings
+warnings.filterwarnings("ignore")
 from converters.convert import convert_checkpoint
 from cream_torch_ref.models import seeded_official_checkpoint
 seeded_official_checkpoint({name!r}, {str(folder / "model.pth.tar")!r}, legacy=True)

@@ -283,3 +283,19 @@ def test_parity_cli_exit_codes(tmp_path: Path, capsys) -> None:
     p = subprocess.run([sys.executable, "-m", "parity.search_step", "--golden", str(evil)],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "evil.pt" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.paddle
+def test_top1_meta_step_paddle_equals_torch() -> None:
+    """With the top1 pick the meta step differentiates through the teacher path's weights (the
+    official code raises there; here unused parameters are skipped): both frameworks agree."""
+    from parity.search_step import compare_runs, run_paddle, run_torch
+
+    g = load_golden(str(GOLDEN / "meta_step_official.pt"))
+    g.cfg = replace(g.cfg, pick_method="top1")
+    ref, got = run_torch(g), run_paddle(g)
+    assert ref.meta_ran and got.meta_ran
+    teacher = [k for k in ref.grads if k.startswith("meta_teacher/")]
+    assert "meta_teacher/conv_stem.weight" in teacher and len(teacher) > 10
+    bad = [(r.group, r.name, r.rel) for r in compare_runs(got, ref) if not r.ok]
+    assert not bad, bad[:5]

@@ -169,3 +169,13 @@ def test_two_processes(framework: str, data: Path, tmp_path: Path) -> None:
     log = (out / LOG_NAME).read_text()
     assert "2 process(es)" in log and "(meta-matching update)" in log
     _converted_child_agrees(framework, out, data, tmp_path)
+
+
+def test_help_texts(capsys) -> None:
+    from parity.search_step import main as parity_main
+
+    assert main(["--help"]) == 0
+    assert "--resume" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        parity_main(["--help"])
+    assert e.value.code == 0 and "--inject-fault" in capsys.readouterr().out

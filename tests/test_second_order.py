@@ -20,6 +20,7 @@ with warnings.catch_warnings():
     import paddle.nn.functional as F
 
 from cream_paddle import second_order as so
+from parity.compare import LAYER_TRAIN_FP32
 
 pytestmark = pytest.mark.paddle
 
@@ -119,7 +120,9 @@ def test_second_order_mode_switches_and_restores() -> None:
         g = paddle.grad(out.sum(), params, create_graph=True)
         gg = paddle.grad(sum((t * t).sum() for t in g), params[-4:], allow_unused=True)
         assert all(t is not None for t in gg)
-    _close(out.numpy(), ref, 1e-5)  # the same function
+    # the same function: train-mode fp32 on a batch of 4, where BN divides by the small-batch std
+    # and amplifies rounding -- the harness's documented bound for that category
+    _close(out.numpy(), ref, LAYER_TRAIN_FP32.rtol)
     for k, v in model.state_dict().items():  # and the same running-statistics update
         _close(v.numpy(), stats_normal[k], 1e-5, floor=1e-2)  # some means are ~1e-9: noise
     after = {id(layer): layer.__dict__.get("forward") for layer in model.sublayers()}
