@@ -9,7 +9,8 @@ entry and path, and run with the same thread count:
 * a **plain iteration**: the distillation step alone (the other iterations).
 
 Each framework runs in its own fresh worker process (this script with ``--worker``): one warm-up
-iteration (first-call costs), then the timed ones; peak memory is the worker's peak RSS growth over
+iteration (first-call costs), then ``--repeats`` timed ones of each kind, of which the median is
+reported; peak memory is the worker's peak RSS growth over
 the process after the model is built. Goal (issue 5): Paddle <= 1.5x torch. Prints a table and
 writes JSON (``--json``).
 
@@ -108,9 +109,10 @@ def _worker(args: argparse.Namespace) -> Dict[str, Any]:
         return seconds
 
     iteration(1)  # warm-up (meta)
-    meta = iteration(1)
-    plain = iteration(0)
-    return {"framework": args.framework, "meta_s": meta, "plain_s": plain,
+    metas = [iteration(1) for _ in range(args.repeats)]
+    plains = [iteration(0) for _ in range(args.repeats)]
+    return {"framework": args.framework, "meta_s": float(np.median(metas)),
+            "plain_s": float(np.median(plains)), "meta_all_s": metas, "plain_all_s": plains,
             "peak_rss_mb": _rss_mb(), "added_rss_mb": _rss_mb() - base_rss,
             "sta_num": list(found.sta_num), "params": int(sum(np.prod(s) for _, s in ks))}
 
@@ -122,9 +124,13 @@ def main(argv: List[str] = None) -> int:
     p.add_argument("--resolution", type=int, default=128, help="input size (default 128)")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1, help="threads per framework (default 1)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed iterations of each kind per framework; the median is reported (default 3)")
     p.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     p.add_argument("--worker", choices=("torch", "paddle"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
     if args.batch < 8:
         p.error("--batch must be at least 8 (the meta step uses two slices of 4)")
     if args.worker:
@@ -136,7 +142,7 @@ def main(argv: List[str] = None) -> int:
     for fw in ("torch", "paddle"):
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", fw, "--flops-max", str(args.flops_max),
                "--batch", str(args.batch), "--resolution", str(args.resolution), "--num-classes",
-               str(args.num_classes), "--threads", str(args.threads)]
+               str(args.num_classes), "--threads", str(args.threads), "--repeats", str(args.repeats)]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if r.returncode != 0:
             print(r.stderr[-3000:], file=sys.stderr)
@@ -154,7 +160,7 @@ def main(argv: List[str] = None) -> int:
     print(f"supernet: stage depths {t['sta_num']}, {t['params']} state values; batch {args.batch} at "
           f"{args.resolution} px, {args.num_classes} classes, {args.threads} thread(s); "
           f"{platform.processor() or platform.machine()}")
-    print(tabulate(rows, headers=["", "meta iteration s", "plain iteration s", "step RSS growth MB",
+    print(tabulate(rows, headers=["", "meta iteration s (median)", "plain iteration s (median)", "step RSS growth MB",
                                   "peak RSS MB"], tablefmt="simple_outline"))
     ratio = pd["meta_s"] / t["meta_s"]
     print(f"goal Paddle <= {GOAL_RATIO}x torch on the meta iteration: "

@@ -167,7 +167,7 @@ class SqueezeExcite(nn.Layer):
         self.gate = create_act_layer(gate_layer)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:  # noqa: D102
-        x_se = x.mean(axis=[2, 3], keepdim=True)
+        x_se = compat.spatial_mean(x, keepdim=True)
         x_se = self.conv_expand(self.act1(self.conv_reduce(x_se)))
         return x * self.gate(x_se)
 
@@ -301,7 +301,8 @@ class DropPath(nn.Layer):
 
 
 class FastAdaptiveAvgPool(nn.Layer):
-    """Global average pooling by ``mean`` over H and W (timm's ``FastAdaptiveAvgPool``, NCHW)."""
+    """Global average pooling over H and W (timm's ``FastAdaptiveAvgPool``, NCHW; see
+    :func:`compat.spatial_mean`)."""
 
     def __init__(self, flatten: bool = False, input_fmt: str = "NCHW") -> None:
         super().__init__()
@@ -310,7 +311,7 @@ class FastAdaptiveAvgPool(nn.Layer):
         self.flatten = flatten
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:  # noqa: D102
-        return x.mean(axis=[2, 3], keepdim=not self.flatten)
+        return compat.spatial_mean(x, keepdim=not self.flatten)
 
 
 class SelectAdaptivePool2d(nn.Layer):

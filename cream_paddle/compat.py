@@ -29,6 +29,11 @@ drop path                   timm ``drop_path``: per-sample          :func:`drop_
 Linear weight layout        ``[out_features, in_features]``         ``[in_features, out_features]``:
                                                                     :func:`linear_weight_from_torch` /
                                                                     :func:`linear_weight_to_torch`.
+global mean pooling         ``x.mean((2, 3))`` (SE, head pool)     :func:`spatial_mean`: the pooling kernel
+                                                                    (``adaptive_avg_pool2d(x, 1)``): same
+                                                                    value up to rounding; Paddle's ``mean``
+                                                                    backward on CPU is ~12x slower, ~15 %
+                                                                    of a training step.
 initialisation              official "goog" init: conv              :func:`init_weights_goog`, same
                             N(0, sqrt(2/fan_out)), BN 1/0, Linear   distributions; Linear fan-out is
                             U(+-1/sqrt(out_features)), biases 0     ``weight.shape[1]`` in Paddle's layout.
@@ -58,6 +63,7 @@ __all__ = [
     "linear_weight_from_torch",
     "linear_weight_to_torch",
     "init_weights_goog",
+    "spatial_mean",
     "TORCH_BN_MOMENTUM",
     "BN_EPS",
 ]
@@ -117,6 +123,17 @@ class Hardsigmoid(nn.Layer):
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:  # noqa: D102
         return hard_sigmoid(x)
+
+
+def spatial_mean(x: paddle.Tensor, keepdim: bool = True) -> paddle.Tensor:
+    """Mean over H and W of an NCHW tensor (torch's ``x.mean((2, 3), keepdim)``).
+
+    Computed by the average-pooling kernel: Paddle's ``mean`` gives the same values but its CPU
+    backward is an order of magnitude slower. Twice differentiable (the meta step needs it);
+    ``reshape`` rather than ``flatten``, which has no double grad.
+    """
+    out = F.adaptive_avg_pool2d(x, 1)
+    return out if keepdim else out.reshape([out.shape[0], out.shape[1]])
 
 
 def get_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:

@@ -26,6 +26,8 @@ pytestmark = pytest.mark.paddle
 OP_ATOL = 2e-6
 #: Running statistics: same formula, different rounding order (BN update, unbiased correction).
 STATS_ATOL = 1e-6
+#: Gradients and second derivatives of O(10) values: a few ulp of their size.
+GRAD_ATOL = 2e-5
 
 
 def _x(shape, seed=0, scale=1.0) -> np.ndarray:
@@ -183,13 +185,30 @@ def test_linear_weight_layout() -> None:
 # ---------------------------------------------------------------- element-wise ops of the blocks
 
 
-def test_silu_and_se_mean_close() -> None:
+def test_silu_close() -> None:
     x = _x((2, 8, 7, 7), 3, scale=3.0)
     np.testing.assert_allclose(paddle.nn.Silu()(paddle.to_tensor(x)).numpy(),
                                TF.silu(torch.from_numpy(x)).numpy(), atol=OP_ATOL, rtol=0)
-    np.testing.assert_allclose(paddle.to_tensor(x).mean(axis=[2, 3], keepdim=True).numpy(),
-                               torch.from_numpy(x).mean((2, 3), keepdim=True).numpy(),
-                               atol=OP_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("keepdim", [True, False])
+def test_spatial_mean_value_grad_and_double_grad(keepdim: bool) -> None:
+    """``spatial_mean`` is torch's ``mean((2, 3))`` in value, gradient and second derivative (the
+    meta step differentiates through the SE pooling twice)."""
+    x, w = _x((2, 8, 7, 7), 3, scale=3.0), _x((8,), 4)
+    xt = torch.from_numpy(x).requires_grad_()
+    wt = torch.from_numpy(w).requires_grad_()
+    yt = (xt * wt.view(1, 8, 1, 1)).mean((2, 3), keepdim=keepdim)
+    gt = torch.autograd.grad((yt ** 2).sum(), wt, create_graph=True)[0]
+    ggt = torch.autograd.grad(gt.sum(), xt)[0]
+    xp = paddle.to_tensor(x, stop_gradient=False)
+    wp = paddle.to_tensor(w, stop_gradient=False)
+    yp = compat.spatial_mean(xp * wp.reshape([1, 8, 1, 1]), keepdim=keepdim)
+    gp = paddle.grad((yp ** 2).sum(), wp, create_graph=True)[0]
+    ggp = paddle.grad(gp.sum(), xp)[0]
+    assert list(yp.shape) == list(yt.shape)
+    for a, b in ((yp, yt), (gp, gt), (ggp, ggt)):
+        np.testing.assert_allclose(a.numpy(), b.detach().numpy(), atol=GRAD_ATOL, rtol=OP_ATOL)
 
 
 # ---------------------------------------------------------------- initialisation

@@ -299,3 +299,55 @@ def test_top1_meta_step_paddle_equals_torch() -> None:
     assert "meta_teacher/conv_stem.weight" in teacher and len(teacher) > 10
     bad = [(r.group, r.name, r.rel) for r in compare_runs(got, ref) if not r.ok]
     assert not bad, bad[:5]
+
+
+# --- the issue's full golden format ---------------------------------------------------------------------
+def _full_form(compact: Path, dest: Path, torch_run) -> None:
+    """Write ``compact`` in the full form: ``init_state_dict``, float32 images, and every expected
+    tensor in full (the official value where the file has it, else the torch run's, which the
+    official digest has just confirmed)."""
+    from cream_arch.digest import is_digest
+
+    raw = dict(torch.load(compact, weights_only=True))
+    g = load_golden(str(compact))
+    raw["init_state_dict"] = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in g.init_state.items()}
+    del raw["init_seed"], raw["state_keys_shapes"]
+    raw["x"], raw["board_x"] = torch.from_numpy(g.x), torch.from_numpy(g.board_x)
+    for group in ("grads", "after_meta_update", "after_step"):
+        mine = getattr(torch_run, group)
+        raw[group] = {k: (torch.from_numpy(np.ascontiguousarray(mine[k])) if is_digest(v) else v)
+                      for k, v in raw[group].items()}
+        assert not any(is_digest(v) for v in raw[group].values())
+    torch.save(raw, dest)
+
+
+@pytest.mark.golden
+@pytest.mark.paddle
+@pytest.mark.cli
+def test_full_format_golden_file(tmp_path: Path, capsys) -> None:
+    """``parity search-step`` reads the issue's full format (``init_state_dict``, full tensors) and
+    compares every element; one changed element of one updated weight fails it, by name."""
+    from parity.search_step import main, run_torch
+
+    compact = GOLDEN / "meta_step_official.pt"
+    checked = run_search_step(str(compact), "torch")
+    assert checked.ok
+    full = tmp_path / "full.pt"
+    _full_form(compact, full, run_torch(load_golden(str(compact))))
+    g = load_golden(str(full))
+    assert set(g.init_state) == set(load_golden(str(compact)).init_state)
+    report = tmp_path / "full.json"
+    assert main(["--golden", str(full), "--framework", "paddle", "--json", str(report)]) == 0
+    rows = json.loads(report.read_text())["rows"]
+    assert not any("digest" in r["note"] for r in rows)
+    assert {r["group"] for r in rows} >= {"scalars", "grads", "after_meta_update", "after_step"}
+
+    raw = torch.load(full, weights_only=True)
+    key = "blocks.5.0.2.conv_pwl.weight"
+    w = raw["after_step"][key].clone()
+    w.view(-1)[7] += 1e-3 * float(w.abs().max())  # one element, 10x the tolerance
+    raw["after_step"][key] = w
+    torch.save(raw, tmp_path / "broken.pt")
+    capsys.readouterr()
+    assert main(["--golden", str(tmp_path / "broken.pt"), "--framework", "paddle"]) == 1
+    assert key in capsys.readouterr().out
