@@ -21,7 +21,9 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m bench.run_all
+	# PaDiff, the peer tool bench/parity_bench.py compares against
+	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) -m bench.run_all $(ARGS)
 
 clean:
 	rm -rf $(VENV) out

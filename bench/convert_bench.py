@@ -131,7 +131,7 @@ def main(argv: "List[str] | None" = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["cream-14", "cream-604"])
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--json", default=os.path.join(HERE, "convert_bench.json"))
+    ap.add_argument("--json", metavar="PATH", help="write the results here")
     ap.add_argument("--worker", nargs=4, metavar=("KIND", "SRC", "OUT", "REPEAT"),
                     help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -230,9 +230,10 @@ def main(argv: "List[str] | None" = None) -> int:
                                   f"CLI wall s, min (goal <= {GOAL_CLI_RATIO}x bare)",
                                   f"RSS added MiB (goal < {GOAL_RSS_RATIO:g}x ckpt)",
                                   "CLI peak RSS MiB", "x2paddle RSS added MiB"]))
-    with open(a.json, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {a.json}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {a.json}")
     return 0
 
 

@@ -481,26 +481,12 @@ def pdparams_to_pth(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike[st
     sc = _sidecar("paddle->torch", src, src_sha, arch, ck.source, len(state), extra)
 
     def write(f: Any) -> None:
-        save_official_checkpoint("<stream>", state, epoch=epoch, arch=arch.label, args=None,
-                                 legacy=legacy, opener=lambda _p, _m: _Unclosable(f))
+        save_official_checkpoint(f, state, epoch=epoch, arch=arch.label, args=None, legacy=legacy)
 
     digest = _write_outputs(dst, write, sc)
     return ConversionResult("paddle->torch", src, dst, sidecar_path(dst), arch.label,
                             [list(s) for s in arch.arch_list], arch.num_classes, arch.resolution,
                             ck.source, src_sha, digest, len(state), time.perf_counter() - t0, notes)
-
-
-class _Unclosable:
-    """Context-manager view of an open file that leaves it open on exit (the caller closes it)."""
-
-    def __init__(self, f: Any) -> None:
-        self._f = f
-
-    def __enter__(self) -> Any:
-        return self._f
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def result_as_dict(result: ConversionResult) -> Dict[str, Any]:

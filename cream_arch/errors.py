@@ -1,14 +1,15 @@
-"""Errors shared by both frameworks' checkpoint code, kept free of any deep-learning import.
+"""Errors shared by both frameworks, kept free of any deep-learning import.
 
 ``cream_torch_ref.checkpoint`` (``.pth.tar``), ``cream_paddle.checkpoint`` (``.pdparams``) and
-``converters`` all raise :class:`CheckpointError`, so a command-line tool catches one type and prints
-one line, whichever framework's file was at fault.
+``converters`` all raise :class:`CheckpointError`, the retraining and search configs
+:class:`ConfigError`, so a command-line tool catches one type and prints one line, whichever
+framework's file was at fault.
 """
 from __future__ import annotations
 
 import os
 
-__all__ = ["CheckpointError"]
+__all__ = ["CheckpointError", "ConfigError"]
 
 
 class CheckpointError(ValueError):
@@ -18,3 +19,13 @@ class CheckpointError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class ConfigError(ValueError):
+    """A bad configuration file or value; the message is one line naming the file (or the setting)
+    and the problem."""
+
+    def __init__(self, where: "os.PathLike[str] | str", problem: str) -> None:
+        self.where = self.path = str(where)
+        self.problem = " ".join(str(problem).split())
+        super().__init__(f"{self.where}: {self.problem}")

@@ -18,20 +18,12 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import yaml
 
 from .board import PICK_METHODS, PROB_METHODS
+from .errors import ConfigError
 
 __all__ = ["SearchConfig", "DEFAULTS_FILE", "load_search_config", "ConfigError", "YAML_KEYS"]
 
 #: The shipped defaults.
 DEFAULTS_FILE: Path = Path(__file__).resolve().parent / "configs" / "search.yaml"
-
-
-class ConfigError(ValueError):
-    """A config file that cannot be used; the message names the file and the problem."""
-
-    def __init__(self, path: str, problem: str) -> None:
-        self.path = path
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,8 @@ def _released_resolution(arch: Tuple[Tuple[int, ...], ...]) -> Optional[int]:
 
 
 def seeded_child_state(arch_list: Sequence[Sequence[int]], seed: int, num_classes: int = 1000,
-                       calib_seed: int = 0, resolution: Optional[int] = None) -> Dict[str, np.ndarray]:
+                       calib_seed: int = 0, resolution: Optional[int] = None,
+                       calibration_images: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
     """Calibrated seeded weights of the child net ``arch_list`` (torch names, layouts and order).
 
     Starts from :func:`seeded_state` of the net's keys and runs a float64 forward pass on
@@ -100,6 +101,10 @@ def seeded_child_state(arch_list: Sequence[Sequence[int]], seed: int, num_classe
     their outputs on that batch closest to unit std. Every other entry is the :func:`seeded_state`
     value. ``resolution`` defaults to the test resolution of a released net and must be given for
     any other ``arch_list``.
+
+    ``calibration_images`` (a normalised NCHW batch) replaces the seeded batch: noise-calibrated
+    weights see photographs as out of distribution, and in a deep net (cream-604) their logits
+    then grow by four orders of magnitude, so benchmarks on photos calibrate on photos.
     """
     arch = tuple(tuple(int(c) for c in stage) for stage in arch_list)
     if resolution is None:
@@ -111,7 +116,9 @@ def seeded_child_state(arch_list: Sequence[Sequence[int]], seed: int, num_classe
         raise ValueError(f"resolution must be positive, got {resolution}")
     keys_shapes = child_keys_shapes(plan_network(child_arch_def(arch)), num_classes)
     state = seeded_state(keys_shapes, seed)
-    cal = calibrate_child(state, arch, seeded_input(CALIBRATION_BATCH, resolution, calib_seed))
+    images = (seeded_input(CALIBRATION_BATCH, resolution, calib_seed) if calibration_images is None
+              else np.asarray(calibration_images, dtype=np.float32))
+    cal = calibrate_child(state, arch, images)
     for name, (mean, var) in cal.bn_stats.items():
         state[name + ".running_mean"] = mean.astype(np.float32)
         state[name + ".running_var"] = var.astype(np.float32)

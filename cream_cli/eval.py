@@ -20,10 +20,11 @@ from cream_data import (LAYOUTS, BadDataError, EvalLoader, EvalResult, ImageData
 from cream_data.loader import DEFAULT_BATCH_SIZE
 from cream_data.report import atomic_write_text
 
+from cream_cli.common import FRAMEWORKS, UsageError, run_guarded
+
 __all__ = ["FRAMEWORKS", "TORCH_SUFFIXES", "PADDLE_SUFFIXES", "OMP_ENV", "build_parser", "load_model",
            "run_eval", "summary_table", "main"]
 
-FRAMEWORKS = ("torch", "paddle")
 #: What each framework's weights look like (the official training wrote ``.pth.tar``).
 TORCH_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar")
 PADDLE_SUFFIXES = (".pdparams",)
@@ -35,10 +36,6 @@ MAX_SKIPPED_SHOWN = 20
 #: measured on 2 cores under load, torch with 2 threads went from 14 to 365 images/s with
 #: passive waiting (bench/eval_bench.py --omp-wait).
 OMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
-
-
-class UsageError(ValueError):
-    """A bad combination of arguments; printed as one line."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,40 +172,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``cream-eval``; returns the exit status (0 ok, 1 bad input or data, 2 usage)."""
     for key, value in OMP_ENV.items():  # only effective before the framework's first import
         os.environ.setdefault(key, value)
-    parser = build_parser()
-    try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
-    except SystemExit as e:  # argparse printed the usage and the reason (or --help)
-        return int(e.code or 0)
-    prog = parser.prog
-    try:
-        inputs = [args.weights, args.data]
-        for out in (args.json, args.predictions):
-            if out is not None:
-                check_output_path(out, inputs)
-        if args.json is not None and args.json == args.predictions:
-            raise UsageError("--json and --predictions must be different files")
-        result, dataset = run_eval(
-            args.framework, args.model, args.weights, args.data, layout=args.layout,
-            num_classes=args.num_classes, img_size=args.img_size, batch_size=args.batch_size,
-            workers=args.workers, mode=args.mode, threads=args.threads,
-            use_ema=not args.raw_weights,
-            skip_bad=args.skip_bad, progress=not args.no_progress)
-    except UsageError as e:
-        parser.print_usage(sys.stderr)
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except (BadDataError, CheckpointError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        if isinstance(e, BadDataError) and e.skippable and not args.skip_bad:
-            print(f"{prog}: (use --skip-bad to skip bad files and continue)", file=sys.stderr)
-        return 1
-    except ValueError as e:  # unknown mode, bad sizes, ... : still one line
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    return run_guarded(build_parser(), argv, _run, hint=_skip_bad_hint)
+
+
+def _skip_bad_hint(args: argparse.Namespace, error: Exception) -> Optional[str]:
+    if isinstance(error, BadDataError) and error.skippable and not args.skip_bad:
+        return "(use --skip-bad to skip bad files and continue)"
+    return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The work of ``cream-eval`` after parsing (errors are turned into one line by the caller)."""
+    inputs = [args.weights, args.data]
+    for out in (args.json, args.predictions):
+        if out is not None:
+            check_output_path(out, inputs)
+    if args.json is not None and args.json == args.predictions:
+        raise UsageError("--json and --predictions must be different files")
+    result, dataset = run_eval(
+        args.framework, args.model, args.weights, args.data, layout=args.layout,
+        num_classes=args.num_classes, img_size=args.img_size, batch_size=args.batch_size,
+        workers=args.workers, mode=args.mode, threads=args.threads,
+        use_ema=not args.raw_weights,
+        skip_bad=args.skip_bad, progress=not args.no_progress)
     print(summary_table(result, args.model, args.data, dataset.layout))
     if result.skipped:
         print(f"skipped {len(result.skipped)} bad item(s):")

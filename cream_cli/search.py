@@ -42,21 +42,19 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cream_arch.atomic import atomic_write, atomic_write_text
 from cream_arch.errors import CheckpointError
-from cream_arch.search_config import ConfigError, SearchConfig, load_search_config
+from cream_arch.search_config import SearchConfig, load_search_config
+
+from cream_cli.common import FRAMEWORKS, UsageError, check_counts, run_guarded, set_threads
 
 __all__ = ["FRAMEWORKS", "SearchOptions", "SearchOutcome", "build_parser", "run_search", "main",
            "checkpoint_path", "BEST_ARCH", "LOG_NAME"]
 
-FRAMEWORKS = ("torch", "paddle")
 BEST_ARCH = "best_arch.json"
 LOG_NAME = "search.log"
 _SUFFIX = {"torch": ".pth.tar", "paddle": ".pdparams"}
 _ARCH_TAG = "cream-supernet"
-
-
-class UsageError(ValueError):
-    """A bad combination of arguments; printed as one line."""
 
 
 def checkpoint_path(output: str, framework: str, name: str = "checkpoint-last") -> str:
@@ -124,8 +122,7 @@ class _TorchBackend(_Backend):
         super().__init__(cfg, threads)
         import torch
 
-        if threads:
-            torch.set_num_threads(threads)
+        set_threads("torch", threads)
         self.torch = torch
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1:
@@ -180,8 +177,7 @@ class _TorchBackend(_Backend):
         from cream_torch_ref.checkpoint import save_official_checkpoint
 
         sd = {k: self.torch.from_numpy(np.array(v, copy=True)) for k, v in state.items()}
-        _atomic(path, lambda f: save_official_checkpoint(
-            "<stream>", sd, arch=label, args=None, legacy=True, opener=lambda _p, _m: _Keep(f)))
+        _atomic(path, lambda f: save_official_checkpoint(f, sd, arch=label, args=None, legacy=True))
 
     def model_state(self, searcher: Any) -> Dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy() for k, v in searcher.model.state_dict().items()}
@@ -192,8 +188,7 @@ class _PaddleBackend(_Backend):
 
     def __init__(self, cfg: SearchConfig, threads: Optional[int]) -> None:
         super().__init__(cfg, threads)
-        if threads:
-            os.environ["OMP_NUM_THREADS"] = str(threads)
+        set_threads("paddle", threads)
         import paddle
 
         paddle.set_device("cpu")
@@ -254,36 +249,12 @@ class _PaddleBackend(_Backend):
         return {k: np.asarray(v.numpy()) for k, v in searcher.model.state_dict().items()}
 
 
-class _Keep:
-    """A file object whose ``close`` does nothing (the caller closes it)."""
-
-    def __init__(self, f: Any) -> None:
-        self._f = f
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._f, name)
-
-    def __enter__(self) -> Any:
-        return self._f
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
 def _atomic(path: str, write: Callable[[Any], None]) -> None:
-    """Write through ``write(fileobj)`` into a temporary file, then rename it to ``path``."""
-    tmp = f"{path}.part{os.getpid()}"
+    """:func:`atomic_write`; a failing write is a :class:`CheckpointError` naming ``path``."""
     try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, write)
     except OSError as e:
         raise CheckpointError(path, f"could not be written ({e.strerror or e})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _plain_config(cfg: SearchConfig) -> Dict[str, Any]:
@@ -380,21 +351,12 @@ def _board_lines(board: Any) -> List[str]:
 
 # --- the loop ----------------------------------------------------------------------------------------
 def _resolve_data(opts: SearchOptions, cfg: SearchConfig) -> Tuple[Any, Any]:
-    from cream_data import BadDataError, open_dataset
+    from cream_data import BadDataError, open_train_val
 
-    train_dir = os.path.join(opts.data, "train")
-    val_data = opts.val_data
-    if os.path.isdir(train_dir):
-        train_path = train_dir
-        if val_data is None and os.path.isdir(os.path.join(opts.data, "val")):
-            val_data = os.path.join(opts.data, "val")
-    else:
-        train_path = opts.data
-    train_set = open_dataset(train_path, opts.layout, cfg.num_classes)
-    val_set = open_dataset(val_data, opts.layout, train_set.num_classes) if val_data else None
+    train_set, val_set = open_train_val(opts.data, opts.val_data, opts.layout, cfg.num_classes)
     if train_set.num_classes != cfg.num_classes:
-        raise BadDataError(train_path, f"has {train_set.num_classes} classes, the config "
-                                       f"{cfg.num_classes} (set --num-classes)")
+        raise BadDataError(opts.data, f"has {train_set.num_classes} classes, the config "
+                                      f"{cfg.num_classes} (set --num-classes)")
     return train_set, val_set
 
 
@@ -584,10 +546,7 @@ def run_search(cfg: SearchConfig, opts: SearchOptions, log: Optional[Callable[[s
                   "board": searcher.board.summary()}
         text = "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()) \
             + "\n}\n"
-        tmp = arch_file + f".part{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, arch_file)
+        atomic_write_text(arch_file, text)
         files["best_arch"], files["best_child"] = arch_file, child_file
         logger(f"best path ({source}): {best} -> {arch_file}, weights {child_file}")
     backend.barrier()
@@ -670,47 +629,26 @@ _OVERRIDES = {"epochs": "epochs", "batch_size": "batch_size", "num_classes": "nu
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``cream-search``; returns the exit status (0 ok, 1 bad input, 2 usage)."""
-    from cream_data import BadDataError
+    return run_guarded(build_parser(), argv, _run)
 
-    parser = build_parser()
-    try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
-    except SystemExit as e:
-        return int(e.code or 0)
-    prog = parser.prog
-    try:
-        for name in ("epochs", "batch_size", "num_classes", "image_size", "max_iters",
-                     "checkpoint_interval", "val_batches", "threads", "update_iter", "log_interval"):
-            v = getattr(args, name)
-            if v is not None and v < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-        if args.workers is not None and args.workers < 0:
-            raise UsageError(f"--workers must be 0 or more, got {args.workers}")
-        if args.meta_sta_epoch is not None and args.meta_sta_epoch < -1:
-            raise UsageError(f"--meta-sta-epoch must be -1 or more, got {args.meta_sta_epoch}")
-        cfg = load_search_config(args.config, **{field: getattr(args, opt)
-                                                 for opt, field in _OVERRIDES.items()})
-        output = args.output or os.path.join("output", f"search-{args.framework}")
-        opts = SearchOptions(args.framework, args.data, output, args.val_data, args.layout,
-                             args.resume, args.force, args.workers, not args.no_progress,
-                             args.max_iters, args.checkpoint_interval, args.val_batches, args.threads)
-        if args.json:
-            from cream_data import check_output_path
-            check_output_path(args.json, [args.data, args.config])
-        outcome = run_search(cfg, opts)
-    except UsageError as e:
-        parser.print_usage(sys.stderr)
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except (ConfigError, BadDataError, CheckpointError, FloatingPointError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    except ValueError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+
+def _run(args: argparse.Namespace) -> int:
+    """The work of ``cream-search`` after parsing (errors become one line in :func:`run_guarded`)."""
+    check_counts(args, ("epochs", "batch_size", "num_classes", "image_size", "max_iters",
+                        "checkpoint_interval", "val_batches", "threads", "update_iter",
+                        "log_interval"), ("workers",))
+    if args.meta_sta_epoch is not None and args.meta_sta_epoch < -1:
+        raise UsageError(f"--meta-sta-epoch must be -1 or more, got {args.meta_sta_epoch}")
+    cfg = load_search_config(args.config, **{field: getattr(args, opt)
+                                             for opt, field in _OVERRIDES.items()})
+    output = args.output or os.path.join("output", f"search-{args.framework}")
+    opts = SearchOptions(args.framework, args.data, output, args.val_data, args.layout,
+                         args.resume, args.force, args.workers, not args.no_progress,
+                         args.max_iters, args.checkpoint_interval, args.val_batches, args.threads)
+    if args.json:
+        from cream_data import check_output_path
+        check_output_path(args.json, [args.data, args.config])
+    outcome = run_search(cfg, opts)
     if outcome.rank == 0:
         from tabulate import tabulate
 

@@ -30,22 +30,19 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from cream_arch import model_names
-from cream_arch.configs import ConfigError, RetrainConfig, config_path, load_retrain_config
+from cream_arch.configs import RetrainConfig, config_path, load_retrain_config
 from cream_arch.errors import CheckpointError
-from cream_data import LAYOUTS, BadDataError, ImageDataset, open_dataset
+from cream_data import LAYOUTS, ImageDataset, open_dataset, open_train_val
 
-__all__ = ["FRAMEWORKS", "build_parser", "resolve_data", "run_train", "write_digits_dataset",
+from cream_cli.common import FRAMEWORKS, UsageError, check_counts, run_guarded, set_threads
+
+__all__ = ["FRAMEWORKS", "build_parser", "run_train", "write_digits_dataset",
            "run_digits_demo", "main"]
 
-FRAMEWORKS = ("torch", "paddle")
 #: Digits demo: model, held-out share (every 5th image of each class) and upscaled image size.
 DIGITS_MODEL = "cream-14"
 DIGITS_VAL_EVERY = 5
 DIGITS_SIZE = 64
-
-
-class UsageError(ValueError):
-    """A bad combination of arguments; printed as one line."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,25 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_data(data: str, val_data: Optional[str], layout: str, num_classes: Optional[int]
-                 ) -> Tuple[ImageDataset, Optional[ImageDataset]]:
-    """The training set (``DATA/train`` or ``DATA``) and the evaluation set (``--val-data``,
-    ``DATA/val`` next to ``DATA/train``, or none)."""
-    train_dir = os.path.join(data, "train")
-    if os.path.isdir(train_dir):
-        train_path = train_dir
-        if val_data is None and os.path.isdir(os.path.join(data, "val")):
-            val_data = os.path.join(data, "val")
-    else:
-        train_path = data
-    train_set = open_dataset(train_path, layout, num_classes)
-    val_set = open_dataset(val_data, layout, train_set.num_classes) if val_data else None
-    if val_set is not None and val_set.num_classes != train_set.num_classes:
-        raise BadDataError(val_data, f"has {val_set.num_classes} classes, the training set "
-                                     f"{train_set.num_classes}")
-    return train_set, val_set
-
-
 def _trainer(framework: str) -> Any:
     if framework == "torch":
         from cream_torch_ref import train as mod
@@ -108,22 +86,6 @@ def _trainer(framework: str) -> Any:
     else:
         raise UsageError(f"unknown framework {framework!r}; choose one of {', '.join(FRAMEWORKS)}")
     return mod
-
-
-def _set_threads(framework: str, threads: Optional[int]) -> None:
-    if not threads:
-        return
-    if threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {threads}")
-    if framework == "torch":
-        import torch
-        torch.set_num_threads(threads)
-    else:
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # read by worker processes started later
-        import paddle
-        core = getattr(getattr(paddle, "base", None), "core", None)
-        if core is not None and hasattr(core, "set_num_threads"):
-            core.set_num_threads(threads)  # the math libraries' thread count
 
 
 def _check_output(output: str, suffix: str, resume: Optional[str], force: bool) -> None:
@@ -164,52 +126,31 @@ def _summary_table(result: Any) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``cream-train``; returns the exit status (0 ok, 1 bad input, 2 usage)."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
-    except SystemExit as e:
-        return int(e.code or 0)
-    prog = parser.prog
-    try:
-        for name in ("epochs", "batch_size", "num_classes", "img_size", "max_steps"):
-            v = getattr(args, name)
-            if v is not None and v < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-        if args.workers is not None and args.workers < 0:
-            raise UsageError(f"--workers must be 0 or more, got {args.workers}")
-        if args.threads is not None and args.threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {args.threads}")
-        train_set, val_set = resolve_data(args.data, args.val_data, args.layout, args.num_classes)
-        cfg = load_retrain_config(
-            args.model, args.config, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            num_classes=train_set.num_classes, img_size=args.img_size,
-            drop_path_rate=args.drop_path_rate, eval_interval=args.eval_interval, seed=args.seed)
-        suffix = ".pth.tar" if args.framework == "torch" else ".pdparams"
-        output = args.output or os.path.join("output", f"{args.model}-{args.framework}")
-        _check_output(output, suffix, args.resume, args.force)
-        if args.json:
-            from cream_data import check_output_path
-            check_output_path(args.json, [args.data])
-        if args.resume is not None and not os.path.isfile(args.resume):
-            raise CheckpointError(args.resume, "no such checkpoint file"
-                                  if not os.path.exists(args.resume) else "not a file")
-        _set_threads(args.framework, args.threads)  # imports the framework: after cheap checks
-        result = run_train(args.framework, cfg, train_set, val_set, output, resume=args.resume,
-                           workers=args.workers, progress=not args.no_progress,
-                           max_steps=args.max_steps)
-    except UsageError as e:
-        parser.print_usage(sys.stderr)
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except (ConfigError, BadDataError, CheckpointError, FloatingPointError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    except ValueError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    return run_guarded(build_parser(), argv, _run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The work of ``cream-train`` after parsing (errors become one line in :func:`run_guarded`)."""
+    check_counts(args, ("epochs", "batch_size", "num_classes", "img_size", "max_steps", "threads"),
+                 ("workers",))
+    train_set, val_set = open_train_val(args.data, args.val_data, args.layout, args.num_classes)
+    cfg = load_retrain_config(
+        args.model, args.config, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        num_classes=train_set.num_classes, img_size=args.img_size,
+        drop_path_rate=args.drop_path_rate, eval_interval=args.eval_interval, seed=args.seed)
+    suffix = ".pth.tar" if args.framework == "torch" else ".pdparams"
+    output = args.output or os.path.join("output", f"{args.model}-{args.framework}")
+    _check_output(output, suffix, args.resume, args.force)
+    if args.json:
+        from cream_data import check_output_path
+        check_output_path(args.json, [args.data])
+    if args.resume is not None and not os.path.isfile(args.resume):
+        raise CheckpointError(args.resume, "no such checkpoint file"
+                              if not os.path.exists(args.resume) else "not a file")
+    set_threads(args.framework, args.threads)  # imports the framework: after cheap checks
+    result = run_train(args.framework, cfg, train_set, val_set, output, resume=args.resume,
+                       workers=args.workers, progress=not args.no_progress,
+                       max_steps=args.max_steps)
     rank0 = int(os.environ.get("RANK", os.environ.get("PADDLE_TRAINER_ID", "0"))) == 0
     if rank0:
         print(_summary_table(result))
@@ -284,7 +225,7 @@ def run_digits_demo(framework: str = "torch", epochs: Optional[int] = None,
 
     if framework not in FRAMEWORKS:
         raise UsageError(f"unknown framework {framework!r}; choose one of {', '.join(FRAMEWORKS)}")
-    _set_threads(framework, threads)
+    set_threads(framework, threads)
     out_dir = out_dir or tempfile.mkdtemp(prefix="cream-digits-")
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.perf_counter()

@@ -1,10 +1,11 @@
 """Framework-free evaluation data pipeline: the official Cream eval preprocessing with PIL + numpy.
 
 Nothing here imports torch or paddle, so worker processes stay light and both frameworks receive the
-very same float32 input.
+very same float32 input. The retraining side (``train_transforms``, ``train_loader``,
+``train_masks``, ``train_loop``) is imported by module path.
 """
 from .datasets import (IMG_EXTENSIONS, LAYOUTS, ImageDataset, Sample, class_folder, file_dataset,
-                       imagenet_folder, list_file, natural_key, open_dataset)
+                       imagenet_folder, list_file, natural_key, open_dataset, open_train_val)
 from .embedded import make_imagenet_layout, sample_files, samples_dir, write_list_file
 from .errors import BadDataError, BadItem
 from .evaluation import (TOPK, EvalAccumulator, EvalResult, ForwardFn, cross_entropy,
@@ -19,7 +20,7 @@ from .transforms import (DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, IMAGENET_DEFAU
 
 __all__ = [
     "IMG_EXTENSIONS", "LAYOUTS", "ImageDataset", "Sample", "class_folder", "file_dataset",
-    "imagenet_folder", "list_file", "natural_key", "open_dataset",
+    "imagenet_folder", "list_file", "natural_key", "open_dataset", "open_train_val",
     "make_imagenet_layout", "sample_files", "samples_dir", "write_list_file",
     "BadDataError", "BadItem",
     "TOPK", "EvalAccumulator", "EvalResult", "ForwardFn", "progress_bar", "cross_entropy",

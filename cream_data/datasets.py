@@ -28,7 +28,8 @@ from .errors import BadDataError, BadItem
 from .imagenet import IMAGENET_NUM_CLASSES, imagenet_class_names, is_wnid_shaped, wnid_to_index
 
 __all__ = ["IMG_EXTENSIONS", "LAYOUTS", "Sample", "ImageDataset", "natural_key", "imagenet_folder",
-           "class_folder", "list_file", "file_dataset", "open_dataset", "resolve_val_dir"]
+           "class_folder", "list_file", "file_dataset", "open_dataset", "open_train_val",
+           "resolve_val_dir"]
 
 #: timm 0.1.20 ``IMG_EXTENSIONS`` (compared case-insensitively).
 IMG_EXTENSIONS: Tuple[str, ...] = (".png", ".jpg", ".jpeg")
@@ -268,6 +269,25 @@ def _guess_layout(path: str, num_classes: Optional[int]) -> str:
         return "imagenet"  # let the indexer report the missing path
     dirs, _ = _class_dirs(resolve_val_dir(path))
     return "imagenet" if any(is_wnid_shaped(d.name) for d in dirs) or not dirs else "folder"
+
+
+def open_train_val(data: str, val_data: Optional[str], layout: str = "auto",
+                   num_classes: Optional[int] = None) -> Tuple[ImageDataset, Optional[ImageDataset]]:
+    """The training set (``DATA/train`` or ``DATA``) and the evaluation set (``val_data``,
+    ``DATA/val`` next to ``DATA/train``, or none), with the same classes."""
+    train_dir = os.path.join(data, "train")
+    if os.path.isdir(train_dir):
+        train_path = train_dir
+        if val_data is None and os.path.isdir(os.path.join(data, "val")):
+            val_data = os.path.join(data, "val")
+    else:
+        train_path = data
+    train_set = open_dataset(train_path, layout, num_classes)
+    val_set = open_dataset(val_data, layout, train_set.num_classes) if val_data else None
+    if val_set is not None and val_set.num_classes != train_set.num_classes:
+        raise BadDataError(val_data, f"has {val_set.num_classes} classes, the training set "
+                                     f"{train_set.num_classes}")
+    return train_set, val_set
 
 
 def open_dataset(path: "os.PathLike[str] | str", layout: str = "auto",

@@ -13,6 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import List, Mapping, Optional
 
+from cream_arch.atomic import atomic_write_text
+
 from .imagenet import IMAGENET_NUM_CLASSES, imagenet_wnids
 
 __all__ = ["samples_dir", "sample_files", "make_imagenet_layout", "write_list_file"]
@@ -84,7 +86,5 @@ def write_list_file(list_path: "os.PathLike[str] | str", labels: Mapping[str, in
             raise FileExistsError(f"{target}: already exists; choose an empty destination")
         shutil.copyfile(src, target)
         lines.append(f"{image_dir}/{src.name} {label}\n")
-    tmp = list_path.with_name(list_path.name + ".part")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    os.replace(tmp, list_path)
+    atomic_write_text(list_path, "".join(lines))
     return list_path

@@ -7,6 +7,8 @@ import json
 import os
 from typing import Any, Iterable, Optional
 
+from cream_arch.atomic import atomic_write_text
+
 from .errors import BadDataError
 from .evaluation import EvalResult
 
@@ -27,19 +29,6 @@ def check_output_path(path: "os.PathLike[str] | str",
     if not os.path.isdir(folder):
         raise BadDataError(p, f"output folder {folder} does not exist")
     return p
-
-
-def atomic_write_text(path: "os.PathLike[str] | str", text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path`` and rename it into place."""
-    p = os.fspath(path)
-    tmp = f"{p}.part{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_json(path: "os.PathLike[str] | str", data: Any) -> None:

@@ -21,6 +21,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Protocol
 
+from cream_arch.atomic import atomic_write
+
 from .datasets import ImageDataset
 from .evaluation import EvalResult
 from .loader import EvalLoader
@@ -118,13 +120,13 @@ def checkpoint_names(output_dir: str, suffix: str) -> Dict[str, str]:
 
 
 def _write_summary(path: str, rows: List[EpochRecord]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    def write(f: Any) -> None:
         w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in asdict(r).items()})
-    os.replace(tmp, path)
+
+    atomic_write(path, write, mode="w")
 
 
 def _read_summary(path: str, before_epoch: int) -> List[EpochRecord]:

@@ -18,11 +18,8 @@ any process), ``epoch``, ``arch``, ``args``, ``version``. Multi-process runs use
 from __future__ import annotations
 
 import copy
-import functools
 import os
 import pickle
-import tempfile
-import types
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -30,6 +27,7 @@ import paddle
 import paddle.nn as nn
 
 from cream_arch import child_spec
+from cream_arch.atomic import atomic_write
 from cream_arch.errors import CheckpointError
 from cream_data import EvalLoader, EvalResult
 from cream_data.datasets import ImageDataset
@@ -38,7 +36,7 @@ from cream_data.train_loader import TrainBatch
 from cream_data.train_masks import MaskSpec, StepMasks
 
 from . import compat, optim
-from .blocks import BatchNormAct2d, DropPath
+from .blocks import DropPath
 from .checkpoint import check_state_dict, read_checkpoint
 from .childnet import ChildNet
 from .evaluate import evaluate
@@ -65,75 +63,8 @@ def build_model(cfg: Any, seed: Optional[int] = None) -> ChildNet:
     paddle.seed(cfg.seed if seed is None else seed)
     model = ChildNet(child_spec(cfg.model).arch_list, num_classes=cfg.num_classes,
                      drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate)
-    _install_bn_backward_fix(model)
     model.train()
     return model
-
-
-# --- WORKAROUND (remove once cream_paddle.compat.batch_norm is fixed) ---------------------------
-# compat.batch_norm corrects Paddle's biased running variance with paddle.assign(..., output=
-# running_var) *after* F.batch_norm saved running_var for its backward; Paddle then refuses the
-# backward ("modified by an inplace operation"). The fix is to let F.batch_norm update temporary
-# copies and assign the corrected values to the buffers, which the graph does not reference. Until
-# compat.py has it, :func:`_install_bn_backward_fix` gives each BatchNorm layer of a model to be
-# trained a forward with exactly that change; it does nothing when compat's own backward works.
-
-@functools.lru_cache(maxsize=None)
-def _compat_bn_backward_works() -> bool:
-    """Whether ``compat.batch_norm`` in training mode supports backward (probed once)."""
-    x = paddle.to_tensor(np.arange(16, dtype=np.float32).reshape(2, 2, 2, 2), stop_gradient=False)
-    w = paddle.ones([2])
-    w.stop_gradient = False
-    try:
-        compat.batch_norm(x, paddle.zeros([2]), paddle.ones([2]), w, paddle.zeros([2]),
-                          True).sum().backward()
-        return True
-    except RuntimeError:
-        return False
-
-
-def _batch_norm_backward_safe(x: paddle.Tensor, running_mean: paddle.Tensor,
-                              running_var: paddle.Tensor, weight: Optional[paddle.Tensor],
-                              bias: Optional[paddle.Tensor], training: bool,
-                              momentum: float = compat.TORCH_BN_MOMENTUM,
-                              eps: float = compat.BN_EPS) -> paddle.Tensor:
-    """``compat.batch_norm`` with the running statistics updated out of the autograd graph."""
-    if not training:
-        return compat.batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps)
-    pm = compat.paddle_bn_momentum(momentum)
-    n = int(np.prod([x.shape[0]] + list(x.shape[2:])))
-    tmp_mean = running_mean.detach().clone()
-    tmp_var = running_var.detach().clone()
-    out = paddle.nn.functional.batch_norm(x, tmp_mean, tmp_var, weight, bias, training=True,
-                                          momentum=pm, epsilon=eps)
-    with paddle.no_grad():
-        paddle.assign(tmp_mean, output=running_mean)
-        if n > 1:  # torch keeps the unbiased batch variance: scale Paddle's batch part by n/(n-1)
-            old = running_var * pm
-            paddle.assign(old + (tmp_var - old) * (n / (n - 1.0)), output=running_var)
-        else:
-            paddle.assign(tmp_var, output=running_var)
-    return out
-
-
-def _bn_forward(self: Any, x: paddle.Tensor) -> paddle.Tensor:
-    x = _batch_norm_backward_safe(x, self._mean, self._variance, self.weight, self.bias,
-                                  self.training, self.momentum, self.eps)
-    return self.act(self.drop(x))
-
-
-def _install_bn_backward_fix(model: nn.Layer) -> int:
-    """Give every ``BatchNormAct2d`` of ``model`` the backward-safe forward (see above) when
-    ``compat.batch_norm`` needs it; returns how many layers were changed (0 when it does not)."""
-    if _compat_bn_backward_works():
-        return 0
-    n = 0
-    for layer in model.sublayers(include_self=True):
-        if isinstance(layer, BatchNormAct2d):
-            layer.forward = types.MethodType(_bn_forward, layer)
-            n += 1
-    return n
-# --- end of WORKAROUND ------------------------------------------------------------------------
 
 
 def create_optimizer(model: nn.Layer, cfg: Any) -> paddle.optimizer.Optimizer:
@@ -333,13 +264,6 @@ def train_step(model: nn.Layer, optimizer: paddle.optimizer.Optimizer, loss_fn: 
     return total / shards
 
 
-def _chmod_like_new_file(path: str) -> None:
-    """``mkstemp`` creates 0600; give the checkpoint the permissions ``open()`` would (umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def _official_arch(cfg: Any) -> str:
     return f"{cfg.model.split('-')[1]}m_retrain"
 
@@ -418,17 +342,7 @@ def save_train_checkpoint(path: str, model: nn.Layer, ema: Optional[ModelEma],
     }
     if ema is not None:
         obj["state_dict_ema"] = _arrays(ema.ema)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=CHECKPOINT_SUFFIX, dir=folder)
-    _chmod_like_new_file(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f, protocol=4)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: pickle.dump(obj, f, protocol=4))
 
 
 def _check_args(path: str, args: Any, cfg: Any) -> None:

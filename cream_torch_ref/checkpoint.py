@@ -23,7 +23,7 @@ import types
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import IO, Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -230,12 +230,14 @@ def load_checkpoint(path: "os.PathLike[str] | str", use_ema: bool = True) -> Loa
     return LoadedCheckpoint(p, sd, source, meta)
 
 
-def save_official_checkpoint(path: "os.PathLike[str] | str", state_dict: Mapping[str, torch.Tensor],
+def save_official_checkpoint(path: "os.PathLike[str] | str | IO[bytes]",
+                             state_dict: Mapping[str, torch.Tensor],
                              state_dict_ema: Optional[Mapping[str, torch.Tensor]] = None,
                              *, epoch: int = 0, args: Any = None, arch: str = "",
-                             optimizer: Optional[Mapping[str, Any]] = None, legacy: bool = True,
-                             opener: Callable[[str], Any] = open) -> None:
-    """Write a checkpoint in the layout of the official training (timm 0.1.20 ``CheckpointSaver``).
+                             optimizer: Optional[Mapping[str, Any]] = None, legacy: bool = True
+                             ) -> None:
+    """Write a checkpoint in the layout of the official training (timm 0.1.20 ``CheckpointSaver``)
+    to a path or an open binary file (e.g. :func:`cream_arch.atomic.atomic_write`'s).
 
     ``legacy=True`` writes torch's pre-1.6 non-zip format, as torch 1.2 did.
     """
@@ -249,5 +251,8 @@ def save_official_checkpoint(path: "os.PathLike[str] | str", state_dict: Mapping
     }
     if state_dict_ema is not None:
         state["state_dict_ema"] = OrderedDict(state_dict_ema)
-    with opener(os.fspath(path), "wb") as f:
+    if hasattr(path, "write"):
+        torch.save(state, path, _use_new_zipfile_serialization=not legacy)
+        return
+    with open(os.fspath(path), "wb") as f:
         torch.save(state, f, _use_new_zipfile_serialization=not legacy)

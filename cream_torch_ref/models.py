@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
+import numpy as np
 import torch
 
 from cream_arch import child_spec, model_names
@@ -52,7 +53,8 @@ def create_model(name: str, num_classes: int = 1000,
 def seeded_official_checkpoint(name: str, path: "os.PathLike[str] | str", *, legacy: bool = True,
                                seed_raw: int = 1, seed_ema: Optional[int] = 2,
                                num_classes: int = 1000, module_prefix: bool = False,
-                               args: str = "yacs") -> "os.PathLike[str] | str":
+                               args: str = "yacs", calibration_images: Optional[np.ndarray] = None
+                               ) -> "os.PathLike[str] | str":
     """Write a seeded checkpoint of model ``name`` in the official training's layout.
 
     The weights are :func:`cream_arch.seeded_child_state` of the model (raw: ``seed_raw``, EMA:
@@ -61,6 +63,7 @@ def seeded_official_checkpoint(name: str, path: "os.PathLike[str] | str", *, leg
     Tests and the demo therefore need no downloaded file. ``args`` is a yacs ``CfgNode`` like the
     official configs (``'yacs'``, needs yacs installed to *write*), an argparse ``Namespace``
     (``'namespace'``) or absent (``'none'``). ``module_prefix`` adds DDP's ``module.`` prefix.
+    ``calibration_images``: see :func:`cream_arch.seeded_child_state`.
     """
     import argparse
 
@@ -71,7 +74,8 @@ def seeded_official_checkpoint(name: str, path: "os.PathLike[str] | str", *, leg
 
     def state(seed: int) -> "dict[str, torch.Tensor]":
         return {pre + k: torch.from_numpy(v)
-                for k, v in seeded_child_state(arch_list, seed, num_classes=num_classes).items()}
+                for k, v in seeded_child_state(arch_list, seed, num_classes=num_classes,
+                                               calibration_images=calibration_images).items()}
 
     selection = int(name.split("-")[1])
     if args == "yacs":

@@ -20,7 +20,6 @@ Twin: ``cream_paddle.train`` has the same names. Differences from the official r
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from timm.utils import ModelEma
 
 from cream_arch import child_spec
+from cream_arch.atomic import atomic_write
 from cream_arch.errors import CheckpointError
 from cream_data import EvalLoader, EvalResult
 from cream_data.datasets import ImageDataset
@@ -229,13 +229,6 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> Dict[
     return optimizer.state_dict()
 
 
-def _chmod_like_new_file(path: str) -> None:
-    """``mkstemp`` creates 0600; give the checkpoint the permissions ``open()`` would (umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def _official_arch(cfg: Any) -> str:
     return f"{cfg.model.split('-')[1]}m_retrain"  # the official MODEL name, e.g. '14m_retrain'
 
@@ -244,20 +237,9 @@ def save_train_checkpoint(path: str, model: nn.Module, ema: Optional[ModelEma],
                           optimizer: torch.optim.Optimizer, epoch: int, cfg: Any) -> None:
     """Write the official layout (``state_dict``, ``state_dict_ema``, ``optimizer``, ``epoch``,
     ``arch``, ``args``, ``version``), atomically: a temporary file in the same folder, then rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=CHECKPOINT_SUFFIX, dir=folder)
-    os.close(fd)
-    _chmod_like_new_file(tmp)
-    try:
-        save_official_checkpoint(tmp, model.state_dict(),
-                                 ema.ema.state_dict() if ema is not None else None, epoch=epoch,
-                                 args=cfg.to_dict(), arch=_official_arch(cfg),
-                                 optimizer=optimizer_state(model, optimizer))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: save_official_checkpoint(
+        f, model.state_dict(), ema.ema.state_dict() if ema is not None else None, epoch=epoch,
+        args=cfg.to_dict(), arch=_official_arch(cfg), optimizer=optimizer_state(model, optimizer)))
 
 
 def _check_args(path: str, args: Any, cfg: Any) -> None:

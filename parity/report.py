@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from cream_arch.atomic import atomic_write
 
 from .compare import CATEGORIES, Comparison, STAGE_ORDER, tolerance_for
 from .runner import ParityResult
@@ -78,27 +78,13 @@ def format_first_divergence(result: ParityResult) -> str:
             f"(bound {first.tolerance}: {tol}){note}")
 
 
-def _atomic_write(path: str, write: Any, mode: str = "w") -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".parity-", dir=folder)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_json(result: ParityResult, path: str, extra: Optional[Dict[str, Any]] = None) -> None:
     """Every comparison, the verdict, the first divergence, timings and inputs; written atomically."""
     data = result.as_dict()
     data["tolerances"] = _tolerance_table(result.comparisons)
     if extra:
         data.update(extra)
-    _atomic_write(path, lambda f: json.dump(data, f, indent=1))
+    atomic_write(path, lambda f: json.dump(data, f, indent=1), mode="w")
 
 
 def _tolerance_table(comparisons: Sequence[Comparison]) -> Dict[str, Dict[str, Any]]:
@@ -162,4 +148,4 @@ def write_plot(result: ParityResult, path: str) -> None:
     def save(f: Any) -> None:
         fig.savefig(f, format="png", dpi=100)
 
-    _atomic_write(path, save, mode="wb")
+    atomic_write(path, save, mode="wb")

@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from cream_arch import child_spec, seeded_input
+from cream_arch.atomic import atomic_write
 
 from .capture import Capture, Event, capture_paddle, capture_torch
 from .compare import (GRAD_CONTEXT_FLOOR, Comparison, compare_arrays, compare_named,
@@ -204,10 +205,9 @@ def make_seeded_checkpoint(name: str, path: str, seed: int = 1, resolution: Opti
     arch = child_spec(name).arch_list
     ema = seeded_child_state(arch, seed + 1, resolution=resolution or child_spec(name).resolution)
     raw = seeded_state([(k, v.shape) for k, v in ema.items()], seed)
-    tmp = path + ".tmp"
-    save_official_checkpoint(tmp, {k: torch.from_numpy(v) for k, v in raw.items()},
-                             {k: torch.from_numpy(v) for k, v in ema.items()}, arch=name)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: save_official_checkpoint(
+        f, {k: torch.from_numpy(v) for k, v in raw.items()},
+        {k: torch.from_numpy(v) for k, v in ema.items()}, arch=name))
 
 
 def _prepare_models(cfg: ParityConfig, work: str, mutate: Optional[PaddleMutator],

@@ -40,6 +40,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cream_arch.atomic import atomic_write
 from cream_arch.digest import is_digest, sample_positions
 from cream_arch.search_config import SearchConfig
 from cream_arch.search_space import plan_supernet, search_for_layer
@@ -644,10 +645,7 @@ def run(args: argparse.Namespace) -> int:
     t = ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items())
     print(f"{len(result.rows)} comparisons; step time: {t}")
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(result.as_dict(), fh, indent=1)
-        os.replace(tmp, args.json)
+        atomic_write(args.json, lambda fh: json.dump(result.as_dict(), fh, indent=1), mode="w")
         print(f"JSON: {args.json}")
     print("PASS" if result.ok else "FAIL")
     return 0 if result.ok else 1

@@ -59,7 +59,7 @@ from .compare import (BN_STATS_FP32, BN_STATS_FP64, GRAD_CONTEXT_FLOOR, GRAD_FP3
                       LOSS_FP32, LR_VALUES, OPTIM_PARAMS_FP32, OPTIM_PARAMS_FP64, STRICT_FP64,
                       Comparison, Tolerance, compare_arrays, compare_named)
 
-__all__ = ["TrainStepConfig", "TrainStepResult", "FAULTS", "MODES", "EMA_FP32", "EMA_FP64",
+__all__ = ["TrainStepConfig", "TrainStepResult", "FAULTS", "MODES", "FREE_OUTLIER_FRACTION", "EMA_FP32", "EMA_FP64",
            "OPTIM_STATE_FP32", "OPTIM_STATE_FP64", "SYNCED_TOLERANCES", "FREE_TOLERANCES",
            "run_train_step_parity", "format_steps", "register", "command"]
 
@@ -90,6 +90,16 @@ FREE_TOLERANCES: Dict[str, Tolerance] = {
     "bn_stats": OPTIM_PARAMS_FP32, "ema": EMA_FP32,
 }
 MODES = ("synced", "free")
+#: The free fp32 run may have this share of a step's tensors beyond their bound, each reported by
+#: name as an outlier, if the loss is within bound. Why: a ReLU (the SE blocks' reduce activation) or
+#: a hard-sigmoid clip whose input is within the compounded rounding of its kink switches on one side
+#: and not on the other, and moves the few tensors of that one block by up to ~15 % of their scale.
+#: It happens to a correct port, depending on the seed and on rounding details (with Paddle's SE
+#: pooling by ``mean``, seeds 2 and 3 of 0-4 failed; by the pooling kernel, seeds 0 and 2): measured up to
+#: 18 of 657 tensors (2.7 %) on the steps after such a switch. A porting fault moves far more
+#: (every injected fault fails the free run on the whole model, ``tests/test_train_step.py``), and
+#: the synced run, which does not compound, stays fully strict.
+FREE_OUTLIER_FRACTION: float = 0.05
 
 #: Faults ``--inject-fault`` can put into the Paddle side; each must make the run fail.
 FAULTS: Dict[str, str] = {
@@ -480,12 +490,13 @@ def _run(cfg: TrainStepConfig, progress: bool, log: Callable[[str], None]) -> Tr
                 rel = c.max_abs / c.ref_scale if c.ref_scale and math.isfinite(c.max_abs) else (
                     0.0 if c.max_abs == 0 else math.inf)
                 worst[c.category] = max(worst.get(c.category, 0.0), rel)
+            outliers = _free_outliers(comps) if mode == "free" else []
             ok = all(c.ok for c in comps)
             result.steps.append({
                 "mode": mode, "precision": prec, "step": k + 1, "lr_torch": lrs["torch"],
                 "lr_paddle": lrs["paddle"], "loss_torch": losses["torch"],
                 "loss_paddle": losses["paddle"], "worst_of_scale": worst, "ok": ok,
-                "failed": sum(not c.ok for c in comps),
+                "failed": sum(not c.ok for c in comps), "outliers": outliers,
                 "max_excess": max((c.excess for c in comps if math.isfinite(c.excess)), default=0.0)})
             log(f"{mode} {prec} step {k + 1}: loss torch {losses['torch']:.6f} paddle "
                 f"{losses['paddle']:.6f}, {'ok' if ok else 'FAIL'}")
@@ -493,6 +504,21 @@ def _run(cfg: TrainStepConfig, progress: bool, log: Callable[[str], None]) -> Tr
         bar.close()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _free_outliers(comps: List[Comparison]) -> List[str]:
+    """Accept a free-run step's few out-of-bound tensors as outliers (see
+    :data:`FREE_OUTLIER_FRACTION`); returns their names (none if the step fails as a whole)."""
+    bad = [c for c in comps if not c.ok]
+    if (not bad or len(bad) > FREE_OUTLIER_FRACTION * len(comps)
+            or any(c.category in ("loss", "lr") for c in bad)):
+        return []
+    for c in bad:
+        c.ok = True
+        c.note = "; ".join(filter(None, [c.note, f"free-run outlier ({c.max_abs / c.ref_scale:.1e} "
+                                                  "of scale; FREE_OUTLIER_FRACTION)"
+                                          if c.ref_scale else "free-run outlier"]))
+    return [c.name for c in bad]
 
 
 def format_steps(result: TrainStepResult) -> str:
@@ -507,7 +533,9 @@ def format_steps(result: TrainStepResult) -> str:
                      f"{s['loss_torch']:.6f}", f"{s['loss_paddle']:.6f}",
                      *(f"{w.get(c, math.nan):.1e}" for c in
                        ("param_grad", "optim_params", "optim_state", "ema", "bn_stats")),
-                     f"{s['max_excess']:.2f}", "ok" if s["ok"] else f"FAIL ({s['failed']})"])
+                     f"{s['max_excess']:.2f}",
+                     (f"ok ({len(s['outliers'])} outliers)" if s.get("outliers") else "ok")
+                     if s["ok"] else f"FAIL ({s['failed']})"])
     return tabulate(rows, headers=["mode", "prec", "step", "lr", "loss torch", "loss paddle",
                                    "grads", "params", "opt state", "EMA", "BN stats",
                                    "worst/tol", ""], tablefmt="simple")

@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("paddle")
 
-from parity.train_step import (FAULTS, MODES, TrainStepConfig,  # noqa: E402
+from parity.train_step import (FAULTS, FREE_OUTLIER_FRACTION, MODES, TrainStepConfig,  # noqa: E402
                                run_train_step_parity)
 
 pytestmark = pytest.mark.paddle
@@ -107,3 +107,36 @@ def test_cli_exit_codes_and_json(tmp_path, capsys) -> None:
     assert main(["train-step", "--steps", "0"]) == 2
     assert main(["train-step", "--img-size", "16"]) == 2
     assert set(MODES) == {"synced", "free"}
+
+
+FREE_FAULTS = [f for f, p in FAULT_CASES if p == "fp32"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", FREE_FAULTS)
+def test_faults_fail_the_free_run_beyond_its_outlier_allowance(fault: str) -> None:
+    """The free run tolerates a few kink-crossing outliers per step (FREE_OUTLIER_FRACTION); a real
+    fault moves far more tensors and still fails it."""
+    cfg = TrainStepConfig(model="cream-14", steps=2, batch_size=4, img_size=64,
+                          precisions=("fp32",), modes=("free",), fault=fault)
+    r = run_train_step_parity(cfg)
+    assert not r.ok, f"fault {fault!r} went unnoticed in the free run"
+    worst = max(s["failed"] / (len(r.comparisons) / len(r.steps)) for s in r.steps)
+    assert worst > 2 * FREE_OUTLIER_FRACTION
+
+
+def test_free_outliers_rule() -> None:
+    from parity.compare import Comparison
+    from parity.train_step import _free_outliers
+
+    def comps(n_bad: int, category: str = "param_grad") -> list:
+        return [Comparison(category=category, stage="train-step/free/fp32/step01", name=f"t{i}",
+                           order=float(i), ok=i >= n_bad) for i in range(100)]
+
+    few = comps(3)
+    assert _free_outliers(few) == ["t0", "t1", "t2"] and all(c.ok for c in few)
+    assert "free-run outlier" in few[0].note
+    many = comps(6)
+    assert _free_outliers(many) == [] and sum(not c.ok for c in many) == 6
+    loss = comps(1, category="loss")
+    assert _free_outliers(loss) == [] and not loss[0].ok

@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from ..errors import ConfigError
 from ..space import child_spec, model_names
 
 __all__ = ["AugmentConfig", "RetrainConfig", "ConfigError", "load_retrain_config",
@@ -28,15 +29,6 @@ OPTIMIZERS = ("rmsproptf",)
 RE_MODES = ("const", "rand", "pixel")
 #: Resize interpolations of the random-resized crop (``random`` = bilinear or bicubic per image).
 INTERPOLATIONS = ("random", "bilinear", "bicubic")
-
-
-class ConfigError(ValueError):
-    """A bad configuration file or value; ``str(err)`` is one line naming the file and the problem."""
-
-    def __init__(self, where: str, problem: str) -> None:
-        self.where = where
-        self.problem = " ".join(str(problem).split())
-        super().__init__(f"{where}: {self.problem}")
 
 
 @dataclass(frozen=True)
