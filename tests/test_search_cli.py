@@ -6,10 +6,6 @@ checkpoint converts with ``convert-ckpt`` and the converted model gives the logi
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -21,8 +17,6 @@ from PIL import Image
 from cream_cli.search import BEST_ARCH, LOG_NAME, checkpoint_path, main
 
 pytestmark = pytest.mark.cli
-REPO = Path(__file__).resolve().parents[1]
-LAUNCH_TIMEOUT_S = 300
 #: logits of a converted child net against its source: fp32 kernels of two frameworks.
 CONVERTED_LOGITS_ABS = 1e-4
 #: A tiny search: smallest supernet, 32 px, lr 0.01 (the official lr 1.0 diverges on 8-image
@@ -137,35 +131,13 @@ def test_bad_input(data: Path, tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "o2" / BEST_ARCH).exists()
 
 
-def _launch(framework: str, data: Path, out: Path, logs: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    args = ["--framework", framework, "--data", str(data), "--output", str(out), *ARGS,
-            "--update-iter", "1"]
-    if framework == "torch":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "cream_cli.search", *args]
-    else:
-        cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-               "--log_dir", str(logs), str(REPO / "cream_cli" / "search.py"), *args]
-    p = subprocess.Popen(cmd, cwd=str(out.parent), env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, err = p.communicate(timeout=LAUNCH_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.communicate()
-        pytest.fail(f"{framework} launch did not finish in {LAUNCH_TIMEOUT_S} s")
-    detail = err[-3000:]
-    if logs.exists():
-        detail += "".join(f.read_text()[-2000:] for f in sorted(logs.glob("workerlog.*")))
-    assert p.returncode == 0, detail
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("framework", ["torch", "paddle"])
-def test_two_processes(framework: str, data: Path, tmp_path: Path) -> None:
+def test_two_processes(framework: str, data: Path, tmp_path: Path, launch_two) -> None:
     out = tmp_path / "run"
-    _launch(framework, data, out, tmp_path / "logs")
+    launch_two(framework, "search", ["--framework", framework, "--data", str(data), "--output",
+                                      str(out), *ARGS, "--update-iter", "1"], out.parent,
+               tmp_path / "logs")
     log = (out / LOG_NAME).read_text()
     assert "2 process(es)" in log and "(meta-matching update)" in log
     _converted_child_agrees(framework, out, data, tmp_path)

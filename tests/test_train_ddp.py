@@ -8,11 +8,7 @@ rank 0 keeps them). The reference without shards is shown to differ, so the chec
 """
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +18,9 @@ from cream_arch.configs import load_retrain_config
 from cream_data import open_dataset, sample_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.cli]
-REPO = Path(__file__).resolve().parents[1]
 #: Two processes sum the two halves' gradients in another order than one process does: fp32
 #: rounding, ~1e-7 of a weight after 4 steps; far below the effect of the batch split itself.
 DDP_REL = 1e-5
-LAUNCH_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="module")
@@ -41,31 +35,6 @@ def data(tmp_path_factory) -> Path:
 
 ARGS = ["--model", "cream-14", "--epochs", "2", "--batch-size", "2", "--workers", "0",
         "--no-progress", "--drop-path-rate", "0.2", "--threads", "1"]
-
-
-def _launch(framework: str, data: Path, out: Path, logs: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    script = ["--framework", framework, "--data", str(data), "--output", str(out), *ARGS]
-    if framework == "torch":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-               "2", "-m", "cream_cli.train", *script]
-    else:
-        cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-               "--log_dir", str(logs), str(REPO / "cream_cli" / "train.py"), *script]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # own session: on a timeout the launcher *and* its worker processes are killed
-    p = subprocess.Popen(cmd, cwd=str(out.parent), env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, err = p.communicate(timeout=LAUNCH_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.communicate()
-        pytest.fail(f"{framework} launch did not finish in {LAUNCH_TIMEOUT_S} s")
-    detail = err[-3000:]
-    if logs.exists():
-        detail += "".join(f.read_text()[-2000:] for f in sorted(logs.glob("workerlog.*")))
-    assert p.returncode == 0, detail
 
 
 def _load(framework: str, path: Path):
@@ -94,13 +63,15 @@ def _worst(a, b) -> float:
 
 
 @pytest.mark.parametrize("framework", ["torch", pytest.param("paddle", marks=pytest.mark.paddle)])
-def test_two_processes_equal_one_with_the_same_global_batch(framework, data, tmp_path) -> None:
+def test_two_processes_equal_one_with_the_same_global_batch(framework, data, tmp_path,
+                                                            launch_two) -> None:
     pytest.importorskip(framework)
     from cream_cli.train import run_train
 
     suffix = ".pth.tar" if framework == "torch" else ".pdparams"
     ddp = tmp_path / "ddp"
-    _launch(framework, data, ddp, tmp_path / "logs")
+    launch_two(framework, "train", ["--framework", framework, "--data", str(data), "--output",
+                                     str(ddp), *ARGS], ddp.parent, tmp_path / "logs")
     train_set = open_dataset(data / "train", "folder")
     cfg = load_retrain_config("cream-14", num_classes=2, batch_size=4, epochs=2,
                               drop_path_rate=0.2)

@@ -1,0 +1,47 @@
+"""Shared test fixtures."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, List
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+#: Two CPU processes on gloo, with model set-up, on a busy 2-core machine.
+LAUNCH_TIMEOUT_S = 300
+
+
+def _launch_two(framework: str, tool: str, args: List[str], cwd: Path, logs: Path) -> None:
+    """Run ``cream_cli.<tool>`` as two data-parallel processes (torchrun / paddle launch); fail the
+    test with the launcher's and workers' logs unless it exits 0 within LAUNCH_TIMEOUT_S."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    if framework == "torch":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               "2", "-m", f"cream_cli.{tool}", *args]
+    else:  # paddle's launcher runs a script, not a module
+        cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
+               "--log_dir", str(logs), str(REPO / "cream_cli" / f"{tool}.py"), *args]
+    cwd.mkdir(parents=True, exist_ok=True)
+    # own session: on a timeout the launcher *and* its worker processes are killed
+    p = subprocess.Popen(cmd, cwd=str(cwd), env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = p.communicate(timeout=LAUNCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        pytest.fail(f"{framework} launch did not finish in {LAUNCH_TIMEOUT_S} s")
+    detail = err[-3000:]
+    if logs.exists():
+        detail += "".join(f.read_text()[-2000:] for f in sorted(logs.glob("workerlog.*")))
+    assert p.returncode == 0, detail
+
+
+@pytest.fixture
+def launch_two() -> Callable[[str, str, List[str], Path, Path], None]:
+    """:func:`_launch_two`: ``launch_two(framework, tool, args, cwd, logs)``."""
+    return _launch_two
