@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["CheckpointError", "ConfigError"]
+__all__ = ["CheckpointError", "ConfigError", "OutputError", "EXIT_OUTPUT"]
+
+#: Exit status of every tool when an output cannot be placed or written (an output on an input,
+#: a read-only or full folder): a usage-level problem the user fixes by choosing another place.
+EXIT_OUTPUT = 2
 
 
 class CheckpointError(ValueError):
@@ -29,3 +33,13 @@ class ConfigError(ValueError):
         self.where = self.path = str(where)
         self.problem = " ".join(str(problem).split())
         super().__init__(f"{self.where}: {self.problem}")
+
+
+class OutputError(ValueError):
+    """An output that must not or cannot be written (it would land on an input, its folder is
+    read-only or full); one line naming the file. Nothing was written or replaced."""
+
+    def __init__(self, path: "os.PathLike[str] | str", problem: str) -> None:
+        self.path = os.fspath(path)
+        self.problem = " ".join(str(problem).split())
+        super().__init__(f"{self.path}: {self.problem}")

@@ -4,9 +4,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Iterable, Optional, Sequence
 
-__all__ = ["FRAMEWORKS", "UsageError", "set_threads", "check_counts", "run_guarded"]
+from cream_arch.errors import EXIT_OUTPUT, OutputError
+from cream_arch.outputs import prepare_outputs
+
+__all__ = ["FRAMEWORKS", "UsageError", "set_threads", "check_counts", "run_guarded", "guard_outputs",
+           "safe_streams"]
 
 #: The implementations every tool can run.
 FRAMEWORKS = ("torch", "paddle")
@@ -53,11 +57,14 @@ def run_guarded(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
                 hint: Optional[Callable[[argparse.Namespace, Exception], Optional[str]]] = None) -> int:
     """Parse ``argv`` and return ``body(args)``, turning every expected failure into one line.
 
-    A :class:`UsageError` prints the usage and the reason (exit 2, as argparse does); any other
+    A :class:`UsageError` prints the usage and the reason (exit 2, as argparse does), an
+    :class:`~cream_arch.errors.OutputError` (an output on an input, a read-only or full folder) the
+    reason (exit 2); any other
     ``ValueError`` (bad file, bad data, bad config: they name the file) or ``FloatingPointError``
     prints ``prog: error: ...`` (exit 1), plus ``hint(args, error)`` when it returns a line;
     Ctrl-C exits 130. No traceback for any of them.
     """
+    safe_streams()
     try:
         args = parser.parse_args(list(argv) if argv is not None else None)
     except SystemExit as e:  # argparse printed the usage and the reason (or --help)
@@ -69,6 +76,9 @@ def run_guarded(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
         parser.print_usage(sys.stderr)
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+    except OutputError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return EXIT_OUTPUT
     except (ValueError, FloatingPointError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         extra = hint(args, e) if hint is not None else None
@@ -78,3 +88,19 @@ def run_guarded(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def safe_streams() -> None:
+    """Let stdout/stderr print any file name: bytes that are not UTF-8 (``surrogateescape`` names
+    from ``os.listdir``) appear as ``\\xNN`` escapes instead of raising ``UnicodeEncodeError``."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", "") == "strict":
+            reconfigure(errors="backslashreplace")
+
+
+def guard_outputs(prog: str, files: Dict[str, Optional[str]], inputs: Iterable[Optional[str]],
+                  folders: Optional[Dict[str, Optional[str]]] = None) -> None:
+    """:func:`cream_arch.outputs.prepare_outputs` for a tool, telling clean-ups on stderr."""
+    prepare_outputs(files, inputs, folders,
+                    log=lambda msg: print(f"{prog}: note: {msg}", file=sys.stderr))

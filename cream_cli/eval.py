@@ -8,22 +8,22 @@ or a PaddleClas-style list file (``relative/path label`` per line).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from cream_arch import child_spec, model_names
 from cream_arch.errors import CheckpointError
+from cream_arch.outputs import commit_files
 from cream_data import (LAYOUTS, BadDataError, EvalLoader, EvalResult, ImageDataset,
-                        check_output_path, default_workers, open_dataset, predictions_csv,
-                        write_json)
+                        default_workers, open_dataset, predictions_csv)
 from cream_data.loader import DEFAULT_BATCH_SIZE
-from cream_data.report import atomic_write_text
 
-from cream_cli.common import FRAMEWORKS, UsageError, run_guarded
+from cream_cli.common import FRAMEWORKS, UsageError, guard_outputs, run_guarded
 
-__all__ = ["FRAMEWORKS", "TORCH_SUFFIXES", "PADDLE_SUFFIXES", "OMP_ENV", "build_parser", "load_model",
-           "run_eval", "summary_table", "main"]
+__all__ = ["FRAMEWORKS", "TORCH_SUFFIXES", "PADDLE_SUFFIXES", "OMP_ENV", "MIN_IMG_SIZE",
+           "MAX_IMG_SIZE", "build_parser", "load_model", "run_eval", "summary_table", "main"]
 
 #: What each framework's weights look like (the official training wrote ``.pth.tar``).
 TORCH_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar")
@@ -36,6 +36,23 @@ MAX_SKIPPED_SHOWN = 20
 #: measured on 2 cores under load, torch with 2 threads went from 14 to 365 images/s with
 #: passive waiting (bench/eval_bench.py --omp-wait).
 OMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+#: ``--img-size`` bounds. Below 32 px the five stride-2 stages leave less than one pixel. Above
+#: 1024 px (4.6x the largest official test resolution, 224) a crop only measures memory: the stem's
+#: output alone is 16 x 512 x 512 float32 = 16 MiB per image, 1 GiB for a default batch of 64, and
+#: 100000 px asked for a 279 GiB allocation.
+MIN_IMG_SIZE, MAX_IMG_SIZE = 32, 1024
+
+
+def _img_size(text: str) -> int:
+    """argparse type of ``--img-size``: an integer in ``[MIN_IMG_SIZE, MAX_IMG_SIZE]``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not MIN_IMG_SIZE <= value <= MAX_IMG_SIZE:
+        raise argparse.ArgumentTypeError(f"must be between {MIN_IMG_SIZE} and {MAX_IMG_SIZE} px "
+                                         f"(five stride-2 stages; memory), got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data layout (default: auto = list file / wnid folders / class folders)")
     p.add_argument("--num-classes", type=int, default=None, metavar="N",
                    help="classifier width (default 1000, or the number of class folders)")
-    p.add_argument("--img-size", type=int, default=None, metavar="PX",
-                   help="crop size (default: the model's official test resolution)")
+    p.add_argument("--img-size", type=_img_size, default=None, metavar="PX",
+                   help="crop size (default: the model's official test resolution; "
+                        f"{MIN_IMG_SIZE}..{MAX_IMG_SIZE})")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help=f"decoding processes (default: one per core, here {default_workers()}; 0 = none)")
@@ -108,9 +126,12 @@ def run_eval(framework: str, model: str, weights: str, data: str, *, layout: str
              num_classes: Optional[int] = None, img_size: Optional[int] = None,
              batch_size: int = DEFAULT_BATCH_SIZE, workers: Optional[int] = None,
              mode: str = "auto", threads: Optional[int] = None, use_ema: bool = True,
-             skip_bad: bool = False,
-             keep_logits: bool = False, progress: bool = False) -> "tuple[EvalResult, ImageDataset]":
-    """Index ``data``, load the model and evaluate it; returns the result and the dataset."""
+             skip_bad: bool = False, keep_logits: bool = False, progress: bool = False,
+             outputs: Optional[Mapping[str, Optional[str]]] = None
+             ) -> "tuple[EvalResult, ImageDataset]":
+    """Index ``data``, check the ``outputs`` (option -> file) against the weights, the data and
+    every image folder (:func:`cream_arch.outputs.prepare_outputs`), load the model and evaluate
+    it; returns the result and the dataset."""
     if framework not in FRAMEWORKS:
         raise UsageError(f"unknown framework {framework!r}; choose one of {', '.join(FRAMEWORKS)}")
     spec = child_spec(model)
@@ -124,6 +145,8 @@ def run_eval(framework: str, model: str, weights: str, data: str, *, layout: str
         raise UsageError(f"--num-classes must be at least 1, got {num_classes}")
     _evaluate_module(framework).resolve_mode(mode, 0)  # unknown modes fail before any work
     dataset = open_dataset(data, layout, num_classes, skip_bad=skip_bad)
+    if outputs:
+        guard_outputs("cream-eval", dict(outputs), [weights, data, *_image_folders(dataset)])
     net = load_model(framework, model, weights, dataset.num_classes, use_ema=use_ema)
     loader = EvalLoader(dataset, img_size or spec.resolution, batch_size=batch_size,
                         workers=workers, skip_bad=skip_bad)
@@ -133,6 +156,11 @@ def run_eval(framework: str, model: str, weights: str, data: str, *, layout: str
     if result.images == 0:
         raise BadDataError(data, f"no image could be evaluated ({len(result.skipped)} skipped)")
     return result, dataset
+
+
+def _image_folders(dataset: ImageDataset) -> "set[str]":
+    """The real folders of every image (a list file may point anywhere; links are followed)."""
+    return {os.path.dirname(os.path.realpath(p)) for p in dataset.paths}
 
 
 def summary_table(result: EvalResult, model: str, data: str, layout: str) -> str:
@@ -183,18 +211,13 @@ def _skip_bad_hint(args: argparse.Namespace, error: Exception) -> Optional[str]:
 
 def _run(args: argparse.Namespace) -> int:
     """The work of ``cream-eval`` after parsing (errors are turned into one line by the caller)."""
-    inputs = [args.weights, args.data]
-    for out in (args.json, args.predictions):
-        if out is not None:
-            check_output_path(out, inputs)
-    if args.json is not None and args.json == args.predictions:
-        raise UsageError("--json and --predictions must be different files")
     result, dataset = run_eval(
         args.framework, args.model, args.weights, args.data, layout=args.layout,
         num_classes=args.num_classes, img_size=args.img_size, batch_size=args.batch_size,
         workers=args.workers, mode=args.mode, threads=args.threads,
         use_ema=not args.raw_weights,
-        skip_bad=args.skip_bad, progress=not args.no_progress)
+        skip_bad=args.skip_bad, progress=not args.no_progress,
+        outputs={"--json": args.json, "--predictions": args.predictions})
     print(summary_table(result, args.model, args.data, dataset.layout))
     if result.skipped:
         print(f"skipped {len(result.skipped)} bad item(s):")
@@ -203,13 +226,21 @@ def _run(args: argparse.Namespace) -> int:
         if len(result.skipped) > MAX_SKIPPED_SHOWN:
             print(f"  ... and {len(result.skipped) - MAX_SKIPPED_SHOWN} more"
                   + (f" (all in {args.json})" if args.json else " (use --json for all)"))
-    if args.json:
-        write_json(args.json, _report(args, result, dataset))
-        print(f"wrote {args.json}")
-    if args.predictions:
-        atomic_write_text(args.predictions, predictions_csv(result, dataset.class_names))
-        print(f"wrote {args.predictions}")
+    _write_outputs(args, result, dataset)
     return 0
+
+
+def _write_outputs(args: argparse.Namespace, result: EvalResult, dataset: ImageDataset) -> None:
+    """``--json`` and ``--predictions`` as one set: both or neither (names that are not UTF-8 keep
+    their bytes in the CSV and are ``\\udcXX`` escapes in the JSON, see README)."""
+    texts = {}
+    if args.json:
+        texts[args.json] = json.dumps(_report(args, result, dataset), indent=1) + "\n"
+    if args.predictions:
+        texts[args.predictions] = predictions_csv(result, dataset.class_names)
+    commit_files({path: (lambda f, t=text: f.write(t)) for path, text in texts.items()}, mode="w")
+    for path in texts:
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ from cream_arch.atomic import atomic_write, atomic_write_text
 from cream_arch.errors import CheckpointError
 from cream_arch.search_config import SearchConfig, load_search_config
 
-from cream_cli.common import FRAMEWORKS, UsageError, check_counts, run_guarded, set_threads
+from cream_cli.common import (FRAMEWORKS, UsageError, check_counts, guard_outputs, run_guarded,
+                              set_threads)
 
 __all__ = ["FRAMEWORKS", "SearchOptions", "SearchOutcome", "build_parser", "run_search", "main",
            "checkpoint_path", "BEST_ARCH", "LOG_NAME"]
@@ -340,8 +341,12 @@ class _Log:
         line = f"{time.strftime('%m/%d %I:%M:%S %p')} | {msg}"
         print(line, flush=True)
         if self.path:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
+            try:
+                with open(self.path, "a", encoding="utf-8", errors="surrogateescape") as f:
+                    f.write(line + "\n")
+            except OSError as e:
+                from cream_arch.outputs import OutputError, os_problem
+                raise OutputError(self.path, f"could not be written ({os_problem(e)})") from None
 
 
 def _board_lines(board: Any) -> List[str]:
@@ -645,9 +650,14 @@ def _run(args: argparse.Namespace) -> int:
     opts = SearchOptions(args.framework, args.data, output, args.val_data, args.layout,
                          args.resume, args.force, args.workers, not args.no_progress,
                          args.max_iters, args.checkpoint_interval, args.val_batches, args.threads)
-    if args.json:
-        from cream_data import check_output_path
-        check_output_path(args.json, [args.data, args.config])
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise UsageError(f"--output {output} exists and is not a folder")
+    suffix = _SUFFIX[args.framework]
+    members = [checkpoint_path(output, args.framework), os.path.join(output, BEST_ARCH),
+               os.path.join(output, "best_child" + suffix), os.path.join(output, LOG_NAME)]
+    guard_outputs("cream-search", {f"--output ({os.path.basename(m)})": m for m in members}
+                  | {"--json": args.json}, [args.data, args.val_data, args.config],
+                  {"--output": output})
     outcome = run_search(cfg, opts)
     if outcome.rank == 0:
         from tabulate import tabulate

@@ -34,7 +34,8 @@ from cream_arch.configs import RetrainConfig, config_path, load_retrain_config
 from cream_arch.errors import CheckpointError
 from cream_data import LAYOUTS, ImageDataset, open_dataset, open_train_val
 
-from cream_cli.common import FRAMEWORKS, UsageError, check_counts, run_guarded, set_threads
+from cream_cli.common import (FRAMEWORKS, UsageError, check_counts, guard_outputs, run_guarded,
+                              set_threads)
 
 __all__ = ["FRAMEWORKS", "build_parser", "run_train", "write_digits_dataset",
            "run_digits_demo", "main"]
@@ -140,10 +141,15 @@ def _run(args: argparse.Namespace) -> int:
         drop_path_rate=args.drop_path_rate, eval_interval=args.eval_interval, seed=args.seed)
     suffix = ".pth.tar" if args.framework == "torch" else ".pdparams"
     output = args.output or os.path.join("output", f"{args.model}-{args.framework}")
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise UsageError(f"--output {output} exists and is not a folder")
+    from cream_data.train_loop import checkpoint_names
+    guard_outputs("cream-train", {f"--output ({os.path.basename(p)})": p
+                                  for p in checkpoint_names(output, suffix).values()}
+                  | {"--json": args.json},
+                  [train_set.root, val_set.root if val_set else None, args.config],
+                  {"--output": output})
     _check_output(output, suffix, args.resume, args.force)
-    if args.json:
-        from cream_data import check_output_path
-        check_output_path(args.json, [args.data])
     if args.resume is not None and not os.path.isfile(args.resume):
         raise CheckpointError(args.resume, "no such checkpoint file"
                               if not os.path.exists(args.resume) else "not a file")

@@ -8,6 +8,8 @@ import os
 from typing import Any, Iterable, Optional
 
 from cream_arch.atomic import atomic_write_text
+from cream_arch.errors import OutputError
+from cream_arch.outputs import check_output_paths
 
 from .errors import BadDataError
 from .evaluation import EvalResult
@@ -17,14 +19,13 @@ __all__ = ["atomic_write_text", "check_output_path", "predictions_csv", "write_j
 
 def check_output_path(path: "os.PathLike[str] | str",
                       inputs: Iterable["Optional[os.PathLike[str] | str]"]) -> str:
-    """``path`` as a string, after checking it names none of ``inputs`` and its folder exists."""
+    """``path`` as a string, after checking (:func:`cream_arch.outputs.check_output_paths`: real
+    paths) that it is no input, lies in no input folder and its folder exists."""
     p = os.fspath(path)
-    real = os.path.realpath(p)
-    for inp in inputs:
-        if inp is not None and os.path.realpath(os.fspath(inp)) == real:
-            raise BadDataError(p, "output file would overwrite an input; choose another name")
-    if os.path.isdir(p):
-        raise BadDataError(p, "output path is a folder; give a file name")
+    try:
+        check_output_paths({"output file": p}, inputs)
+    except OutputError as e:
+        raise BadDataError(p, e.problem) from None
     folder = os.path.dirname(os.path.abspath(p))
     if not os.path.isdir(folder):
         raise BadDataError(p, f"output folder {folder} does not exist")
