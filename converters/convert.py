@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,7 +34,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from cream_arch.detect import DetectedArch, detect_arch, detect_num_classes
-from cream_arch.errors import CheckpointError
+from cream_arch.errors import CheckpointError, OutputError
+from cream_arch.outputs import commit_files, prepare_outputs
 from cream_arch.search_space import SupernetArch, detect_supernet, plan_supernet
 from cream_arch.space import CHILD_NETS, child_spec
 
@@ -189,13 +190,19 @@ def _check_destination(src: str, dst: str, force: bool) -> None:
     folder = os.path.dirname(os.path.abspath(dst))
     if not os.path.isdir(folder):
         raise CheckpointError(dst, f"output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise CheckpointError(dst, f"output folder {folder} is not writable")
     for out in (dst, sidecar_path(dst)):
         if os.path.isdir(out):
             raise CheckpointError(out, "is a directory; give a file name for the output")
         if os.path.exists(out) and not force:
             raise CheckpointError(out, "already exists; pass --force to overwrite it")
+    try:  # real paths, writability (probed), interrupted commits finished, stale temporaries gone
+        prepare_outputs({"output": dst, "sidecar": sidecar_path(dst)}, [src], log=_note)
+    except OutputError as e:
+        raise CheckpointError(e.path, e.problem) from None
+
+
+def _note(msg: str) -> None:
+    print(f"convert-ckpt: note: {msg}", file=sys.stderr)
 
 
 def _dumps(record: Mapping[str, Any]) -> str:
@@ -215,44 +222,33 @@ def usual_mode(path: str) -> None:
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
 
 
-def _temp_in(folder: str, name: str) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    usual_mode(tmp)
-    return tmp
-
-
 def _write_outputs(dst: str, write_main: Callable[[Any], Optional[str]],
                    sidecar: Dict[str, Any]) -> str:
-    """Write ``dst`` and its sidecar atomically; returns the sha256 of ``dst``.
+    """Write ``dst`` and its sidecar as one crash-consistent set; returns the sha256 of ``dst``.
 
     ``write_main(f)`` writes the content to the open file and may return its sha256 (else the file
-    is re-read). Both go to temporary files in the destination folder first; they replace the
-    destination names only when both are complete, and are removed on any failure.
+    is re-read). :func:`cream_arch.outputs.commit_files` writes both to temporaries, then renames
+    them under a folder lock with a journal: after a crash, or with a concurrent ``--force`` run,
+    the sidecar's ``output_sha256`` always describes the file next to it.
     """
-    folder = os.path.dirname(os.path.abspath(dst))
-    tmp_main = _temp_in(folder, os.path.basename(dst))
-    tmp_side = None
-    try:
-        with open(tmp_main, "wb") as f:
-            digest = write_main(f)
+    digest: Dict[str, str] = {}
+
+    def write_checkpoint(f: Any) -> None:
+        got = write_main(f)
+        if got is None:  # re-read: torch.save may write through the file descriptor
             f.flush()
-            os.fsync(f.fileno())
-        if digest is None:  # re-read: torch.save may write through the file descriptor
-            digest = sha256_file(tmp_main)
-        sidecar = dict(sidecar, output=os.path.basename(dst), output_sha256=digest)
-        tmp_side = _temp_in(folder, os.path.basename(sidecar_path(dst)))
-        with open(tmp_side, "w", encoding="utf-8") as f:
-            f.write(_dumps(sidecar))
-        os.replace(tmp_main, dst)
-        os.replace(tmp_side, sidecar_path(dst))
-        return digest
-    except OSError as e:
-        raise CheckpointError(dst, f"could not be written ({e.strerror or e})") from None
-    finally:
-        for t in (tmp_main, tmp_side):
-            if t and os.path.exists(t):
-                os.remove(t)
+            got = sha256_file(f.name)
+        digest["sha256"] = got
+
+    def write_sidecar(f: Any) -> None:
+        f.write(_dumps(dict(sidecar, output=os.path.basename(dst), output_sha256=digest["sha256"])))
+
+    side = sidecar_path(dst)
+    try:
+        commit_files({dst: write_checkpoint, side: write_sidecar}, modes={side: "w"})
+    except OutputError as e:
+        raise CheckpointError(e.path, e.problem) from None
+    return digest["sha256"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Protocol
 
-from cream_arch.atomic import atomic_write
+from cream_arch.outputs import commit_files, recover_commits
 
 from .datasets import ImageDataset
 from .evaluation import EvalResult
@@ -58,6 +58,9 @@ class TrainBackend(Protocol):
     def evaluate(self, loader: EvalLoader, ema: bool) -> EvalResult: ...  # noqa: D102,E704
 
     def save(self, path: str, epoch: int, metric: Optional[float]) -> None: ...  # noqa: D102,E704
+
+    def checkpoint_writer(self, epoch: int, metric: Optional[float]  # noqa: D102
+                          ) -> Callable[[Any], None]: ...  # noqa: E704
 
     def load(self, path: str) -> int: ...  # noqa: D102,E704  (returns the saved epoch)
 
@@ -119,14 +122,29 @@ def checkpoint_names(output_dir: str, suffix: str) -> Dict[str, str]:
             "summary": os.path.join(output_dir, "summary.csv")}
 
 
-def _write_summary(path: str, rows: List[EpochRecord]) -> None:
+def _summary_writer(rows: List[EpochRecord]) -> Callable[[Any], None]:
+    rows = list(rows)
+
     def write(f: Any) -> None:
         w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in asdict(r).items()})
 
-    atomic_write(path, write, mode="w")
+    return write
+
+
+def _commit_epoch(backend: TrainBackend, names: Dict[str, str], epoch: int, metric: float,
+                  improved: bool, history: List[EpochRecord]) -> None:
+    """``last``, ``model_best`` (when ``improved``) and ``summary.csv`` as one crash-consistent set
+    (:func:`cream_arch.outputs.commit_files`): after a kill at any point, the folder holds the
+    previous epoch's three files or this epoch's, never a mix."""
+    m = None if math.isnan(metric) else metric
+    members = {names["last"]: backend.checkpoint_writer(epoch, m)}
+    if improved:
+        members[names["best"]] = backend.checkpoint_writer(epoch, m)
+    members[names["summary"]] = _summary_writer(history)
+    commit_files(members, modes={names["summary"]: "w"})
 
 
 def _read_summary(path: str, before_epoch: int) -> List[EpochRecord]:
@@ -166,6 +184,9 @@ def run_training(cfg: Any, backend: TrainBackend, train_set: ImageDataset,
     start_epoch = 0
     history: List[EpochRecord] = []
     best_metric, best_epoch = -math.inf, -1
+    if output_dir and main:
+        recover_commits([output_dir])  # a run killed inside its last commit: finish it first
+    backend.barrier()
     if resume:
         start_epoch = backend.load(resume) + 1
         if names:
@@ -227,13 +248,12 @@ def run_training(cfg: Any, backend: TrainBackend, train_set: ImageDataset,
         history.append(rec)
         result.epochs_run.append(epoch)
         metric = rec.ema_top1 if backend.has_ema else rec.top1
+        improved = not math.isnan(metric) and metric > best_metric
+        if improved:
+            best_metric, best_epoch = metric, epoch
         if names and main:
-            backend.save(names["last"], epoch, None if math.isnan(metric) else metric)
+            _commit_epoch(backend, names, epoch, metric, improved, history)
             result.last_checkpoint = names["last"]
-            if not math.isnan(metric) and metric > best_metric:
-                best_metric, best_epoch = metric, epoch
-                backend.save(names["best"], epoch, metric)
-            _write_summary(names["summary"], history)
         backend.barrier()
         if main:
             parts = [f"epoch {epoch}: lr {lr:.4g} loss {train_loss:.4f} ({n} steps, "

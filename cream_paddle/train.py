@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -45,8 +45,8 @@ from .losses import LabelSmoothingCrossEntropy, cross_entropy
 __all__ = [
     "FRAMEWORK", "CHECKPOINT_SUFFIX", "build_model", "create_optimizer", "create_scheduler",
     "create_loss", "current_lr", "ModelEma", "MaskedDropPath", "MaskInjector", "train_step",
-    "bn_buffers", "optimizer_state", "save_train_checkpoint", "load_train_checkpoint",
-    "init_distributed", "Backend", "train",
+    "bn_buffers", "optimizer_state", "save_train_checkpoint", "train_checkpoint_writer",
+    "load_train_checkpoint", "init_distributed", "Backend", "train",
 ]
 
 FRAMEWORK = "paddle"
@@ -335,6 +335,14 @@ def _load_optimizer_state(path: str, model: nn.Layer, optimizer: paddle.optimize
 def save_train_checkpoint(path: str, model: nn.Layer, ema: Optional[ModelEma],
                           optimizer: paddle.optimizer.Optimizer, epoch: int, cfg: Any) -> None:
     """Write a ``.pdparams`` training checkpoint (see the module doc), atomically."""
+    atomic_write(path, train_checkpoint_writer(model, ema, optimizer, epoch, cfg))
+
+
+def train_checkpoint_writer(model: nn.Layer, ema: Optional[ModelEma],
+                            optimizer: paddle.optimizer.Optimizer, epoch: int, cfg: Any
+                            ) -> Callable[[Any], None]:
+    """``write(f)`` of a ``.pdparams`` training checkpoint, for
+    :func:`cream_arch.outputs.commit_files` (the state is taken now, not when ``f`` is written)."""
     obj: Dict[str, Any] = {
         "epoch": int(epoch), "arch": _official_arch(cfg), "args": _plain(cfg.to_dict()),
         "version": 2, "state_dict": _arrays(model),
@@ -342,16 +350,13 @@ def save_train_checkpoint(path: str, model: nn.Layer, ema: Optional[ModelEma],
     }
     if ema is not None:
         obj["state_dict_ema"] = _arrays(ema.ema)
-    atomic_write(path, lambda f: pickle.dump(obj, f, protocol=4))
+    return lambda f: pickle.dump(obj, f, protocol=4)
 
 
 def _check_args(path: str, args: Any, cfg: Any) -> None:
-    if not isinstance(args, Mapping):
-        return
-    for key in ("model", "num_classes"):
-        if key in args and args[key] != getattr(cfg, key):
-            raise CheckpointError(path, f"was trained with {key}={args[key]!r}, this run has "
-                                        f"{key}={getattr(cfg, key)!r}")
+    from cream_arch.configs import check_resume_args
+
+    check_resume_args(path, args, cfg)
 
 
 def load_train_checkpoint(path: str, model: nn.Layer, ema: Optional[ModelEma],
@@ -440,6 +445,9 @@ class Backend:
 
     def save(self, path: str, epoch: int, metric: Optional[float]) -> None:
         save_train_checkpoint(path, self.model, self.ema, self.optimizer, epoch, self.cfg)
+
+    def checkpoint_writer(self, epoch: int, metric: Optional[float]) -> Callable[[Any], None]:
+        return train_checkpoint_writer(self.model, self.ema, self.optimizer, epoch, self.cfg)
 
     def load(self, path: str) -> int:
         return load_train_checkpoint(path, self.model, self.ema, self.optimizer, self.cfg)

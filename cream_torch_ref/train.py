@@ -20,7 +20,7 @@ Twin: ``cream_paddle.train`` has the same names. Differences from the official r
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -47,8 +47,8 @@ from .losses import LabelSmoothingCrossEntropy
 __all__ = [
     "FRAMEWORK", "CHECKPOINT_SUFFIX", "build_model", "create_optimizer", "create_scheduler",
     "create_loss", "current_lr", "ModelEma", "MaskedDropPath", "MaskInjector", "train_step",
-    "bn_buffers", "optimizer_state", "save_train_checkpoint", "load_train_checkpoint", "init_distributed", "Backend",
-    "train",
+    "bn_buffers", "optimizer_state", "save_train_checkpoint", "train_checkpoint_writer",
+    "load_train_checkpoint", "init_distributed", "Backend", "train",
 ]
 
 FRAMEWORK = "torch"
@@ -233,22 +233,26 @@ def _official_arch(cfg: Any) -> str:
     return f"{cfg.model.split('-')[1]}m_retrain"  # the official MODEL name, e.g. '14m_retrain'
 
 
+def train_checkpoint_writer(model: nn.Module, ema: Optional[ModelEma],
+                            optimizer: torch.optim.Optimizer, epoch: int, cfg: Any
+                            ) -> Callable[[Any], None]:
+    """``write(f)`` of the official layout (``state_dict``, ``state_dict_ema``, ``optimizer``,
+    ``epoch``, ``arch``, ``args``, ``version``), for :func:`cream_arch.outputs.commit_files`."""
+    return lambda f: save_official_checkpoint(
+        f, model.state_dict(), ema.ema.state_dict() if ema is not None else None, epoch=epoch,
+        args=cfg.to_dict(), arch=_official_arch(cfg), optimizer=optimizer_state(model, optimizer))
+
+
 def save_train_checkpoint(path: str, model: nn.Module, ema: Optional[ModelEma],
                           optimizer: torch.optim.Optimizer, epoch: int, cfg: Any) -> None:
-    """Write the official layout (``state_dict``, ``state_dict_ema``, ``optimizer``, ``epoch``,
-    ``arch``, ``args``, ``version``), atomically: a temporary file in the same folder, then rename."""
-    atomic_write(path, lambda f: save_official_checkpoint(
-        f, model.state_dict(), ema.ema.state_dict() if ema is not None else None, epoch=epoch,
-        args=cfg.to_dict(), arch=_official_arch(cfg), optimizer=optimizer_state(model, optimizer)))
+    """Write :func:`train_checkpoint_writer`'s checkpoint atomically (temporary file, rename)."""
+    atomic_write(path, train_checkpoint_writer(model, ema, optimizer, epoch, cfg))
 
 
 def _check_args(path: str, args: Any, cfg: Any) -> None:
-    if not isinstance(args, Mapping):
-        return
-    for key in ("model", "num_classes"):
-        if key in args and args[key] != getattr(cfg, key):
-            raise CheckpointError(path, f"was trained with {key}={args[key]!r}, this run has "
-                                        f"{key}={getattr(cfg, key)!r}")
+    from cream_arch.configs import check_resume_args
+
+    check_resume_args(path, args, cfg)
 
 
 def load_train_checkpoint(path: str, model: nn.Module, ema: Optional[ModelEma],
@@ -349,6 +353,9 @@ class Backend:
 
     def save(self, path: str, epoch: int, metric: Optional[float]) -> None:
         save_train_checkpoint(path, self.model, self.ema, self.optimizer, epoch, self.cfg)
+
+    def checkpoint_writer(self, epoch: int, metric: Optional[float]) -> Callable[[Any], None]:
+        return train_checkpoint_writer(self.model, self.ema, self.optimizer, epoch, self.cfg)
 
     def load(self, path: str) -> int:
         return load_train_checkpoint(path, self.model, self.ema, self.optimizer, self.cfg)
