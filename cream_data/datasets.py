@@ -6,13 +6,15 @@
 * **Class folders** ``<root>/<name>/*``: labels are the positions of the folder names in sorted
   order (``--num-classes`` may be larger, e.g. for a model with more outputs).
 * **List file** (PaddleClas style): one ``relative/path label`` per line, the path relative to the
-  list file's folder.
+  list file's folder and inside it: absolute paths and ``..`` escapes are bad entries (a list
+  describes the data set it sits in, moves with it, and a list from elsewhere cannot make the tool
+  read arbitrary files). UTF-8, with or without a byte-order mark.
 
 Files inside class folders are taken in the official order (timm 0.1.20 sorts every path with a
 "natural" key: digit runs compare as numbers). Image files are recognised as the official loader
 did, by extension (``.jpeg``, ``.jpg``, ``.png``, any case); hidden files (``.DS_Store``) are ignored.
 
-Problems found while indexing (an empty class folder, a folder name that is no ImageNet-1k wnid, a
+Problems found while indexing (a symbolic link loop, an empty class folder, a folder name that is no ImageNet-1k wnid, a
 non-image file, a list line with a missing path or a bad label) raise
 :class:`~cream_data.errors.BadDataError` naming the file; with ``skip_bad=True`` they are recorded
 in :attr:`ImageDataset.problems` instead and indexing goes on.
@@ -99,6 +101,18 @@ def _visible_entries(folder: str) -> List[os.DirEntry]:
         raise BadDataError(folder, f"cannot list folder ({e.strerror or e})") from None
 
 
+def _broken(entry: os.DirEntry) -> Optional[str]:
+    """Why an entry cannot be used (a symbolic link to itself or in a loop, a dangling link), or
+    ``None``; ``DirEntry.is_dir`` would raise ``OSError`` (ELOOP) for a loop."""
+    try:
+        entry.stat()
+        return None
+    except OSError as e:
+        if entry.is_symlink():
+            return f"broken symbolic link ({e.strerror or e})"
+        return f"cannot be read ({e.strerror or e})"
+
+
 def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMG_EXTENSIONS
 
@@ -107,7 +121,10 @@ def _folder_images(folder: str, label: int, report: _Problems) -> List[Sample]:
     """Images directly inside one class folder; everything else there is reported."""
     found: List[Sample] = []
     for e in _visible_entries(folder):
-        if e.is_dir():
+        problem = _broken(e)
+        if problem:
+            report(e.path, problem)
+        elif e.is_dir():
             report(e.path, "unexpected sub-folder inside a class folder (class folders hold images only)")
         elif not _is_image_name(e.name):
             ext = os.path.splitext(e.name)[1] or "none"
@@ -120,8 +137,16 @@ def _folder_images(folder: str, label: int, report: _Problems) -> List[Sample]:
     return found
 
 
-def _class_dirs(root: str) -> Tuple[List[os.DirEntry], List[os.DirEntry]]:
-    entries = _visible_entries(root)
+def _class_dirs(root: str, report: Optional[_Problems] = None
+                ) -> Tuple[List[os.DirEntry], List[os.DirEntry]]:
+    """Sub-folders and files of ``root``; broken entries (link loops) go to ``report``, if given."""
+    entries = []
+    for e in _visible_entries(root):
+        problem = _broken(e)
+        if problem is None:
+            entries.append(e)
+        elif report is not None:
+            report(e.path, problem)
     return [e for e in entries if e.is_dir()], [e for e in entries if e.is_file()]
 
 
@@ -136,6 +161,8 @@ def resolve_val_dir(root: str) -> str:
 
 
 def _check_root(root: str) -> str:
+    if os.path.islink(root) and not os.path.exists(root):
+        raise BadDataError(root, "broken symbolic link (dangling, or a loop)")
     if not os.path.exists(root):
         raise BadDataError(root, "data path does not exist")
     if not os.path.isdir(root):
@@ -160,7 +187,7 @@ def imagenet_folder(root: "os.PathLike[str] | str", *, skip_bad: bool = False) -
     """Index an ImageNet val folder ``<root>/<wnid>/*.JPEG`` with canonical ImageNet-1k labels."""
     root = resolve_val_dir(_check_root(os.fspath(root)))
     report = _Problems(skip_bad)
-    dirs, files = _class_dirs(root)
+    dirs, files = _class_dirs(root, report)
     if not dirs and any(_is_image_name(f.name) for f in files):
         raise BadDataError(root, "images are not sorted into class folders; ImageNet val must be "
                                  "laid out as val/<wnid>/<image>.JPEG")
@@ -182,7 +209,7 @@ def class_folder(root: "os.PathLike[str] | str", num_classes: Optional[int] = No
     """Index ``<root>/<class>/<image>``: class ``i`` is the ``i``-th folder name in sorted order."""
     root = _check_root(os.fspath(root))
     report = _Problems(skip_bad)
-    dirs, files = _class_dirs(root)
+    dirs, files = _class_dirs(root, report)
     if not dirs:
         raise BadDataError(root, "no class folders found; expected <root>/<class>/<image>")
     if num_classes is not None and len(dirs) > num_classes:
@@ -205,7 +232,7 @@ def list_file(path: "os.PathLike[str] | str", num_classes: int = IMAGENET_NUM_CL
         raise BadDataError(path, "list file does not exist" if not os.path.exists(path)
                            else "not a file")
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, "r", encoding="utf-8-sig") as f:  # a BOM (Windows editors) is no path
             lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise BadDataError(path, f"cannot read list file ({e})") from None
@@ -231,8 +258,13 @@ def list_file(path: "os.PathLike[str] | str", num_classes: int = IMAGENET_NUM_CL
             report(where, f"label {label} is out of range for {num_classes} classes")
             continue
         full = os.path.normpath(os.path.join(base, rel))
+        if os.path.isabs(rel) or not (full + os.sep).startswith(base.rstrip(os.sep) + os.sep):
+            report(where, f"path {rel!r} is outside the list file's folder {base} (entries must be "
+                          "relative paths inside it)")
+            continue
         if not os.path.exists(full):
-            report(where, f"image {rel!r} not found (looked for {full})")
+            report(where, f"image {rel!r} is a broken symbolic link (dangling, or a loop)"
+                   if os.path.islink(full) else f"image {rel!r} not found (looked for {full})")
             continue
         if not os.path.isfile(full):
             report(where, f"{rel!r} is not a file")

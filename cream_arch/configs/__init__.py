@@ -14,10 +14,11 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..space import child_spec, model_names
 
 __all__ = ["AugmentConfig", "RetrainConfig", "ConfigError", "load_retrain_config",
+           "check_resume_args", "RESUME_MAY_CHANGE",
            "read_config_file", "config_path", "SCHEDULES", "OPTIMIZERS", "RE_MODES",
            "INTERPOLATIONS"]
 
@@ -300,3 +301,37 @@ def load_retrain_config(model: str, path: "Optional[os.PathLike[str] | str]" = N
         where = f"{where} (+ overrides)"
     return _build(merged, where)
 
+
+
+#: Settings a resumed run may change (as ``cream-search --resume``, everything else must match, or
+#: the continued run is neither the old one nor a new one): how often and in which batches it
+#: evaluates, and, with the step schedule (which ``epochs`` does not shape), how long it lasts.
+RESUME_MAY_CHANGE = ("eval_interval", "eval_batch_size")
+_STEP_ONLY = ("epochs",)
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def check_resume_args(path: "os.PathLike[str] | str", saved: Any, cfg: RetrainConfig) -> None:
+    """:class:`CheckpointError` naming every setting (as its option) in which ``cfg`` differs from
+    the ``args`` a checkpoint of this toolkit recorded (other checkpoints' args are not checked)."""
+    if not isinstance(saved, Mapping):
+        return
+    old, new = _flat(saved), _flat(cfg.to_dict())
+    free = RESUME_MAY_CHANGE + (_STEP_ONLY if cfg.sched == "step" else ())
+    diff = []
+    for key in sorted(set(old) & set(new)):
+        if key not in free and old[key] != new[key]:
+            opt = f"--{key.replace('_', '-')}" if "." not in key else f"config {key}"
+            diff.append(f"{opt} {new[key]!r} (the checkpoint has {old[key]!r})")
+    if diff:
+        raise CheckpointError(path, "was made with other settings: " + "; ".join(diff)
+                              + "; resume with the same settings or start afresh (--force)")
