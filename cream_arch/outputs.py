@@ -42,7 +42,7 @@ from .errors import OutputError
 
 __all__ = ["OutputError", "prepare_outputs", "check_output_paths", "commit_files",
            "recover_commits", "clean_stale_temporaries", "temp_file", "os_problem",
-           "PROBE_BYTES", "JOURNAL_PREFIX"]
+           "PROBE_BYTES", "JOURNAL_PREFIX", "LEGACY_GRACE_S"]
 
 PathLike = "os.PathLike[str] | str"
 #: Size of the probe written into each output folder before the work (one file-system block: a
@@ -51,6 +51,9 @@ PROBE_BYTES = 4096
 #: Journals of pending commits: ``.cream-commit.<pid>-<random>.json`` in the first member's folder.
 JOURNAL_PREFIX = ".cream-commit."
 _PROBE_NAME = "cream-probe"
+#: A temporary in the older naming (no process id) counts as stale only when it is this much older
+#: than the current run: a concurrent run of an older version could still be writing it.
+LEGACY_GRACE_S = 600.0
 
 
 def os_problem(e: BaseException) -> str:
@@ -68,6 +71,17 @@ def _is_write_failure(e: BaseException) -> bool:
     text = str(e)
     return isinstance(e, RuntimeError) and ("file write failed" in text or "inline_container" in text
                                             or "PytorchStreamWriter" in text)
+
+
+def _write_problem(e: BaseException, path: str) -> str:
+    """The reason of a failed write; torch's zip writer hides the OS error, the free space shows it."""
+    if isinstance(e, OSError):
+        return os_problem(e)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    with contextlib.suppress(OSError):
+        if os.statvfs(folder).f_bavail == 0:
+            return os.strerror(errno.ENOSPC)
+    return f"write failed: {os_problem(e)}"
 
 
 # --- temporaries ----------------------------------------------------------------------------------
@@ -108,7 +122,7 @@ def clean_stale_temporaries(folder: str, names: Iterable[str], started: Optional
                             ) -> List[str]:
     """Remove the temporaries that killed runs left for the files ``names`` in ``folder``; returns
     the paths removed. Only our naming pattern, only files last modified before ``started`` (default:
-    now) whose process (when the name records it) is gone."""
+    now) whose process is gone (names without a process id: :data:`LEGACY_GRACE_S` older)."""
     started = time.time() if started is None else started
     patterns = [_temp_pattern(n) for n in {*names, _PROBE_NAME, JOURNAL_PREFIX.strip(".")}]
     removed: List[str] = []
@@ -125,6 +139,8 @@ def clean_stale_temporaries(folder: str, names: Iterable[str], started: Optional
             if not e.is_file(follow_symlinks=False) or st.st_mtime >= started:
                 continue
             if m.group(1) and _pid_alive(int(m.group(1))):
+                continue
+            if not m.group(1) and st.st_mtime >= started - LEGACY_GRACE_S:
                 continue
             os.remove(e.path)
             removed.append(e.path)
@@ -285,8 +301,8 @@ def commit_files(members: Mapping["os.PathLike[str] | str", Writer], mode: str =
     except BaseException as e:
         _after_failure(folders, temps)
         if isinstance(e, Exception) and _is_write_failure(e):
-            raise OutputError(current, f"could not be written ({os_problem(e)}); the previous "
-                                       "file(s) are unchanged") from None
+            raise OutputError(current, f"could not be written ({_write_problem(e, current)}); the "
+                                       "previous file(s) are unchanged") from None
         raise
 
 

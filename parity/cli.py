@@ -112,10 +112,12 @@ def run_command(args: argparse.Namespace) -> int:
         mutate = fault.apply
         print(f"injecting fault {fault.name!r} into the Paddle model: {fault.description} "
               f"(expect the first divergence at {fault.module})")
-    if args.ckpt is not None:
-        for out in (json_path, plot_path):
-            if os.path.exists(out) and os.path.samefile(out, args.ckpt):
-                return _fail(f"{out}: is the input checkpoint; refusing to overwrite it")
+    from cream_arch.outputs import OutputError, prepare_outputs
+    try:  # real paths: never on the checkpoint or in its folder's place; writable; before the work
+        prepare_outputs({"--json": json_path, "plot": plot_path}, [args.ckpt], {"--report": report},
+                        log=lambda msg: print(f"parity run: note: {msg}", file=sys.stderr))
+    except OutputError as e:
+        return _fail(str(e))
 
     from .report import format_first_divergence, format_table, write_json, write_plot
     from .runner import PRECISIONS, ParityConfig, run_parity
@@ -144,9 +146,12 @@ def run_command(args: argparse.Namespace) -> int:
     print(f"{len(result.comparisons)} comparisons in {t.get('total', 0):.1f} s "
           f"(model {args.model}, batch {args.batch}, {result.info.get('resolution')} px, "
           f"weights: {result.info.get('weights', '?')})")
-    write_json(result, json_path,
-               {"injected_fault": args.inject_fault} if args.inject_fault else None)
-    write_plot(result, plot_path)
+    try:
+        write_json(result, json_path,
+                   {"injected_fault": args.inject_fault} if args.inject_fault else None)
+        write_plot(result, plot_path)
+    except OutputError as e:  # a full or failing disk after the work: one line, exit 2
+        return _fail(str(e))
     print(f"JSON: {json_path}\nplot: {plot_path}")
     print(format_first_divergence(result))
     return 0 if result.ok else 1

@@ -31,9 +31,10 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from cream_arch import child_spec, model_names
-from cream_arch.errors import CheckpointError
+from cream_arch.errors import CheckpointError, OutputError
+from cream_arch.outputs import prepare_outputs
 from cream_data import (LAYOUTS, BadDataError, BadItem, EvalAccumulator, EvalLoader, EvalResult,
-                        check_output_path, iterate_normalized, open_dataset, progress_bar,
+                        iterate_normalized, open_dataset, progress_bar,
                         write_json)
 from cream_data.loader import DEFAULT_BATCH_SIZE
 
@@ -274,8 +275,7 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault(key, value)
     prog = "parity eval"
     try:
-        if args.json is not None:
-            check_output_path(args.json, [args.ckpt, args.data, args.paddle_weights])
+        prepare_outputs({"--json": args.json}, [args.ckpt, args.data, args.paddle_weights])
         tol = EVAL_LOGITS if args.max_logit_diff is None else Tolerance(
             args.max_logit_diff, 0.0, "set with --max-logit-diff")
         res = eval_parity(args.model, args.ckpt, args.data, paddle_weights=args.paddle_weights,
@@ -292,7 +292,11 @@ def run(args: argparse.Namespace) -> int:
         return 130
     print(format_report(res))
     if args.json:
-        write_json(args.json, res.to_dict())
+        try:
+            write_json(args.json, res.to_dict())
+        except OutputError as e:  # a full or failing disk after the work
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return 2
         print(f"wrote {args.json}")
     return 0 if res.ok else 1
 

@@ -54,6 +54,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from cream_arch import model_names
+from cream_arch.errors import OutputError
+from cream_arch.outputs import prepare_outputs
 
 from .compare import (BN_STATS_FP32, BN_STATS_FP64, GRAD_CONTEXT_FLOOR, GRAD_FP32, GRAD_FP64,
                       LOSS_FP32, LR_VALUES, OPTIM_PARAMS_FP32, OPTIM_PARAMS_FP64, STRICT_FP64,
@@ -599,8 +601,10 @@ def command(args: argparse.Namespace) -> int:
     if not 0.0 <= args.drop_path_rate < 1.0:
         print(f"{prog}: error: --drop-path-rate must be in [0, 1)", file=sys.stderr)
         return 2
-    if args.json and os.path.isdir(args.json):
-        print(f"{prog}: error: {args.json}: is a folder (--json)", file=sys.stderr)
+    try:  # the output guard of every tool: a folder, an existing writable folder, before the work
+        prepare_outputs({"--json": args.json})
+    except OutputError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     precisions = _PRECISIONS if args.precision == "both" else (args.precision,)
     cfg = TrainStepConfig(model=args.model, steps=args.steps, batch_size=args.batch_size,
@@ -639,6 +643,10 @@ def command(args: argparse.Namespace) -> int:
         print(f"injected fault: {FAULTS[cfg.fault]}")
     if args.json:
         from cream_data.report import write_json
-        write_json(args.json, result.to_dict())
+        try:
+            write_json(args.json, result.to_dict())
+        except OutputError as e:  # a full or failing disk after the work
+            print(f"{prog}: error: {e}", file=sys.stderr)
+            return 2
         print(f"JSON: {args.json}")
     return 0 if result.ok else 1
