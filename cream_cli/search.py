@@ -42,7 +42,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cream_arch.atomic import atomic_write, atomic_write_text
+from cream_arch.atomic import atomic_write
+from cream_arch.outputs import commit_files
 from cream_arch.errors import CheckpointError
 from cream_arch.search_config import SearchConfig, load_search_config
 
@@ -174,11 +175,11 @@ class _TorchBackend(_Backend):
             raise CheckpointError(path, "is not a cream-search checkpoint (no 'search' entry)")
         return {k: v.numpy() for k, v in obj["state_dict"].items()}, _to_numpy(obj["search"])
 
-    def save_child(self, path: str, state: Mapping[str, np.ndarray], label: str) -> None:
+    def child_writer(self, state: Mapping[str, np.ndarray], label: str) -> Callable[[Any], None]:
         from cream_torch_ref.checkpoint import save_official_checkpoint
 
         sd = {k: self.torch.from_numpy(np.array(v, copy=True)) for k, v in state.items()}
-        _atomic(path, lambda f: save_official_checkpoint(f, sd, arch=label, args=None, legacy=True))
+        return lambda f: save_official_checkpoint(f, sd, arch=label, args=None, legacy=True)
 
     def model_state(self, searcher: Any) -> Dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy() for k, v in searcher.model.state_dict().items()}
@@ -241,10 +242,10 @@ class _PaddleBackend(_Backend):
             raise CheckpointError(path, "is not a cream-search checkpoint (no 'search' entry)")
         return dict(obj["state_dict"]), dict(obj["search"])
 
-    def save_child(self, path: str, state: Mapping[str, np.ndarray], label: str) -> None:
+    def child_writer(self, state: Mapping[str, np.ndarray], label: str) -> Callable[[Any], None]:
         from cream_paddle.checkpoint import save_checkpoint
 
-        _atomic(path, lambda f: save_checkpoint(f, state))
+        return lambda f: save_checkpoint(f, state)
 
     def model_state(self, searcher: Any) -> Dict[str, np.ndarray]:
         return {k: np.asarray(v.numpy()) for k, v in searcher.model.state_dict().items()}
@@ -543,7 +544,7 @@ def run_search(cfg: SearchConfig, opts: SearchOptions, log: Optional[Callable[[s
         child_file = os.path.join(opts.output, "best_child" + _SUFFIX[opts.framework])
         child = child_state_from_supernet(backend.model_state(searcher), best, plan)
         label = "cream-child[" + "|".join(".".join(str(c) for c in s) for s in best) + "]"
-        backend.save_child(child_file, child, label)
+        writer = backend.child_writer(child, label)
         record = {"arch_list": best, "builds_as": decoded_arch_list(best), "source": source, **best_info,
                   "num_classes": cfg.num_classes, "resolution": backend.resolution,
                   "sta_num": list(plan.sta_num), "framework": opts.framework,
@@ -551,7 +552,8 @@ def run_search(cfg: SearchConfig, opts: SearchOptions, log: Optional[Callable[[s
                   "board": searcher.board.summary()}
         text = "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()) \
             + "\n}\n"
-        atomic_write_text(arch_file, text)
+        # one set: best_arch.json names best_child, so after any crash they belong together
+        commit_files({child_file: writer, arch_file: lambda f: f.write(text)}, modes={arch_file: "w"})
         files["best_arch"], files["best_child"] = arch_file, child_file
         logger(f"best path ({source}): {best} -> {arch_file}, weights {child_file}")
     backend.barrier()

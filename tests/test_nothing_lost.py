@@ -449,3 +449,26 @@ def test_parity_json_onto_the_checkpoint_is_refused(ev, tmp_path, capsys) -> Non
                  "--report", str(tmp_path / "rep"), "--no-progress"]) == 2
     _one_line_error(capsys.readouterr().err, "parity run", "overwrite an input")
     assert _digest(ev["ckpt"]) == before
+
+
+def test_search_full_disk_is_one_line_and_leaves_no_partial_file(photos, tmp_path, monkeypatch,
+                                                                 capsys) -> None:
+    from cream_cli.search import main as search
+
+    out = tmp_path / "s"
+    args = ["--framework", "torch", "--data", str(photos), "--output", str(out), "--num-classes", "2",
+            "--image-size", "32", "--batch-size", "8", "--flops-max", "20", "--epochs", "1",
+            "--workers", "0", "--threads", "1", "--no-progress", "--lr", "0.01"]
+    real = os.fsync
+    calls = {"n": 0}
+
+    def fsync(fd: int) -> None:
+        calls["n"] += 1
+        if calls["n"] > 1:  # the probe passes; the disk is full when the checkpoint is written
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert search([*args, "--max-iters", "1"]) == 2
+    _one_line_error(capsys.readouterr().err, "cream-search", "No space left")
+    assert sorted(p.name for p in out.iterdir()) == ["search.log"]  # no partial checkpoint
