@@ -196,7 +196,8 @@ def _check_destination(src: str, dst: str, force: bool) -> None:
         if os.path.exists(out) and not force:
             raise CheckpointError(out, "already exists; pass --force to overwrite it")
     try:  # real paths, writability (probed), interrupted commits finished, stale temporaries gone
-        prepare_outputs({"output": dst, "sidecar": sidecar_path(dst)}, [src], log=_note)
+        prepare_outputs({"output": dst, "sidecar": sidecar_path(dst)}, [src, sidecar_path(src)],
+                        log=_note)
     except OutputError as e:
         raise CheckpointError(e.path, e.problem) from None
 

@@ -190,7 +190,7 @@ def _journals(folder: str) -> List[str]:
 def _roll_forward(journal: str) -> List[str]:
     """Finish the renames a journal lists; returns the destinations completed."""
     try:
-        with open(journal, encoding="utf-8") as f:
+        with open(journal, encoding="utf-8", errors="surrogateescape") as f:
             members = json.load(f)["members"]
         pairs = [(str(m["temp"]), str(m["dest"])) for m in members]
     except (OSError, ValueError, KeyError, TypeError) as e:

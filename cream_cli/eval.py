@@ -146,7 +146,7 @@ def run_eval(framework: str, model: str, weights: str, data: str, *, layout: str
     _evaluate_module(framework).resolve_mode(mode, 0)  # unknown modes fail before any work
     dataset = open_dataset(data, layout, num_classes, skip_bad=skip_bad)
     if outputs:
-        guard_outputs("cream-eval", dict(outputs), [weights, data, *_image_folders(dataset)])
+        guard_outputs("cream-eval", dict(outputs), [weights, dataset.root, *_image_folders(dataset)])
     net = load_model(framework, model, weights, dataset.num_classes, use_ema=use_ema)
     loader = EvalLoader(dataset, img_size or spec.resolution, batch_size=batch_size,
                         workers=workers, skip_bad=skip_bad)

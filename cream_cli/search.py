@@ -634,6 +634,12 @@ _OVERRIDES = {"epochs": "epochs", "batch_size": "batch_size", "num_classes": "nu
               "fix_meta_value": "fix_meta_value", "sync_meta_step": "sync_meta_step"}
 
 
+def _data_roots(data: str) -> List[str]:
+    """The data sets in ``--data``: its ``train/`` and ``val/`` (the official DATA_DIR), or itself."""
+    roots = [os.path.join(data, s) for s in ("train", "val") if os.path.isdir(os.path.join(data, s))]
+    return roots or [data]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``cream-search``; returns the exit status (0 ok, 1 bad input, 2 usage)."""
     return run_guarded(build_parser(), argv, _run)
@@ -658,7 +664,7 @@ def _run(args: argparse.Namespace) -> int:
     members = [checkpoint_path(output, args.framework), os.path.join(output, BEST_ARCH),
                os.path.join(output, "best_child" + suffix), os.path.join(output, LOG_NAME)]
     guard_outputs("cream-search", {f"--output ({os.path.basename(m)})": m for m in members}
-                  | {"--json": args.json}, [args.data, args.val_data, args.config],
+                  | {"--json": args.json}, [*_data_roots(args.data), args.val_data, args.config],
                   {"--output": output})
     outcome = run_search(cfg, opts)
     if outcome.rank == 0:

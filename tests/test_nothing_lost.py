@@ -97,6 +97,18 @@ def test_set_commit_killed_at_each_rename_is_old_or_new(tmp_path: Path, monkeypa
     assert tags == ({b"old"} if k == 1 else {b"new"}), (k, contents)  # k=1: before the journal
 
 
+def test_set_with_a_non_utf8_name_recovers(tmp_path: Path, monkeypatch) -> None:
+    from cream_arch.outputs import commit_files, recover_commits
+
+    odd = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"r\xe9sum\xe9.csv"))
+    kill_at(monkeypatch, 3)  # journal, first member, killed before the second
+    with pytest.raises(Killed):
+        commit_files({tmp_path / "a.bin": lambda f: f.write(b"a"), odd: lambda f: f.write(b"b")})
+    monkeypatch.undo()
+    assert recover_commits([str(tmp_path)]) == [odd]
+    assert Path(odd).read_bytes() == b"b" and (tmp_path / "a.bin").read_bytes() == b"a"
+
+
 def test_sidecar_always_describes_its_file_even_under_a_concurrent_force(tmp_path: Path,
                                                                          monkeypatch) -> None:
     """Run B commits while run A is between its two renames: the set must be A's or B's."""
