@@ -484,3 +484,31 @@ def test_search_full_disk_is_one_line_and_leaves_no_partial_file(photos, tmp_pat
     assert search([*args, "--max-iters", "1"]) == 2
     _one_line_error(capsys.readouterr().err, "cream-search", "No space left")
     assert sorted(p.name for p in out.iterdir()) == ["search.log"]  # no partial checkpoint
+
+
+@pytest.mark.cli
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace to kill at a rename")
+def test_train_sigkill_at_the_second_rename_as_the_issue_did(photos, trained, tmp_path) -> None:
+    """The issue's reproduction, a real SIGKILL: ``strace -e inject=rename:signal=SIGKILL:when=2``."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "cream_cli.train", "--framework", "torch", "--model", MODEL,
+           "--data", str(photos), "--output", str(out), "--epochs", "2", "--batch-size", "4",
+           "--workers", "0", "--img-size", "64", "--num-classes", "2", "--threads", "1",
+           "--no-progress"]
+    calls = "rename,renameat,renameat2"
+    killed = subprocess.run(["strace", "-f", "-qq", "-o", os.devnull, "-e", f"trace={calls}", "-e",
+                             f"inject={calls}:signal=SIGKILL:when=2", *cmd], env=env,
+                            capture_output=True, timeout=600)
+    if not out.exists() and b"ptrace" in killed.stderr:
+        pytest.skip("strace may not trace here: " + killed.stderr.decode(errors="replace")[:200])
+    assert killed.returncode != 0 and not (out / "summary.csv").exists()
+    resumed = subprocess.run([*cmd, "--resume", str(out / "last.pth.tar")], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _summary(out) == _summary(trained)
+    assert _same_weights(out / "model_best.pth.tar", trained / "model_best.pth.tar")
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in trained.iterdir())
