@@ -279,6 +279,7 @@ def commit_files(members: Mapping["os.PathLike[str] | str", Writer], mode: str =
         raise ValueError("commit_files: a file appears twice in one set")
     folders = sorted({os.path.dirname(d) for d in dests})
     temps: List[str] = []
+    journal: Optional[str] = None
     current = dests[0] if dests else ""
     try:
         for folder in folders:
@@ -299,17 +300,17 @@ def commit_files(members: Mapping["os.PathLike[str] | str", Writer], mode: str =
             if journal:
                 os.remove(journal)
     except BaseException as e:
-        _after_failure(folders, temps)
+        _after_failure(folders, temps, journal is not None and os.path.exists(journal))
         if isinstance(e, Exception) and _is_write_failure(e):
             raise OutputError(current, f"could not be written ({_write_problem(e, current)}); the "
                                        "previous file(s) are unchanged") from None
         raise
 
 
-def _after_failure(folders: Sequence[str], temps: Sequence[str]) -> None:
+def _after_failure(folders: Sequence[str], temps: Sequence[str], committed: bool) -> None:
     """Before the commit point the old set stays and the temporaries go; after it, try to finish
     the commit now (else :func:`recover_commits` finishes it at the next run)."""
-    if any(_journals(f) for f in folders):
+    if committed:
         with contextlib.suppress(OSError, OutputError):
             recover_commits(folders)
         return
@@ -365,18 +366,11 @@ def _probe(folder: str) -> None:
             os.remove(tmp)
 
 
-def prepare_outputs(files: Mapping[str, Optional["os.PathLike[str] | str"]],
-                    inputs: Iterable[Optional["os.PathLike[str] | str"]] = (),
-                    folders: Optional[Mapping[str, Optional["os.PathLike[str] | str"]]] = None,
-                    log: Optional[Callable[[str], None]] = None) -> None:
-    """Everything checked before a tool starts working (see the module doc): the path rules of
-    :func:`check_output_paths`; output ``folders`` created; the folder of each output file exists;
-    each folder writable (probed); interrupted commits finished and stale temporaries of the
-    outputs removed, each told to ``log``."""
-    inputs = list(inputs)
-    check_output_paths(files, inputs, folders)
+def _output_folders(files: Mapping[str, Optional["os.PathLike[str] | str"]],
+                    folders: Mapping[str, Optional["os.PathLike[str] | str"]]) -> Dict[str, set]:
+    """Each output folder (created if it is an output itself) and the names written into it."""
     names: Dict[str, set] = {}
-    for label, path in (folders or {}).items():
+    for label, path in folders.items():
         if path is None:
             continue
         try:
@@ -392,14 +386,27 @@ def prepare_outputs(files: Mapping[str, Optional["os.PathLike[str] | str"]],
         if not os.path.isdir(folder):
             raise OutputError(path, f"{label}: output folder {folder} does not exist")
         names.setdefault(folder, set()).add(os.path.basename(os.fspath(path)))
-    for folder, members in names.items():
+    return names
+
+
+def prepare_outputs(files: Mapping[str, Optional["os.PathLike[str] | str"]],
+                    inputs: Iterable[Optional["os.PathLike[str] | str"]] = (),
+                    folders: Optional[Mapping[str, Optional["os.PathLike[str] | str"]]] = None,
+                    log: Optional[Callable[[str], None]] = None) -> None:
+    """Everything checked before a tool starts working (see the module doc): the path rules of
+    :func:`check_output_paths`; output ``folders`` created; the folder of each output file exists;
+    each folder writable (probed); interrupted commits finished (in every folder first: a set may
+    span two) and only then stale temporaries of the outputs removed, each told to ``log``."""
+    check_output_paths(files, list(inputs), folders)
+    names = _output_folders(files, folders or {})
+    for folder in names:
         try:
             _probe(folder)
         except OSError as e:
             raise OutputError(folder, f"output folder is not writable ({os_problem(e)})") from None
-        for done in recover_commits([folder]):
-            if log:
-                log(f"finished the interrupted commit of {done}")
+    tell = log or (lambda msg: None)
+    for done in recover_commits(list(names)):
+        tell(f"finished the interrupted commit of {done}")
+    for folder, members in names.items():
         for path in clean_stale_temporaries(folder, members):
-            if log:
-                log(f"removed {path} (temporary file of an interrupted run)")
+            tell(f"removed {path} (temporary file of an interrupted run)")
