@@ -14,8 +14,8 @@ Files inside class folders are taken in the official order (timm 0.1.20 sorts ev
 "natural" key: digit runs compare as numbers). Image files are recognised as the official loader
 did, by extension (``.jpeg``, ``.jpg``, ``.png``, any case); hidden files (``.DS_Store``) are ignored.
 
-Problems found while indexing (a symbolic link loop, an empty class folder, a folder name that is no ImageNet-1k wnid, a
-non-image file, a list line with a missing path or a bad label) raise
+Problems found while indexing (a symbolic link loop, an empty class folder, a folder name that is
+no ImageNet-1k wnid, a non-image file, a list line with a missing path or a bad label) raise
 :class:`~cream_data.errors.BadDataError` naming the file; with ``skip_bad=True`` they are recorded
 in :attr:`ImageDataset.problems` instead and indexing goes on.
 """
