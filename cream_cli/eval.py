@@ -197,7 +197,8 @@ def _report(args: argparse.Namespace, result: EvalResult, dataset: ImageDataset)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``cream-eval``; returns the exit status (0 ok, 1 bad input or data, 2 usage)."""
+    """Run ``cream-eval``; returns the exit status (0 ok, 1 bad input or data, 2 usage or an
+    output that must not or cannot be written; README "What happens when things go wrong")."""
     for key, value in OMP_ENV.items():  # only effective before the framework's first import
         os.environ.setdefault(key, value)
     return run_guarded(build_parser(), argv, _run, hint=_skip_bad_hint)

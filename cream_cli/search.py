@@ -641,7 +641,8 @@ def _data_roots(data: str) -> List[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``cream-search``; returns the exit status (0 ok, 1 bad input, 2 usage)."""
+    """Run ``cream-search``; returns the exit status (0 ok, 1 bad input, 2 usage or an output
+    that must not or cannot be written)."""
     return run_guarded(build_parser(), argv, _run)
 
 

@@ -126,7 +126,8 @@ def _summary_table(result: Any) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``cream-train``; returns the exit status (0 ok, 1 bad input, 2 usage)."""
+    """Run ``cream-train``; returns the exit status (0 ok, 1 bad input, 2 usage or an output
+    that must not or cannot be written)."""
     return run_guarded(build_parser(), argv, _run)
 
 
