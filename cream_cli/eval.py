@@ -2,8 +2,11 @@
 with the official evaluation preprocessing (timm 0.1.x eval transform, crop 0.875, bicubic).
 
 Data: an ImageNet val folder (``val/<wnid>/*.JPEG``, canonical ImageNet-1k labels, also for a
-subset of the classes), a plain class-folder dataset (sorted folder names; see ``--num-classes``)
-or a PaddleClas-style list file (``relative/path label`` per line).
+subset of the classes), a plain class-folder dataset (sorted folder names; see ``--num-classes``),
+a PaddleClas-style list file (``relative/path label`` per line), or ImageNet val as downloaded:
+the val tar itself (``ILSVRC2012_img_val.tar``, read in place) or the flat folder of its images,
+with ``--labels`` the devkit archive (``ILSVRC2012_devkit_t12.tar.gz``) or Kaggle's
+``LOC_val_solution.csv``.
 """
 from __future__ import annotations
 
@@ -14,8 +17,8 @@ from typing import Any, Dict, Optional, Sequence
 
 from cream_arch import child_spec, model_names
 from cream_arch.errors import CheckpointError
-from cream_data import (LAYOUTS, BadDataError, EvalLoader, EvalResult, ImageDataset,
-                        check_output_path, default_workers, open_dataset, predictions_csv,
+from cream_data import (EVAL_LAYOUTS, BadDataError, EvalLoader, EvalResult, ImageDataset,
+                        check_output_path, default_workers, open_eval_data, predictions_csv,
                         write_json)
 from cream_data.loader import DEFAULT_BATCH_SIZE
 from cream_data.report import atomic_write_text
@@ -48,9 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, metavar="FILE",
                    help="official .pth.tar (torch) or converted .pdparams (paddle; see convert-ckpt)")
     p.add_argument("--data", required=True, metavar="PATH",
-                   help="ImageNet val folder (or the folder holding val/), class folders, or a list file")
-    p.add_argument("--layout", default="auto", choices=LAYOUTS,
-                   help="data layout (default: auto = list file / wnid folders / class folders)")
+                   help="ImageNet val folder (or the folder holding val/), class folders, a list "
+                        "file, the val tar (ILSVRC2012_img_val.tar) or the flat val folder")
+    p.add_argument("--labels", metavar="FILE",
+                   help="labels of the val tar / flat folder: ILSVRC2012_devkit_t12.tar.gz or "
+                        "LOC_val_solution.csv")
+    p.add_argument("--layout", default="auto", choices=EVAL_LAYOUTS,
+                   help="data layout (default: auto = tar / flat folder / list file / wnid folders "
+                        "/ class folders)")
     p.add_argument("--num-classes", type=int, default=None, metavar="N",
                    help="classifier width (default 1000, or the number of class folders)")
     p.add_argument("--img-size", type=int, default=None, metavar="PX",
@@ -108,7 +116,7 @@ def run_eval(framework: str, model: str, weights: str, data: str, *, layout: str
              num_classes: Optional[int] = None, img_size: Optional[int] = None,
              batch_size: int = DEFAULT_BATCH_SIZE, workers: Optional[int] = None,
              mode: str = "auto", threads: Optional[int] = None, use_ema: bool = True,
-             skip_bad: bool = False,
+             skip_bad: bool = False, labels: Optional[str] = None,
              keep_logits: bool = False, progress: bool = False) -> "tuple[EvalResult, ImageDataset]":
     """Index ``data``, load the model and evaluate it; returns the result and the dataset."""
     if framework not in FRAMEWORKS:
@@ -123,7 +131,7 @@ def run_eval(framework: str, model: str, weights: str, data: str, *, layout: str
     if num_classes is not None and num_classes < 1:
         raise UsageError(f"--num-classes must be at least 1, got {num_classes}")
     _evaluate_module(framework).resolve_mode(mode, 0)  # unknown modes fail before any work
-    dataset = open_dataset(data, layout, num_classes, skip_bad=skip_bad)
+    dataset = open_eval_data(data, layout, labels, num_classes, skip_bad=skip_bad)
     net = load_model(framework, model, weights, dataset.num_classes, use_ema=use_ema)
     loader = EvalLoader(dataset, img_size or spec.resolution, batch_size=batch_size,
                         workers=workers, skip_bad=skip_bad)
@@ -158,6 +166,7 @@ def _report(args: argparse.Namespace, result: EvalResult, dataset: ImageDataset)
     out.update({
         "model": args.model, "weights": os.path.abspath(args.weights),
         "data": os.path.abspath(args.data), "layout": dataset.layout,
+        "labels": os.path.abspath(args.labels) if args.labels else None,
         "num_classes": dataset.num_classes,
         "img_size": args.img_size or child_spec(args.model).resolution,
         "batch_size": args.batch_size, "threads": args.threads,
@@ -169,7 +178,8 @@ def _report(args: argparse.Namespace, result: EvalResult, dataset: ImageDataset)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``cream-eval``; returns the exit status (0 ok, 1 bad input or data, 2 usage)."""
+    """Run ``cream-eval``; returns the exit status (0 ok, 1 bad input or data, 2 usage or a label
+    file that does not fit the data)."""
     for key, value in OMP_ENV.items():  # only effective before the framework's first import
         os.environ.setdefault(key, value)
     return run_guarded(build_parser(), argv, _run, hint=_skip_bad_hint)
@@ -183,7 +193,7 @@ def _skip_bad_hint(args: argparse.Namespace, error: Exception) -> Optional[str]:
 
 def _run(args: argparse.Namespace) -> int:
     """The work of ``cream-eval`` after parsing (errors are turned into one line by the caller)."""
-    inputs = [args.weights, args.data]
+    inputs = [args.weights, args.data, args.labels]
     for out in (args.json, args.predictions):
         if out is not None:
             check_output_path(out, inputs)
@@ -193,7 +203,7 @@ def _run(args: argparse.Namespace) -> int:
         args.framework, args.model, args.weights, args.data, layout=args.layout,
         num_classes=args.num_classes, img_size=args.img_size, batch_size=args.batch_size,
         workers=args.workers, mode=args.mode, threads=args.threads,
-        use_ema=not args.raw_weights,
+        use_ema=not args.raw_weights, labels=args.labels,
         skip_bad=args.skip_bad, progress=not args.no_progress)
     print(summary_table(result, args.model, args.data, dataset.layout))
     if result.skipped:

@@ -9,10 +9,13 @@ the models.
   of the images evaluated (the official ``accuracy()`` used ``torch.topk``; exact float ties between
   distinct classes do not occur in practice);
 * loss: mean cross-entropy over all images, computed in float64 from the float32 logits (the
-  official validate() averaged per-batch ``CrossEntropyLoss`` weighted by batch size: the same mean).
+  official validate() averaged per-batch ``CrossEntropyLoss`` weighted by batch size: the same mean),
+  summed with ``math.fsum`` (exactly rounded, so independent of the order and grouping of the
+  images: one process, shards, a resumed run and every data layout give the same bits).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -112,7 +115,7 @@ class EvalAccumulator:
         self.labels: List[np.ndarray] = []
         self.preds: List[np.ndarray] = []
         self.logits: List[np.ndarray] = []
-        self.loss_sum = 0.0
+        self.losses: List[np.ndarray] = []  # per-image cross-entropy, float64
         self.model_seconds = 0.0
 
     def update(self, batch: Batch, logits: np.ndarray, model_seconds: float = 0.0) -> np.ndarray:
@@ -125,7 +128,7 @@ class EvalAccumulator:
             raise RuntimeError(f"the {self.framework} model has {logits.shape[1]} outputs but the "
                                f"data has {self.num_classes} classes")
         self.model_seconds += model_seconds
-        self.loss_sum += float(cross_entropy(logits, batch.labels).sum())
+        self.losses.append(cross_entropy(logits, batch.labels))
         self.preds.append(topk_indices(logits, max(TOPK)))
         self.labels.append(batch.labels)
         self.paths.extend(batch.paths)
@@ -144,7 +147,7 @@ class EvalAccumulator:
             framework=self.framework,
             top1=100.0 * correct1 / n if n else 0.0,
             top5=100.0 * correct5 / n if n else 0.0,
-            loss=self.loss_sum / n if n else float("nan"),
+            loss=math.fsum(np.concatenate(self.losses).tolist()) / n if n else float("nan"),
             images=n,
             seconds=seconds,
             model_seconds=self.model_seconds,

@@ -21,9 +21,10 @@ from typing import Deque, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .datasets import ImageDataset
+from .datasets import ImageDataset, Sample
 from .errors import BadDataError, BadItem
 from .transforms import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, EvalTransform
+from .val_inputs import TarMember
 
 __all__ = ["Batch", "EvalLoader", "default_workers", "DEFAULT_BATCH_SIZE", "DEFAULT_PREFETCH"]
 
@@ -66,17 +67,24 @@ def _worker_init() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _decode_chunk(transform: EvalTransform, items: Sequence[Tuple[int, str]],
+def _crop(transform: EvalTransform, sample: Sample) -> np.ndarray:
+    """The eval crop of a file on disk, or of a member of the val tar (read in place)."""
+    if isinstance(sample, TarMember):
+        return transform.crop(sample.open_image())
+    return transform(sample.path)
+
+
+def _decode_chunk(transform: EvalTransform, items: Sequence[Tuple[int, Sample]],
                   skip_bad: bool) -> _Chunk:
-    """Decode ``(index, path)`` pairs; bad files are returned, not raised (stop at the first one
+    """Decode ``(index, sample)`` pairs; bad files are returned, not raised (stop at the first one
     unless skipping)."""
     size = transform.img_size
     out = np.empty((len(items), 3, size, size), dtype=np.uint8)
     good: List[int] = []
     bad: List[BadItem] = []
-    for index, path in items:
+    for index, sample in items:
         try:
-            out[len(good)] = transform(path)
+            out[len(good)] = _crop(transform, sample)
         except BadDataError as e:
             bad.append(e.item)
             if not skip_bad:
@@ -134,11 +142,11 @@ class EvalLoader:
     def __len__(self) -> int:
         return (len(self.dataset) + self.batch_size - 1) // self.batch_size
 
-    def _batches(self) -> List[List[Tuple[int, str]]]:
-        items = [(i, s.path) for i, s in enumerate(self.dataset.samples)]
+    def _batches(self) -> List[List[Tuple[int, Sample]]]:
+        items = list(enumerate(self.dataset.samples))
         return [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
 
-    def _split(self, batch: List[Tuple[int, str]]) -> List[List[Tuple[int, str]]]:
+    def _split(self, batch: List[Tuple[int, Sample]]) -> List[List[Tuple[int, Sample]]]:
         parts = max(1, min(self.workers, len(batch)))
         step = (len(batch) + parts - 1) // parts
         return [batch[i:i + step] for i in range(0, len(batch), step)]
