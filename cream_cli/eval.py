@@ -18,10 +18,10 @@ from typing import Any, Dict, Optional, Sequence
 from cream_arch import child_spec, model_names
 from cream_arch.errors import CheckpointError
 from cream_data import (EVAL_LAYOUTS, BadDataError, EvalLoader, EvalResult, ImageDataset,
-                        check_output_path, default_workers, open_eval_data, predictions_csv,
-                        write_json)
+                        check_output_path, default_workers, open_eval_data, write_json)
+from cream_data.eval_journal import (PredictionJournal, ResumeError, file_sha256,
+                                    run_fingerprint)
 from cream_data.loader import DEFAULT_BATCH_SIZE
-from cream_data.report import atomic_write_text
 
 from cream_cli.common import FRAMEWORKS, UsageError, run_guarded
 
@@ -76,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images and bad entries, listing them in the summary and JSON")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    p.add_argument("--predictions", metavar="FILE", help="write per-image predictions as CSV")
+    p.add_argument("--predictions", metavar="FILE",
+                   help="per-image predictions as CSV, appended as the run goes (whole chunks; see "
+                        "--resume)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run whose --predictions FILE is given (same "
+                        "settings; any number of processes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -117,8 +122,15 @@ def run_eval(framework: str, model: str, weights: str, data: str, *, layout: str
              batch_size: int = DEFAULT_BATCH_SIZE, workers: Optional[int] = None,
              mode: str = "auto", threads: Optional[int] = None, use_ema: bool = True,
              skip_bad: bool = False, labels: Optional[str] = None,
-             keep_logits: bool = False, progress: bool = False) -> "tuple[EvalResult, ImageDataset]":
-    """Index ``data``, load the model and evaluate it; returns the result and the dataset."""
+             predictions: Optional[str] = None, resume: bool = False,
+             keep_logits: bool = False, progress: bool = False
+             ) -> "tuple[Optional[EvalResult], ImageDataset]":
+    """Index ``data``, load the model and evaluate it; returns the result and the dataset.
+
+    Under ``torchrun`` / ``paddle.distributed.launch`` each process evaluates its share and rank 0
+    gets the merged result (the others ``None``). ``predictions``: the per-image CSV written as the
+    run goes (rank 0); ``resume`` continues the interrupted run that wrote it.
+    """
     if framework not in FRAMEWORKS:
         raise UsageError(f"unknown framework {framework!r}; choose one of {', '.join(FRAMEWORKS)}")
     spec = child_spec(model)
@@ -130,17 +142,49 @@ def run_eval(framework: str, model: str, weights: str, data: str, *, layout: str
         raise UsageError(f"--workers must be 0 or more, got {workers}")
     if num_classes is not None and num_classes < 1:
         raise UsageError(f"--num-classes must be at least 1, got {num_classes}")
-    _evaluate_module(framework).resolve_mode(mode, 0)  # unknown modes fail before any work
+    if resume and predictions is None:
+        raise UsageError("--resume needs the --predictions FILE of the interrupted run")
+    module = _evaluate_module(framework)
+    module.resolve_mode(mode, 0)  # unknown modes fail before any work
     dataset = open_eval_data(data, layout, labels, num_classes, skip_bad=skip_bad)
     net = load_model(framework, model, weights, dataset.num_classes, use_ema=use_ema)
     loader = EvalLoader(dataset, img_size or spec.resolution, batch_size=batch_size,
                         workers=workers, skip_bad=skip_bad)
-    result = _evaluate_module(framework).evaluate(
-        net, loader, mode=mode, threads=threads, keep_logits=keep_logits, progress=progress,
-        desc=f"{framework} {model}")
+    comm = module.init_comm()
+    journal = None
+    if predictions is not None and comm.rank == 0:
+        journal = PredictionJournal(predictions, dataset.class_names, run_fingerprint(
+            dataset, framework=framework, model=model, weights_sha256=file_sha256(weights),
+            ema=use_ema, mode=module.resolve_mode(mode, loader.num_images),
+            img_size=loader.img_size, batch_size=batch_size,
+            labels=os.path.abspath(labels) if labels else None))
+    try:
+        result = module.evaluate(
+            net, loader, mode=mode, threads=threads, keep_logits=keep_logits, progress=progress,
+            desc=f"{framework} {model}", comm=comm, journal=journal, resume=resume)
+    except BadDataError as e:
+        raise _with_resume_hint(e, journal) from None
+    if result is None:  # not rank 0: its share went to rank 0
+        return None, dataset
+    if journal is not None:
+        journal.finish()
     if result.images == 0:
         raise BadDataError(data, f"no image could be evaluated ({len(result.skipped)} skipped)")
     return result, dataset
+
+
+def _with_resume_hint(error: BadDataError, journal: Optional[PredictionJournal]) -> BadDataError:
+    """A bad item stopped the run: keep a finished part for ``--resume --skip-bad`` and say so;
+    drop a run that had finished nothing."""
+    if journal is None or isinstance(error, ResumeError):
+        return error
+    if journal.done_batches == 0:
+        journal.discard()
+        return error
+    kept = BadDataError(error.path, f"{error.problem} (the {journal.done_batches} batches done are "
+                                    f"kept in {journal.path}: --resume --skip-bad continues)",
+                        skippable=error.skippable)
+    return kept
 
 
 def summary_table(result: EvalResult, model: str, data: str, layout: str) -> str:
@@ -203,8 +247,10 @@ def _run(args: argparse.Namespace) -> int:
         args.framework, args.model, args.weights, args.data, layout=args.layout,
         num_classes=args.num_classes, img_size=args.img_size, batch_size=args.batch_size,
         workers=args.workers, mode=args.mode, threads=args.threads,
-        use_ema=not args.raw_weights, labels=args.labels,
-        skip_bad=args.skip_bad, progress=not args.no_progress)
+        use_ema=not args.raw_weights, labels=args.labels, predictions=args.predictions,
+        resume=args.resume, skip_bad=args.skip_bad, progress=not args.no_progress)
+    if result is None:  # another rank than 0: rank 0 reports and writes
+        return 0
     print(summary_table(result, args.model, args.data, dataset.layout))
     if result.skipped:
         print(f"skipped {len(result.skipped)} bad item(s):")
@@ -216,8 +262,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(args.json, _report(args, result, dataset))
         print(f"wrote {args.json}")
-    if args.predictions:
-        atomic_write_text(args.predictions, predictions_csv(result, dataset.class_names))
+    if args.predictions:  # written as the run went (rank 0)
         print(f"wrote {args.predictions}")
     return 0
 

@@ -16,7 +16,6 @@ the models.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -68,11 +67,14 @@ class EvalResult:
     labels: Optional[np.ndarray] = None  # (N,)
     predictions: Optional[np.ndarray] = None  # (N, 5) top-5 class indices
     logits: Optional[np.ndarray] = None  # (N, C) float32, only when asked for
+    timed_images: Optional[int] = None  # images evaluated in ``seconds`` (fewer after a resume)
+    processes: int = 1  # processes that shared the evaluation
 
     @property
     def images_per_s(self) -> float:
-        """End-to-end throughput (decode + preprocess + forward)."""
-        return self.images / self.seconds if self.seconds > 0 else 0.0
+        """End-to-end throughput (decode + preprocess + forward) of this session."""
+        timed = self.images if self.timed_images is None else self.timed_images
+        return timed / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def model_images_per_s(self) -> float:
@@ -93,6 +95,7 @@ class EvalResult:
             "correct1": self.correct1,
             "correct5": self.correct5,
             "skipped": [b.to_dict() for b in self.skipped],
+            "processes": self.processes,
         }
 
 
@@ -172,19 +175,17 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Any:
 def run_evaluation(forward: ForwardFn, loader: EvalLoader, framework: str, *,
                    keep_logits: bool = False, progress: bool = False, desc: Optional[str] = None,
                    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-                   std: Sequence[float] = IMAGENET_DEFAULT_STD) -> EvalResult:
-    """Evaluate ``forward`` over ``loader``: top-1/top-5 (percent), mean loss, throughput."""
-    acc = EvalAccumulator(framework, loader.dataset.num_classes, keep_logits)
-    bar = progress_bar(loader.num_images, desc or framework, progress)
-    start = time.perf_counter()
-    try:
-        for batch, x in iterate_normalized(loader, mean, std):
-            t0 = time.perf_counter()
-            logits = forward(x)
-            acc.update(batch, logits, time.perf_counter() - t0)
-            if bar is not None:
-                bar.update(len(batch))
-    finally:
-        if bar is not None:
-            bar.close()
-    return acc.result(time.perf_counter() - start, loader.skipped)
+                   std: Sequence[float] = IMAGENET_DEFAULT_STD, comm: Any = None,
+                   journal: Any = None, resume: bool = False) -> Optional[EvalResult]:
+    """Evaluate ``forward`` over ``loader``: top-1/top-5 (percent), mean loss, throughput.
+
+    ``comm`` (:class:`cream_data.sharded_eval.Comm`) shares the work between processes (rank 0
+    returns the merged result, the others ``None``); ``journal``
+    (:class:`cream_data.eval_journal.PredictionJournal`) writes the predictions as they come and,
+    with ``resume``, continues an interrupted run. See :mod:`cream_data.sharded_eval`.
+    """
+    from .sharded_eval import SINGLE_PROCESS, evaluate_sharded
+
+    return evaluate_sharded(forward, loader, framework, comm=comm or SINGLE_PROCESS,
+                            journal=journal, resume=resume, keep_logits=keep_logits,
+                            progress=progress, desc=desc, mean=mean, std=std)
