@@ -166,10 +166,12 @@ def run_eval(framework: str, model: str, weights: str, data: str, *, layout: str
         raise _with_resume_hint(e, journal) from None
     if result is None:  # not rank 0: its share went to rank 0
         return None, dataset
+    if result.images == 0:
+        if journal is not None:
+            journal.discard()
+        raise BadDataError(data, f"no image could be evaluated ({len(result.skipped)} skipped)")
     if journal is not None:
         journal.finish()
-    if result.images == 0:
-        raise BadDataError(data, f"no image could be evaluated ({len(result.skipped)} skipped)")
     return result, dataset
 
 

@@ -5,13 +5,13 @@ the same images gives, in both frameworks; bad label files and bad archives are 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 import tarfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
-import numpy as np
 import pytest
 
 import cream_data as cd
@@ -153,7 +153,6 @@ def _tar_with(src: Path, dst: Path, extra: Dict[str, bytes]) -> Path:
         for name, data in extra.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
-            import io
             b.addfile(info, io.BytesIO(data))
     return dst
 

@@ -191,3 +191,33 @@ def test_resume_refuses(synthetic_val, cream14_weights, tmp_path, monkeypatch, c
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "r.json").exists()
     if case.startswith("other"):
         assert ("batch_size" if case == "other_batch_size" else "ema") in err
+
+
+def test_stopped_by_a_bad_image_then_resumed_skipping(synthetic_val, cream14_weights, tmp_path,
+                                                      capsys):
+    """A bad image in the second batch stops the run (exit 1, one line, no predictions file) but
+    keeps the first batch; ``--resume --skip-bad`` then equals a fresh ``--skip-bad`` run."""
+    import shutil
+
+    flat = tmp_path / "flat"
+    shutil.copytree(synthetic_val.flat, flat)
+    (flat / "ILSVRC2012_val_00000007.JPEG").write_bytes(b"not a JPEG" * 50)
+
+    def args(out: Path) -> List[str]:
+        a = _args("torch", cream14_weights, synthetic_val, out)
+        a[a.index("--data") + 1] = str(flat)
+        return a
+
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    ref.mkdir()
+    out.mkdir()
+    assert cream_eval([*args(ref), "--skip-bad"]) == 0
+    capsys.readouterr()
+    assert cream_eval(args(out)) == 1
+    err = capsys.readouterr().err
+    assert "ILSVRC2012_val_00000007.JPEG" in err and "--resume --skip-bad" in err
+    assert not (out / "p.csv").exists() and not (out / "r.json").exists()
+    assert cream_eval([*args(out), "--resume", "--skip-bad"]) == 0
+    assert _outputs(out) == _outputs(ref)
+    assert len(json.loads((out / "r.json").read_text())["skipped"]) == 1
+    _no_leftovers(out)
