@@ -69,6 +69,7 @@ class EvalResult:
     logits: Optional[np.ndarray] = None  # (N, C) float32, only when asked for
     timed_images: Optional[int] = None  # images evaluated in ``seconds`` (fewer after a resume)
     processes: int = 1  # processes that shared the evaluation
+    cpu_seconds: Optional[float] = None  # CPU time of the loop, all processes and their workers
 
     @property
     def images_per_s(self) -> float:
@@ -96,6 +97,7 @@ class EvalResult:
             "correct5": self.correct5,
             "skipped": [b.to_dict() for b in self.skipped],
             "processes": self.processes,
+            "cpu_seconds": self.cpu_seconds,
         }
 
 

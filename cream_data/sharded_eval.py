@@ -22,6 +22,7 @@ The framework supplies only ``forward`` (normalised float32 NCHW -> float32 logi
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence
@@ -111,7 +112,7 @@ def evaluate_sharded(forward: ForwardFn, loader: EvalLoader, framework: str, *,
                      desc: Optional[str] = None, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
                      std: Sequence[float] = IMAGENET_DEFAULT_STD) -> Optional[EvalResult]:
     """Evaluate this rank's share of ``loader``; rank 0 returns the merged result, others ``None``."""
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), _cpu_seconds()
     first, records = _start_batch(comm, journal, resume)
     steps = shard_steps(first, len(loader), comm.world_size)
     mine = [s[comm.rank] if comm.rank < len(s) else None for s in steps]
@@ -144,15 +145,23 @@ def evaluate_sharded(forward: ForwardFn, loader: EvalLoader, framework: str, *,
         if bar is not None:
             bar.close()
         batches.close()  # stops the decoding workers on an error
+    seconds = time.perf_counter() - start
+    cpu = comm.gather(_cpu_seconds() - cpu0)  # decoding workers included (joined by now)
     if comm.rank != 0:
         return None
     skipped = list(loader.dataset.problems) + (journal.skipped if journal is not None else
                                                [b for r in records for b in r.skipped])
     timed = sum(len(r.paths) for r in records if r.batch_id >= first)
-    result = merge_records(framework, records, skipped, time.perf_counter() - start,
-                           model_seconds, timed)
+    result = merge_records(framework, records, skipped, seconds, model_seconds, timed)
     result.processes = comm.world_size
+    result.cpu_seconds = sum(cpu)
     return result
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the decoding workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def _run_batch(batches: Any, batch_id: int, forward: ForwardFn, loader: EvalLoader,

@@ -27,7 +27,7 @@ FRAMEWORKS = ["torch", pytest.param("paddle", marks=pytest.mark.paddle)]
 #: 12 images in batches of 5: three batches, so two processes get unequal shares.
 BATCH = 5
 #: Keys of the JSON report that depend on timing, not on the predictions.
-TIMING_KEYS = ("images_per_s", "model_images_per_s", "seconds", "workers", "threads")
+TIMING_KEYS = ("images_per_s", "model_images_per_s", "seconds", "cpu_seconds", "workers", "threads")
 #: A real kill needs a run long enough to be caught in the middle: 224 px crops, batches of 1.
 KILL_IMG_SIZE, KILL_BATCH = "224", "1"
 KILL_TIMEOUT_S = 120
