@@ -59,7 +59,7 @@ class EvalResult:
     loss: float  # mean cross-entropy
     images: int
     seconds: float  # wall time of the whole loop (decoding included)
-    model_seconds: float  # time inside the framework's forward only
+    model_seconds: float  # time inside the framework's forward only (summed over processes)
     correct1: int
     correct5: int
     skipped: List[BadItem] = field(default_factory=list)

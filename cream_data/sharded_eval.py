@@ -125,7 +125,7 @@ def evaluate_sharded(forward: ForwardFn, loader: EvalLoader, framework: str, *,
     bar = progress_bar(sum(min(bs, n - i * bs) for i in ids), label, progress)
     model_seconds = 0.0
     try:
-        for step, batch_id in zip(steps, mine):
+        for batch_id in mine:  # one per step; None: this rank has no batch in the last step
             rec = None
             if batch_id is not None:
                 rec = _run_batch(batches, batch_id, forward, loader, keep_logits, mean, std)
@@ -146,15 +146,15 @@ def evaluate_sharded(forward: ForwardFn, loader: EvalLoader, framework: str, *,
             bar.close()
         batches.close()  # stops the decoding workers on an error
     seconds = time.perf_counter() - start
-    cpu = comm.gather(_cpu_seconds() - cpu0)  # decoding workers included (joined by now)
+    times = comm.gather((_cpu_seconds() - cpu0, model_seconds))  # workers joined by now
     if comm.rank != 0:
         return None
     skipped = list(loader.dataset.problems) + (journal.skipped if journal is not None else
                                                [b for r in records for b in r.skipped])
     timed = sum(len(r.paths) for r in records if r.batch_id >= first)
-    result = merge_records(framework, records, skipped, seconds, model_seconds, timed)
+    result = merge_records(framework, records, skipped, seconds, sum(t[1] for t in times), timed)
     result.processes = comm.world_size
-    result.cpu_seconds = sum(cpu)
+    result.cpu_seconds = sum(t[0] for t in times)
     return result
 
 
