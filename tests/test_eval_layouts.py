@@ -98,6 +98,20 @@ def test_layouts_equal_the_wnid_folder(synthetic_val, cream14_weights, folder_re
     assert res.loss == pytest.approx(ref.loss, rel=LOSS_OTHER_BATCHES_RTOL, abs=0)
 
 
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_same_batch_mates_give_the_same_bits(synthetic_val, cream14_weights, framework):
+    """With every image in one batch (the same batch-mates in every layout), the loss is identical
+    too: the tolerance above is about batch composition only."""
+    out = []
+    for data, labels in (("folder", None), ("tar", "devkit"), ("flat", "loc_csv")):
+        res, _ = run_eval(framework, MODEL, str(cream14_weights[framework]),
+                          str(getattr(synthetic_val, data)),
+                          labels=str(getattr(synthetic_val, labels)) if labels else None,
+                          workers=0, batch_size=len(synthetic_val.wnids), mode="eager")
+        out.append((_by_id(res), res.correct1, res.correct5, res.loss))
+    assert out[0] == out[1] == out[2]
+
+
 def test_cli_tar_with_devkit(synthetic_val, cream14_weights, tmp_path):
     js, pred = tmp_path / "r.json", tmp_path / "p.csv"
     rc = cream_eval(["--framework", "torch", "--model", MODEL, "--weights",
