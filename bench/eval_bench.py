@@ -1,6 +1,7 @@
 """Evaluation throughput, Paddle vs torch, in one run: model only and end to end (decode included).
 
     python bench/eval_bench.py [--models cream-14 cream-604] [--images 256] [--rounds 3] [--json FILE]
+    python bench/eval_bench.py --suite inputs --models cream-14 --images 1000 [--rounds 3]
 
 Every configuration runs in a fresh process holding one framework, as ``cream-eval`` does (two
 frameworks' OpenMP thread pools in one process spin-wait against each other and distort both).
@@ -18,6 +19,20 @@ other processes hits all of them alike.
 * **predictions**: every configuration's top-1 on the bundled photos (model only) or on the
   end-to-end images is compared with torch's.
 
+* **inputs and processes** (``--suite inputs``, issue 14): ``cream-eval`` itself (its own
+  images/s: the evaluation loop, after model loading and indexing) on ``--images`` val-sized JPEGs
+  as the val **tar** (read in place) and as the flat **folder** of the same files, labelled by a
+  ``LOC_val_solution.csv``, in **1 process** (default workers and threads) and in **2 processes**
+  (``torchrun`` / ``paddle.distributed.launch``, one thread and no decoding worker each). Measured
+  against this machine's **bound** in the same run: one core's cost per image = decode + exact
+  resize/crop (the official transform, one process) + the model (one thread, the mode cream-eval
+  uses: torch eager, Paddle Inference), and bound = cores / that cost, i.e. every core busy with
+  nothing but the necessary work. Goal: >= 85 % of the bound for cream-14, tar no slower than
+  the folder. On a machine shared with other work the wall-clock figures move with the load, so
+  the same comparison is also made in CPU time: cream-eval's images per CPU-second of its loop
+  (all processes and decoding workers, from its JSON ``cpu_seconds``) against one core's
+  images per CPU-second of the necessary work (its overhead, whatever the load).
+
 Weights: ``seeded_official_checkpoint`` (official format, BatchNorm calibrated on photos so that
 predictions depend on the image; speed does not depend on the values), converted with ``convert-ckpt``'s API.
 Not a test: run it by hand.
@@ -27,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -163,12 +179,75 @@ def run_end_to_end(spec: Dict[str, Any]) -> Dict[str, Any]:
             "images": r.images, "cores_busy": cpu / wall}
 
 
+def run_bound(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """One core's seconds per image: the official transform (decode + exact resize + crop) of the
+    files, and the model on one thread at the benchmark's batch size (median of ``reps``)."""
+    import cream_data as cd
+    from cream_arch import seeded_input
+
+    spec = {**spec, "threads": 1}
+    _, forward, res = _forward(spec)
+    t = cd.EvalTransform(res)
+    files = sorted(Path(spec["data"]).iterdir())[:spec["decode_images"]]
+    t(files[0])
+    t0, c0 = time.perf_counter(), time.process_time()
+    for f in files:
+        t(f)
+    decode = (time.perf_counter() - t0) / len(files)
+    decode_cpu = (time.process_time() - c0) / len(files)
+    x = seeded_input(spec["batch"], res, seed=0)
+    forward(x)
+    walls, cpus = [], []
+    for _ in range(spec["reps"]):
+        t0, c0 = time.perf_counter(), time.process_time()
+        forward(x)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    model = statistics.median(walls) / spec["batch"]
+    model_cpu = statistics.median(cpus) / spec["batch"]
+    return {"decode_s": decode, "model_s": model, "per_core_images_per_s": 1.0 / (decode + model),
+            "per_cpu_s_images": 1.0 / (decode_cpu + model_cpu)}
+
+
+def _eval_command(spec: Dict[str, Any], tmp: Path) -> List[str]:
+    """cream-eval as a user runs it: one process, or two under the framework's launcher."""
+    weights = spec["ckpt"] if spec["framework"] == "torch" else spec["pdparams"]
+    args = ["--framework", spec["framework"], "--model", spec["model"], "--weights", weights,
+            "--data", spec["data"], "--labels", spec["labels"], "--batch-size", str(spec["batch"]),
+            "--json", str(tmp / "r.json"), "--no-progress"]
+    repo = Path(__file__).resolve().parents[1]
+    if spec["processes"] == 1:
+        return [sys.executable, "-m", "cream_cli.eval", *args]
+    args += ["--threads", "1", "--workers", "0"]
+    if spec["framework"] == "torch":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                str(spec["processes"]), "-m", "cream_cli.eval", *args]
+    return [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node",
+            str(spec["processes"]), "--log_dir", str(tmp / "log"),
+            str(repo / "cream_cli" / "eval.py"), *args]
+
+
+def run_cli(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """``cream-eval``'s own images/s (and its top-1) on the given input and process count."""
+    with tempfile.TemporaryDirectory(prefix="cream_eval_bench_cli_") as tmp:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        proc = subprocess.run(_eval_command(spec, Path(tmp)), capture_output=True, text=True,
+                              env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"cream-eval failed ({spec['label']}):\n{proc.stderr[-2000:]}")
+        rep = json.loads((Path(tmp) / "r.json").read_text())
+    return {"images_per_s": rep["images_per_s"], "images": rep["images"], "top1": rep["top1"],
+            "processes": rep.get("processes", 1),
+            "images_per_cpu_s": rep["images"] / rep["cpu_seconds"]}
+
+
 def _child(spec_json: str) -> int:
     import warnings
 
     warnings.filterwarnings("ignore")
     spec = json.loads(spec_json)
-    out = run_model_only(spec) if spec["kind"] == "model" else run_end_to_end(spec)
+    kinds = {"model": run_model_only, "e2e": run_end_to_end, "bound": run_bound}
+    out = kinds[spec["kind"]](spec)
     print("RESULT " + json.dumps(out), flush=True)
     return 0
 
@@ -250,6 +329,67 @@ def bench(models: List[str], images: int, batch: int, reps: int, rounds: int, wo
     return report, rows
 
 
+def _val_inputs(tmp: Path, images: int) -> Dict[str, str]:
+    """``images`` val-sized JPEGs as the val tar and the flat folder, with a LOC csv."""
+    from cream_data.synthetic_val import write_synthetic_val
+
+    sv = write_synthetic_val(tmp / "val", n=images, seed=0, size=IMAGENET_TYPICAL_SIZE)
+    shutil.rmtree(sv.folder)  # the val/<wnid>/ copy is not measured here
+    return {"tar": str(sv.tar), "folder": str(sv.flat), "labels": str(sv.loc_csv)}
+
+
+def bench_inputs(models: List[str], images: int, batch: int, reps: int, rounds: int,
+                 tmp: Path) -> Tuple[Dict[str, Any], List[List[str]]]:
+    """cream-eval on tar vs folder, 1 vs 2 processes, against the bound measured alongside."""
+    import cream_data as cd
+
+    cores = cd.default_workers()
+    data = _val_inputs(tmp, images)
+    report: Dict[str, Any] = {}
+    rows: List[List[str]] = []
+    for name in models:
+        files = _checkpoint(name, tmp / name)
+        specs: List[Dict[str, Any]] = []
+        for fw, mode in (("torch", "eager"), ("paddle", "inference")):
+            specs.append({"kind": "bound", "label": f"{fw} bound", "model": name, "framework": fw,
+                          "mode": mode, "batch": batch, "reps": reps, "data": data["folder"],
+                          "decode_images": min(images, 200), **files})
+            for inp in ("folder", "tar"):
+                for procs in (1, 2):
+                    specs.append({"kind": "cli", "label": f"{fw} {inp} {procs} proc",
+                                  "model": name, "framework": fw, "batch": batch,
+                                  "processes": procs, "data": data[inp],
+                                  "labels": data["labels"], **files})
+        results: Dict[str, List[Dict[str, Any]]] = {s["label"]: [] for s in specs}
+        for _ in range(rounds):
+            for s in specs:
+                results[s["label"]].append(run_cli(s) if s["kind"] == "cli" else _run_child(s))
+        entry: Dict[str, Any] = {}
+        for s in specs:
+            runs = results[s["label"]]
+            entry[s["label"]] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        for fw in ("torch", "paddle"):
+            b = entry[f"{fw} bound"]
+            bound = cores * b["per_core_images_per_s"]
+            b["bound_images_per_s"] = bound
+            rows.append([name, f"{fw} bound ({cores} cores)", f"{bound:.0f}", "100",
+                         f"{b['per_cpu_s_images']:.0f}", "100",
+                         f"decode {b['decode_s'] * 1e3:.2f} ms + model {b['model_s'] * 1e3:.2f} ms",
+                         ""])
+            for inp in ("folder", "tar"):
+                for procs in (1, 2):
+                    e = entry[f"{fw} {inp} {procs} proc"]
+                    e["fraction_of_bound"] = e["images_per_s"] / bound
+                    e["cpu_fraction_of_bound"] = e["images_per_cpu_s"] / b["per_cpu_s_images"]
+                    rows.append([name, f"{fw} {inp}, {procs} proc", f"{e['images_per_s']:.0f}",
+                                 f"{100 * e['fraction_of_bound']:.0f}",
+                                 f"{e['images_per_cpu_s']:.0f}",
+                                 f"{100 * e['cpu_fraction_of_bound']:.0f}", "",
+                                 f"{e['top1']:.3f}"])
+        report[name] = entry
+    return report, rows
+
+
 def main(argv: "List[str] | None" = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["cream-14", "cream-604"])
@@ -260,6 +400,9 @@ def main(argv: "List[str] | None" = None) -> int:
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores)")
     p.add_argument("--omp-wait", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "default"],
                    help="OMP_WAIT_POLICY of the runs (cream-eval uses PASSIVE)")
+    p.add_argument("--suite", default="frameworks", choices=["frameworks", "inputs", "all"],
+                   help="frameworks: model only and end to end, Paddle vs torch; inputs: "
+                        "cream-eval on tar vs folder, 1 vs 2 processes, vs the machine's bound")
     p.add_argument("--json", metavar="FILE")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -275,13 +418,24 @@ def main(argv: "List[str] | None" = None) -> int:
         os.environ["OMP_WAIT_POLICY"] = args.omp_wait  # inherited by every run
     workers = cd.default_workers() if args.workers is None else args.workers
     load_before = os.getloadavg()
+    models: Dict[str, Any] = {}
+    inputs: Dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="cream_eval_bench_") as tmp:
-        models, rows = bench(args.models, args.images, args.batch_size, args.reps, args.rounds,
-                             workers, Path(tmp))
+        if args.suite in ("frameworks", "all"):
+            models, rows = bench(args.models, args.images, args.batch_size, args.reps,
+                                 args.rounds, workers, Path(tmp))
+            print(tabulate(rows, headers=["model", "run", "configuration", "img/s",
+                                          "img per CPU-s", "cores busy", "top-1 = torch (%)",
+                                          "max |dlogit|"], tablefmt="github",
+                           disable_numparse=True))
+        if args.suite in ("inputs", "all"):
+            inputs, rows = bench_inputs(args.models, args.images, args.batch_size, args.reps,
+                                        args.rounds, Path(tmp))
+            print(tabulate(rows, headers=["model", "cream-eval run", "img/s", "% of bound",
+                                          "img per CPU-s", "% of CPU bound",
+                                          "per core and image", "top-1 (%)"],
+                           tablefmt="github", disable_numparse=True))
     load_after = os.getloadavg()
-    print(tabulate(rows, headers=["model", "run", "configuration", "img/s", "img per CPU-s",
-                                  "cores busy", "top-1 = torch (%)", "max |dlogit|"],
-                   tablefmt="github", disable_numparse=True))
     print(f"(batch {args.batch_size}; end to end: {args.images} images of "
           f"{IMAGENET_TYPICAL_SIZE[0]}x{IMAGENET_TYPICAL_SIZE[1]}, {workers} decoding workers; "
           f"median of {args.rounds} rounds; OMP_WAIT_POLICY {args.omp_wait}; "
@@ -292,7 +446,7 @@ def main(argv: "List[str] | None" = None) -> int:
                   "batch_size": args.batch_size, "images": args.images,
                   "image_size": IMAGENET_TYPICAL_SIZE, "workers": workers, "rounds": args.rounds,
                   "load_average_before": load_before, "load_average_after": load_after,
-                  "models": models}
+                  "models": models, "inputs": inputs}
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     return 0
 

@@ -61,7 +61,7 @@ def run_guarded(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
     :class:`~cream_arch.errors.OutputError` (an output on an input, a read-only or full folder) the
     reason (exit 2); any other
     ``ValueError`` (bad file, bad data, bad config: they name the file) or ``FloatingPointError``
-    prints ``prog: error: ...`` (exit 1), plus ``hint(args, error)`` when it returns a line;
+    prints ``prog: error: ...`` (exit 1, or the error's ``exit_status``), plus ``hint(args, error)`` when it returns a line;
     Ctrl-C exits 130. No traceback for any of them.
     """
     safe_streams()
@@ -84,7 +84,7 @@ def run_guarded(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
         extra = hint(args, e) if hint is not None else None
         if extra:
             print(f"{prog}: {extra}", file=sys.stderr)
-        return 1
+        return int(getattr(e, "exit_status", 1))
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -2,8 +2,11 @@
 with the official evaluation preprocessing (timm 0.1.x eval transform, crop 0.875, bicubic).
 
 Data: an ImageNet val folder (``val/<wnid>/*.JPEG``, canonical ImageNet-1k labels, also for a
-subset of the classes), a plain class-folder dataset (sorted folder names; see ``--num-classes``)
-or a PaddleClas-style list file (``relative/path label`` per line).
+subset of the classes), a plain class-folder dataset (sorted folder names; see ``--num-classes``),
+a PaddleClas-style list file (``relative/path label`` per line), or ImageNet val as downloaded:
+the val tar itself (``ILSVRC2012_img_val.tar``, read in place) or the flat folder of its images,
+with ``--labels`` the devkit archive (``ILSVRC2012_devkit_t12.tar.gz``) or Kaggle's
+``LOC_val_solution.csv``.
 """
 from __future__ import annotations
 
@@ -16,8 +19,10 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 from cream_arch import child_spec, model_names
 from cream_arch.errors import CheckpointError
 from cream_arch.outputs import commit_files
-from cream_data import (LAYOUTS, BadDataError, EvalLoader, EvalResult, ImageDataset,
-                        default_workers, open_dataset, predictions_csv)
+from cream_data import (EVAL_LAYOUTS, BadDataError, EvalLoader, EvalResult, ImageDataset,
+                        default_workers, open_eval_data)
+from cream_data.eval_journal import (PARTIAL_SUFFIX, RESUME_SUFFIX, PredictionJournal,
+                                     ResumeError, file_sha256, run_fingerprint)
 from cream_data.loader import DEFAULT_BATCH_SIZE
 
 from cream_cli.common import FRAMEWORKS, UsageError, guard_outputs, run_guarded
@@ -65,9 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", required=True, metavar="FILE",
                    help="official .pth.tar (torch) or converted .pdparams (paddle; see convert-ckpt)")
     p.add_argument("--data", required=True, metavar="PATH",
-                   help="ImageNet val folder (or the folder holding val/), class folders, or a list file")
-    p.add_argument("--layout", default="auto", choices=LAYOUTS,
-                   help="data layout (default: auto = list file / wnid folders / class folders)")
+                   help="ImageNet val folder (or the folder holding val/), class folders, a list "
+                        "file, the val tar (ILSVRC2012_img_val.tar) or the flat val folder")
+    p.add_argument("--labels", metavar="FILE",
+                   help="labels of the val tar / flat folder: ILSVRC2012_devkit_t12.tar.gz or "
+                        "LOC_val_solution.csv")
+    p.add_argument("--layout", default="auto", choices=EVAL_LAYOUTS,
+                   help="data layout (default: auto = tar / flat folder / list file / wnid folders "
+                        "/ class folders)")
     p.add_argument("--num-classes", type=int, default=None, metavar="N",
                    help="classifier width (default 1000, or the number of class folders)")
     p.add_argument("--img-size", type=_img_size, default=None, metavar="PX",
@@ -86,7 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images and bad entries, listing them in the summary and JSON")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    p.add_argument("--predictions", metavar="FILE", help="write per-image predictions as CSV")
+    p.add_argument("--predictions", metavar="FILE",
+                   help="per-image predictions as CSV, appended as the run goes (whole chunks; see "
+                        "--resume)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run whose --predictions FILE is given (same "
+                        "settings; any number of processes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -126,12 +141,20 @@ def run_eval(framework: str, model: str, weights: str, data: str, *, layout: str
              num_classes: Optional[int] = None, img_size: Optional[int] = None,
              batch_size: int = DEFAULT_BATCH_SIZE, workers: Optional[int] = None,
              mode: str = "auto", threads: Optional[int] = None, use_ema: bool = True,
-             skip_bad: bool = False, keep_logits: bool = False, progress: bool = False,
+             skip_bad: bool = False, labels: Optional[str] = None,
+             predictions: Optional[str] = None, resume: bool = False,
+             keep_logits: bool = False, progress: bool = False,
              outputs: Optional[Mapping[str, Optional[str]]] = None
-             ) -> "tuple[EvalResult, ImageDataset]":
-    """Index ``data``, check the ``outputs`` (option -> file) against the weights, the data and
-    every image folder (:func:`cream_arch.outputs.prepare_outputs`), load the model and evaluate
-    it; returns the result and the dataset."""
+             ) -> "tuple[Optional[EvalResult], ImageDataset]":
+    """Index ``data``, check the ``outputs`` (option -> file, plus the predictions journal's files)
+    against the weights, the labels, the data and every image folder
+    (:func:`cream_arch.outputs.prepare_outputs`), load the model and evaluate it; returns the
+    result and the dataset.
+
+    Under ``torchrun`` / ``paddle.distributed.launch`` each process evaluates its share and rank 0
+    gets the merged result (the others ``None``). ``predictions``: the per-image CSV written as the
+    run goes (rank 0); ``resume`` continues the interrupted run that wrote it.
+    """
     if framework not in FRAMEWORKS:
         raise UsageError(f"unknown framework {framework!r}; choose one of {', '.join(FRAMEWORKS)}")
     spec = child_spec(model)
@@ -143,24 +166,69 @@ def run_eval(framework: str, model: str, weights: str, data: str, *, layout: str
         raise UsageError(f"--workers must be 0 or more, got {workers}")
     if num_classes is not None and num_classes < 1:
         raise UsageError(f"--num-classes must be at least 1, got {num_classes}")
-    _evaluate_module(framework).resolve_mode(mode, 0)  # unknown modes fail before any work
-    dataset = open_dataset(data, layout, num_classes, skip_bad=skip_bad)
-    if outputs:
-        guard_outputs("cream-eval", dict(outputs), [weights, dataset.root, *_image_folders(dataset)])
+    if resume and predictions is None:
+        raise UsageError("--resume needs the --predictions FILE of the interrupted run")
+    module = _evaluate_module(framework)
+    module.resolve_mode(mode, 0)  # unknown modes fail before any work
+    dataset = open_eval_data(data, layout, labels, num_classes, skip_bad=skip_bad)
+    _guard(outputs, predictions, [weights, labels, dataset.root, *_image_folders(dataset)])
     net = load_model(framework, model, weights, dataset.num_classes, use_ema=use_ema)
     loader = EvalLoader(dataset, img_size or spec.resolution, batch_size=batch_size,
                         workers=workers, skip_bad=skip_bad)
-    result = _evaluate_module(framework).evaluate(
-        net, loader, mode=mode, threads=threads, keep_logits=keep_logits, progress=progress,
-        desc=f"{framework} {model}")
+    comm = module.init_comm()
+    journal = None
+    if predictions is not None and comm.rank == 0:
+        journal = PredictionJournal(predictions, dataset.class_names, run_fingerprint(
+            dataset, framework=framework, model=model, weights_sha256=file_sha256(weights),
+            ema=use_ema, mode=module.resolve_mode(mode, loader.num_images),
+            img_size=loader.img_size, batch_size=batch_size,
+            labels=os.path.abspath(labels) if labels else None))
+    try:
+        result = module.evaluate(
+            net, loader, mode=mode, threads=threads, keep_logits=keep_logits, progress=progress,
+            desc=f"{framework} {model}", comm=comm, journal=journal, resume=resume)
+    except BadDataError as e:
+        raise _with_resume_hint(e, journal) from None
+    if result is None:  # not rank 0: its share went to rank 0
+        return None, dataset
     if result.images == 0:
+        if journal is not None:
+            journal.discard()
         raise BadDataError(data, f"no image could be evaluated ({len(result.skipped)} skipped)")
+    if journal is not None:
+        journal.finish()
     return result, dataset
+
+
+def _guard(outputs: Optional[Mapping[str, Optional[str]]], predictions: Optional[str],
+           inputs: "list[Optional[str]]") -> None:
+    """The output-path guard over ``outputs`` and the files the predictions journal writes."""
+    named = dict(outputs or {})
+    if predictions is not None:
+        named.setdefault("--predictions", predictions)
+        named["--predictions (while running)"] = predictions + PARTIAL_SUFFIX
+        named["--predictions (resume state)"] = predictions + RESUME_SUFFIX
+    if any(v is not None for v in named.values()):
+        guard_outputs("cream-eval", named, [i for i in inputs if i is not None])
 
 
 def _image_folders(dataset: ImageDataset) -> "set[str]":
     """The real folders of every image (a list file may point anywhere; links are followed)."""
     return {os.path.dirname(os.path.realpath(p)) for p in dataset.paths}
+
+
+def _with_resume_hint(error: BadDataError, journal: Optional[PredictionJournal]) -> BadDataError:
+    """A bad item stopped the run: keep a finished part for ``--resume --skip-bad`` and say so;
+    drop a run that had finished nothing."""
+    if journal is None or isinstance(error, ResumeError):
+        return error
+    if journal.done_batches == 0:
+        journal.discard()
+        return error
+    kept = BadDataError(error.path, f"{error.problem} (the {journal.done_batches} batches done are "
+                                    f"kept in {journal.path}: --resume --skip-bad continues)",
+                        skippable=error.skippable)
+    return kept
 
 
 def summary_table(result: EvalResult, model: str, data: str, layout: str) -> str:
@@ -186,6 +254,7 @@ def _report(args: argparse.Namespace, result: EvalResult, dataset: ImageDataset)
     out.update({
         "model": args.model, "weights": os.path.abspath(args.weights),
         "data": os.path.abspath(args.data), "layout": dataset.layout,
+        "labels": os.path.abspath(args.labels) if args.labels else None,
         "num_classes": dataset.num_classes,
         "img_size": args.img_size or child_spec(args.model).resolution,
         "batch_size": args.batch_size, "threads": args.threads,
@@ -197,8 +266,9 @@ def _report(args: argparse.Namespace, result: EvalResult, dataset: ImageDataset)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``cream-eval``; returns the exit status (0 ok, 1 bad input or data, 2 usage or an
-    output that must not or cannot be written; README "What happens when things go wrong")."""
+    """Run ``cream-eval``; returns the exit status (0 ok, 1 bad input or data, 2 usage, a label
+    file that does not fit the data, or an output that must not or cannot be written; README
+    "What happens when things go wrong")."""
     for key, value in OMP_ENV.items():  # only effective before the framework's first import
         os.environ.setdefault(key, value)
     return run_guarded(build_parser(), argv, _run, hint=_skip_bad_hint)
@@ -216,9 +286,11 @@ def _run(args: argparse.Namespace) -> int:
         args.framework, args.model, args.weights, args.data, layout=args.layout,
         num_classes=args.num_classes, img_size=args.img_size, batch_size=args.batch_size,
         workers=args.workers, mode=args.mode, threads=args.threads,
-        use_ema=not args.raw_weights,
-        skip_bad=args.skip_bad, progress=not args.no_progress,
+        use_ema=not args.raw_weights, labels=args.labels, predictions=args.predictions,
+        resume=args.resume, skip_bad=args.skip_bad, progress=not args.no_progress,
         outputs={"--json": args.json, "--predictions": args.predictions})
+    if result is None:  # another rank than 0: rank 0 reports and writes
+        return 0
     print(summary_table(result, args.model, args.data, dataset.layout))
     if result.skipped:
         print(f"skipped {len(result.skipped)} bad item(s):")
@@ -232,16 +304,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _write_outputs(args: argparse.Namespace, result: EvalResult, dataset: ImageDataset) -> None:
-    """``--json`` and ``--predictions`` as one set: both or neither (names that are not UTF-8 keep
-    their bytes in the CSV and are ``\\udcXX`` escapes in the JSON, see README)."""
-    texts = {}
+    """``--json`` (atomically; names that are not UTF-8 are ``\\udcXX`` escapes in it, see README).
+    ``--predictions`` was completed by its journal as the run ended: the CSV appears only whole,
+    before the JSON that summarises it."""
     if args.json:
-        texts[args.json] = json.dumps(_report(args, result, dataset), indent=1) + "\n"
+        text = json.dumps(_report(args, result, dataset), indent=1) + "\n"
+        commit_files({args.json: (lambda f: f.write(text))}, mode="w")
+        print(f"wrote {args.json}")
     if args.predictions:
-        texts[args.predictions] = predictions_csv(result, dataset.class_names)
-    commit_files({path: (lambda f, t=text: f.write(t)) for path, text in texts.items()}, mode="w")
-    for path in texts:
-        print(f"wrote {path}")
+        print(f"wrote {args.predictions}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from .imagenet import (IMAGENET_NUM_CLASSES, class_name, imagenet_class_names, i
                        is_wnid_shaped, wnid_to_index)
 from .report import atomic_write_text, check_output_path, predictions_csv, write_json
 from .loader import DEFAULT_BATCH_SIZE, Batch, EvalLoader, default_workers
+from .val_inputs import EVAL_LAYOUTS, TarMember, open_eval_data
+from .val_labels import LabelFileError, read_labels
 from .transforms import (DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, IMAGENET_DEFAULT_MEAN,
                          IMAGENET_DEFAULT_STD, EvalTransform, center_crop, eval_crop, normalize,
                          open_image, resize_shorter, scale_size, to_chw_uint8)
@@ -33,4 +35,5 @@ __all__ = [
     "DEFAULT_CROP_PCT", "DEFAULT_INTERPOLATION", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD",
     "EvalTransform", "center_crop", "eval_crop", "normalize", "open_image", "resize_shorter",
     "scale_size", "to_chw_uint8",
+    "EVAL_LAYOUTS", "TarMember", "open_eval_data", "LabelFileError", "read_labels",
 ]

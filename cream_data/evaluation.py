@@ -9,11 +9,13 @@ the models.
   of the images evaluated (the official ``accuracy()`` used ``torch.topk``; exact float ties between
   distinct classes do not occur in practice);
 * loss: mean cross-entropy over all images, computed in float64 from the float32 logits (the
-  official validate() averaged per-batch ``CrossEntropyLoss`` weighted by batch size: the same mean).
+  official validate() averaged per-batch ``CrossEntropyLoss`` weighted by batch size: the same mean),
+  summed with ``math.fsum`` (exactly rounded, so independent of the order and grouping of the
+  images: one process, shards, a resumed run and every data layout give the same bits).
 """
 from __future__ import annotations
 
-import time
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -57,7 +59,7 @@ class EvalResult:
     loss: float  # mean cross-entropy
     images: int
     seconds: float  # wall time of the whole loop (decoding included)
-    model_seconds: float  # time inside the framework's forward only
+    model_seconds: float  # time inside the framework's forward only (summed over processes)
     correct1: int
     correct5: int
     skipped: List[BadItem] = field(default_factory=list)
@@ -65,11 +67,15 @@ class EvalResult:
     labels: Optional[np.ndarray] = None  # (N,)
     predictions: Optional[np.ndarray] = None  # (N, 5) top-5 class indices
     logits: Optional[np.ndarray] = None  # (N, C) float32, only when asked for
+    timed_images: Optional[int] = None  # images evaluated in ``seconds`` (fewer after a resume)
+    processes: int = 1  # processes that shared the evaluation
+    cpu_seconds: Optional[float] = None  # CPU time of the loop, all processes and their workers
 
     @property
     def images_per_s(self) -> float:
-        """End-to-end throughput (decode + preprocess + forward)."""
-        return self.images / self.seconds if self.seconds > 0 else 0.0
+        """End-to-end throughput (decode + preprocess + forward) of this session."""
+        timed = self.images if self.timed_images is None else self.timed_images
+        return timed / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def model_images_per_s(self) -> float:
@@ -90,6 +96,8 @@ class EvalResult:
             "correct1": self.correct1,
             "correct5": self.correct5,
             "skipped": [b.to_dict() for b in self.skipped],
+            "processes": self.processes,
+            "cpu_seconds": self.cpu_seconds,
         }
 
 
@@ -112,7 +120,7 @@ class EvalAccumulator:
         self.labels: List[np.ndarray] = []
         self.preds: List[np.ndarray] = []
         self.logits: List[np.ndarray] = []
-        self.loss_sum = 0.0
+        self.losses: List[np.ndarray] = []  # per-image cross-entropy, float64
         self.model_seconds = 0.0
 
     def update(self, batch: Batch, logits: np.ndarray, model_seconds: float = 0.0) -> np.ndarray:
@@ -125,7 +133,7 @@ class EvalAccumulator:
             raise RuntimeError(f"the {self.framework} model has {logits.shape[1]} outputs but the "
                                f"data has {self.num_classes} classes")
         self.model_seconds += model_seconds
-        self.loss_sum += float(cross_entropy(logits, batch.labels).sum())
+        self.losses.append(cross_entropy(logits, batch.labels))
         self.preds.append(topk_indices(logits, max(TOPK)))
         self.labels.append(batch.labels)
         self.paths.extend(batch.paths)
@@ -144,7 +152,7 @@ class EvalAccumulator:
             framework=self.framework,
             top1=100.0 * correct1 / n if n else 0.0,
             top5=100.0 * correct5 / n if n else 0.0,
-            loss=self.loss_sum / n if n else float("nan"),
+            loss=math.fsum(np.concatenate(self.losses).tolist()) / n if n else float("nan"),
             images=n,
             seconds=seconds,
             model_seconds=self.model_seconds,
@@ -169,19 +177,17 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Any:
 def run_evaluation(forward: ForwardFn, loader: EvalLoader, framework: str, *,
                    keep_logits: bool = False, progress: bool = False, desc: Optional[str] = None,
                    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-                   std: Sequence[float] = IMAGENET_DEFAULT_STD) -> EvalResult:
-    """Evaluate ``forward`` over ``loader``: top-1/top-5 (percent), mean loss, throughput."""
-    acc = EvalAccumulator(framework, loader.dataset.num_classes, keep_logits)
-    bar = progress_bar(loader.num_images, desc or framework, progress)
-    start = time.perf_counter()
-    try:
-        for batch, x in iterate_normalized(loader, mean, std):
-            t0 = time.perf_counter()
-            logits = forward(x)
-            acc.update(batch, logits, time.perf_counter() - t0)
-            if bar is not None:
-                bar.update(len(batch))
-    finally:
-        if bar is not None:
-            bar.close()
-    return acc.result(time.perf_counter() - start, loader.skipped)
+                   std: Sequence[float] = IMAGENET_DEFAULT_STD, comm: Any = None,
+                   journal: Any = None, resume: bool = False) -> Optional[EvalResult]:
+    """Evaluate ``forward`` over ``loader``: top-1/top-5 (percent), mean loss, throughput.
+
+    ``comm`` (:class:`cream_data.sharded_eval.Comm`) shares the work between processes (rank 0
+    returns the merged result, the others ``None``); ``journal``
+    (:class:`cream_data.eval_journal.PredictionJournal`) writes the predictions as they come and,
+    with ``resume``, continues an interrupted run. See :mod:`cream_data.sharded_eval`.
+    """
+    from .sharded_eval import SINGLE_PROCESS, evaluate_sharded
+
+    return evaluate_sharded(forward, loader, framework, comm=comm or SINGLE_PROCESS,
+                            journal=journal, resume=resume, keep_logits=keep_logits,
+                            progress=progress, desc=desc, mean=mean, std=std)

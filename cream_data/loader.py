@@ -21,9 +21,10 @@ from typing import Deque, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .datasets import ImageDataset
+from .datasets import ImageDataset, Sample
 from .errors import BadDataError, BadItem
 from .transforms import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, EvalTransform
+from .val_inputs import TarMember
 
 __all__ = ["Batch", "EvalLoader", "default_workers", "DEFAULT_BATCH_SIZE", "DEFAULT_PREFETCH"]
 
@@ -48,6 +49,8 @@ class Batch:
     labels: np.ndarray  # int64, (N,)
     indices: np.ndarray  # int64, (N,) positions in the dataset
     paths: List[str] = field(default_factory=list)
+    batch_id: int = -1  # position of the batch in the loader's fixed batch list
+    skipped: List[BadItem] = field(default_factory=list)  # skipped while decoding this batch
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -66,17 +69,24 @@ def _worker_init() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _decode_chunk(transform: EvalTransform, items: Sequence[Tuple[int, str]],
+def _crop(transform: EvalTransform, sample: Sample) -> np.ndarray:
+    """The eval crop of a file on disk, or of a member of the val tar (read in place)."""
+    if isinstance(sample, TarMember):
+        return transform.crop(sample.open_image())
+    return transform(sample.path)
+
+
+def _decode_chunk(transform: EvalTransform, items: Sequence[Tuple[int, Sample]],
                   skip_bad: bool) -> _Chunk:
-    """Decode ``(index, path)`` pairs; bad files are returned, not raised (stop at the first one
+    """Decode ``(index, sample)`` pairs; bad files are returned, not raised (stop at the first one
     unless skipping)."""
     size = transform.img_size
     out = np.empty((len(items), 3, size, size), dtype=np.uint8)
     good: List[int] = []
     bad: List[BadItem] = []
-    for index, path in items:
+    for index, sample in items:
         try:
-            out[len(good)] = transform(path)
+            out[len(good)] = _crop(transform, sample)
         except BadDataError as e:
             bad.append(e.item)
             if not skip_bad:
@@ -134,37 +144,48 @@ class EvalLoader:
     def __len__(self) -> int:
         return (len(self.dataset) + self.batch_size - 1) // self.batch_size
 
-    def _batches(self) -> List[List[Tuple[int, str]]]:
-        items = [(i, s.path) for i, s in enumerate(self.dataset.samples)]
+    def _batches(self) -> List[List[Tuple[int, Sample]]]:
+        items = list(enumerate(self.dataset.samples))
         return [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
 
-    def _split(self, batch: List[Tuple[int, str]]) -> List[List[Tuple[int, str]]]:
+    def _split(self, batch: List[Tuple[int, Sample]]) -> List[List[Tuple[int, Sample]]]:
         parts = max(1, min(self.workers, len(batch)))
         step = (len(batch) + parts - 1) // parts
         return [batch[i:i + step] for i in range(0, len(batch), step)]
 
-    def _assemble(self, chunks: Sequence[_Chunk]) -> Batch:
+    def _assemble(self, chunks: Sequence[_Chunk], batch_id: int) -> Batch:
+        skipped: List[BadItem] = []
         for _, _, bad in chunks:
             for item in bad:
                 if not self.skip_bad:
                     raise BadDataError(item.path, item.problem, skippable=True)
                 self._decode_skipped.append(item)
                 self.skipped.append(item)
+                skipped.append(item)
         images = np.concatenate([c[0] for c in chunks]) if chunks else \
             np.empty((0, 3, self.img_size, self.img_size), np.uint8)
         indices = np.array([i for c in chunks for i in c[1]], dtype=np.int64)
         samples = self.dataset.samples
         labels = np.array([samples[i].label for i in indices], dtype=np.int64)
-        return Batch(images, labels, indices, [samples[i].path for i in indices])
+        return Batch(images, labels, indices, [samples[i].path for i in indices], batch_id, skipped)
 
     def __iter__(self) -> Iterator[Batch]:
+        return self.batches()
+
+    def batches(self, batch_ids: Optional[Sequence[int]] = None,
+                keep_empty: bool = False) -> Iterator[Batch]:
+        """The batches numbered ``batch_ids`` (default: all, in order) of the fixed batch list
+        (``batch_size`` consecutive images each), decoded ahead; a batch whose every image was
+        skipped is yielded only when ``keep_empty`` (a shard must account for every batch)."""
         self.skipped = list(self.dataset.problems)
         self._decode_skipped = []
-        batches = self._batches()
+        every = self._batches()
+        ids = range(len(every)) if batch_ids is None else list(batch_ids)
+        batches = [(i, every[i]) for i in ids]
         if self.workers == 0:
-            for b in batches:
-                out = self._assemble([_decode_chunk(self.transform, b, self.skip_bad)])
-                if len(out):
+            for i, b in batches:
+                out = self._assemble([_decode_chunk(self.transform, b, self.skip_bad)], i)
+                if len(out) or keep_empty:
                     yield out
             return
         ctx = mp.get_context(self.start_method)
@@ -175,21 +196,22 @@ class EvalLoader:
             it = iter(batches)
 
             def submit() -> bool:
-                b = next(it, None)
-                if b is None:
+                nb = next(it, None)
+                if nb is None:
                     return False
-                pending.append([pool.apply_async(_decode_chunk, (self.transform, c, self.skip_bad))
-                                for c in self._split(b)])
+                pending.append((nb[0], [pool.apply_async(_decode_chunk,
+                                                         (self.transform, c, self.skip_bad))
+                                        for c in self._split(nb[1])]))
                 return True
 
             for _ in range(self.prefetch + 1):
                 if not submit():
                     break
             while pending:
-                results = pending.popleft()
-                out = self._assemble([r.get() for r in results])
+                batch_id, results = pending.popleft()
+                out = self._assemble([r.get() for r in results], batch_id)
                 submit()
-                if len(out):
+                if len(out) or keep_empty:
                     yield out
             finished = True
         finally:

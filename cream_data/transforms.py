@@ -27,6 +27,7 @@ from whatever Pillow is installed here (the golden data record the Pillow versio
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -40,7 +41,7 @@ from .errors import BadDataError
 
 __all__ = [
     "DEFAULT_CROP_PCT", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "DEFAULT_INTERPOLATION",
-    "INTERPOLATIONS", "open_image", "scale_size", "resize_shorter", "center_crop", "to_chw_uint8",
+    "INTERPOLATIONS", "open_image", "open_image_bytes", "scale_size", "resize_shorter", "center_crop", "to_chw_uint8",
     "eval_crop", "normalize", "EvalTransform",
 ]
 
@@ -70,26 +71,42 @@ def open_image(path: "os.PathLike[str] | str") -> Image.Image:
     try:
         if os.path.getsize(p) == 0:
             raise BadDataError(p, "empty file (0 bytes)")
+    except FileNotFoundError:
+        raise BadDataError(p, "file not found") from None
+    except OSError as e:
+        raise BadDataError(p, f"cannot read file ({e.strerror or e})") from None
+    return _decode(p, p)
+
+
+def open_image_bytes(data: bytes, name: str) -> Image.Image:
+    """Decode an image held in memory (e.g. a tar member) exactly as :func:`open_image` decodes a
+    file; errors name ``name``."""
+    if not data:
+        raise BadDataError(name, "empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source: "str | io.BytesIO", name: str) -> Image.Image:
+    """``Image.open(source).convert('RGB')``, every failure a one-line error naming ``name``."""
+    try:
         with warnings.catch_warnings():
             # Palette PNGs with a transparency chunk warn on convert(); the official loader
             # converted them all the same.
             warnings.simplefilter("ignore", UserWarning)
-            with Image.open(p) as img:
+            with Image.open(source) as img:
                 rgb = img.convert("RGB")  # forces the full decode
         return rgb
-    except BadDataError:
-        raise
     except UnidentifiedImageError:
-        raise BadDataError(p, "not an image (PIL cannot identify the file format)") from None
+        raise BadDataError(name, "not an image (PIL cannot identify the file format)") from None
     except FileNotFoundError:
-        raise BadDataError(p, "file not found") from None
+        raise BadDataError(name, "file not found") from None
     except OSError as e:
         msg = str(e)
         if "truncated" in msg:
-            raise BadDataError(p, f"truncated image ({msg})") from None
-        raise BadDataError(p, f"cannot decode image ({msg or type(e).__name__})") from None
+            raise BadDataError(name, f"truncated image ({msg})") from None
+        raise BadDataError(name, f"cannot decode image ({msg or type(e).__name__})") from None
     except Exception as e:  # PIL raises SyntaxError/ValueError/... for corrupt headers
-        raise BadDataError(p, f"cannot decode image ({type(e).__name__}: {e})") from None
+        raise BadDataError(name, f"cannot decode image ({type(e).__name__}: {e})") from None
 
 
 def scale_size(img_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int:
@@ -174,4 +191,8 @@ class EvalTransform:
         _interp(self.interpolation)
 
     def __call__(self, path: "os.PathLike[str] | str") -> np.ndarray:
-        return eval_crop(open_image(path), self.img_size, self.crop_pct, self.interpolation)
+        return self.crop(open_image(path))
+
+    def crop(self, img: Image.Image) -> np.ndarray:
+        """The transform of an already decoded RGB image."""
+        return eval_crop(img, self.img_size, self.crop_pct, self.interpolation)

@@ -13,9 +13,11 @@ import numpy as np
 import torch
 
 from cream_data import EvalLoader, EvalResult, ForwardFn, run_evaluation
+from cream_data.eval_journal import PredictionJournal
+from cream_data.sharded_eval import Comm
 
 __all__ = ["FRAMEWORK", "FORWARD_MODES", "resolve_mode", "make_forward", "forward_logits",
-           "evaluate"]
+           "init_comm", "evaluate"]
 
 FRAMEWORK = "torch"
 #: ``eager``: the module as is (the reference). ``auto`` is ``eager``. (``cream_paddle.evaluate``
@@ -54,6 +56,24 @@ def make_forward(model: torch.nn.Module, mode: str = "auto", img_size: Optional[
     return forward
 
 
+def init_comm() -> Comm:
+    """This process's place among the ``torchrun`` processes (joins the gloo group when there are
+    several), with ``all_gather_object`` to merge their results."""
+    from cream_torch_ref.train import init_distributed
+
+    rank, world = init_distributed()
+    if world == 1:
+        return Comm()
+    import torch.distributed as dist
+
+    def all_gather(obj: object) -> list:
+        out: list = [None] * world
+        dist.all_gather_object(out, obj)
+        return out
+
+    return Comm(rank, world, all_gather)
+
+
 def forward_logits(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
     """Logits of one normalised float32 NCHW batch (eager, eval mode)."""
     return make_forward(model, "eager")(images)
@@ -61,8 +81,12 @@ def forward_logits(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
 
 def evaluate(model: torch.nn.Module, loader: EvalLoader, *, mode: str = "auto",
              threads: Optional[int] = None, keep_logits: bool = False, progress: bool = False,
-             desc: Optional[str] = None) -> EvalResult:
-    """Top-1/top-5 (percent), mean cross-entropy and images/s of ``model`` over ``loader``."""
+             desc: Optional[str] = None, comm: Optional[Comm] = None,
+             journal: Optional[PredictionJournal] = None, resume: bool = False
+             ) -> Optional[EvalResult]:
+    """Top-1/top-5 (percent), mean cross-entropy and images/s of ``model`` over ``loader``; with
+    ``comm`` (:func:`init_comm`) this process's share, merged on rank 0 (the others get ``None``);
+    ``journal``/``resume``: the predictions file as it goes (:mod:`cream_data.sharded_eval`)."""
     forward = make_forward(model, resolve_mode(mode, loader.num_images), loader.img_size, threads)
     return run_evaluation(forward, loader, FRAMEWORK, keep_logits=keep_logits, progress=progress,
-                          desc=desc or FRAMEWORK)
+                          desc=desc or FRAMEWORK, comm=comm, journal=journal, resume=resume)

@@ -33,8 +33,8 @@ import numpy as np
 from cream_arch import child_spec, model_names
 from cream_arch.errors import CheckpointError, OutputError
 from cream_arch.outputs import prepare_outputs
-from cream_data import (LAYOUTS, BadDataError, BadItem, EvalAccumulator, EvalLoader, EvalResult,
-                        iterate_normalized, open_dataset, progress_bar,
+from cream_data import (EVAL_LAYOUTS, BadDataError, BadItem, EvalAccumulator, EvalLoader, EvalResult,
+                        iterate_normalized, open_eval_data, progress_bar,
                         write_json)
 from cream_data.loader import DEFAULT_BATCH_SIZE
 
@@ -140,14 +140,14 @@ def eval_parity(model: str, ckpt: "os.PathLike[str] | str", data: "os.PathLike[s
                 batch_size: int = DEFAULT_BATCH_SIZE, workers: Optional[int] = None,
                 skip_bad: bool = False, use_ema: bool = True, paddle_mode: str = "auto",
                 logit_tolerance: Tolerance = EVAL_LOGITS,
-                min_agreement: float = MIN_TOP1_AGREEMENT, progress: bool = False
-                ) -> EvalParityResult:
+                min_agreement: float = MIN_TOP1_AGREEMENT, progress: bool = False,
+                labels: "Optional[os.PathLike[str] | str]" = None) -> EvalParityResult:
     """Evaluate ``model`` from official checkpoint ``ckpt`` in torch and (converted) in Paddle on
     ``data``, feeding both the same preprocessed batches; see the module docstring for the verdict.
     """
     spec = child_spec(model)
     ckpt = os.fspath(ckpt)
-    dataset = open_dataset(data, layout, num_classes, skip_bad=skip_bad)
+    dataset = open_eval_data(data, layout, labels, num_classes, skip_bad=skip_bad)
     loader = EvalLoader(dataset, img_size or spec.resolution, batch_size=batch_size,
                         workers=workers, skip_bad=skip_bad)
 
@@ -247,10 +247,14 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"released child net: {', '.join(model_names())}")
     p.add_argument("--ckpt", required=True, metavar="FILE", help="official .pth.tar checkpoint")
     p.add_argument("--data", required=True, metavar="PATH",
-                   help="ImageNet val folder (or its parent), class folders, or a list file")
+                   help="ImageNet val folder (or its parent), class folders, a list file, the val "
+                        "tar or the flat val folder")
+    p.add_argument("--labels", metavar="FILE",
+                   help="labels of the val tar / flat folder: ILSVRC2012_devkit_t12.tar.gz or "
+                        "LOC_val_solution.csv")
     p.add_argument("--paddle-weights", metavar="FILE",
                    help="converted .pdparams to use (default: convert --ckpt into a temporary folder)")
-    p.add_argument("--layout", default="auto", choices=LAYOUTS)
+    p.add_argument("--layout", default="auto", choices=EVAL_LAYOUTS)
     p.add_argument("--num-classes", type=int, default=None, metavar="N")
     p.add_argument("--img-size", type=int, default=None, metavar="PX")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N")
@@ -275,7 +279,8 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault(key, value)
     prog = "parity eval"
     try:
-        prepare_outputs({"--json": args.json}, [args.ckpt, args.data, args.paddle_weights])
+        prepare_outputs({"--json": args.json},
+                        [args.ckpt, args.data, args.paddle_weights, args.labels])
         tol = EVAL_LOGITS if args.max_logit_diff is None else Tolerance(
             args.max_logit_diff, 0.0, "set with --max-logit-diff")
         res = eval_parity(args.model, args.ckpt, args.data, paddle_weights=args.paddle_weights,
@@ -283,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, workers=args.workers, skip_bad=args.skip_bad,
                           use_ema=not args.raw_weights, paddle_mode=args.paddle_mode,
                           logit_tolerance=tol, min_agreement=args.min_agreement,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, labels=args.labels)
     except (BadDataError, CheckpointError, ValueError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -45,3 +45,26 @@ def _launch_two(framework: str, tool: str, args: List[str], cwd: Path, logs: Pat
 def launch_two() -> Callable[[str, str, List[str], Path, Path], None]:
     """:func:`_launch_two`: ``launch_two(framework, tool, args, cwd, logs)``."""
     return _launch_two
+
+
+@pytest.fixture(scope="session")
+def cream14_weights(tmp_path_factory) -> dict:
+    """A seeded official-format Cream-14 checkpoint and its Paddle conversion:
+    ``{"torch": .pth.tar, "paddle": .pdparams}`` (one per session; the eval tests share it)."""
+    from converters.convert import convert_checkpoint
+    from cream_torch_ref.models import seeded_official_checkpoint
+
+    root = tmp_path_factory.mktemp("cream14")
+    ckpt = Path(seeded_official_checkpoint("cream-14", root / "14.pth.tar", legacy=True))
+    pdparams = root / "14.pdparams"
+    convert_checkpoint(str(ckpt), str(pdparams), model="cream-14")
+    return {"torch": ckpt, "paddle": pdparams}
+
+
+@pytest.fixture(scope="session")
+def synthetic_val(tmp_path_factory):
+    """The same 12 seeded images as val tar, flat folder and val/<wnid>/, with a devkit archive
+    and a LOC_val_solution.csv (:func:`cream_data.synthetic_val.write_synthetic_val`)."""
+    from cream_data.synthetic_val import write_synthetic_val
+
+    return write_synthetic_val(tmp_path_factory.mktemp("synthval"), n=12, seed=0)
