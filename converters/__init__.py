@@ -3,7 +3,5 @@
 Importing this package is cheap; torch and Paddle are imported when a conversion runs.
 """
 from .convert import ConversionResult, convert_checkpoint, default_output, pdparams_to_pth
-from .rules import RULES, Rule, apply_rules
 
-__all__ = ["ConversionResult", "convert_checkpoint", "pdparams_to_pth", "default_output",
-           "RULES", "Rule", "apply_rules"]
+__all__ = ["ConversionResult", "convert_checkpoint", "pdparams_to_pth", "default_output"]
