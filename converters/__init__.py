@@ -1,4 +1,6 @@
-"""``convert-ckpt``: Cream checkpoints between PyTorch (``.pth.tar``) and Paddle (``.pdparams``).
+"""``convert-ckpt``: Cream checkpoints between PyTorch (``.pth.tar``) and Paddle (``.pdparams``), and
+any torch model's state dict to its Paddle port (:mod:`converters.generic`, through the layer
+matching of :mod:`converters.matching`).
 
 Importing this package is cheap; torch and Paddle are imported when a conversion runs.
 """

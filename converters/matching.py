@@ -252,6 +252,8 @@ def _shapes(entries: Mapping[str, Tuple[int, ...]]) -> str:
 
 
 def _few(names: Sequence[str]) -> str:
+    if not names:
+        return "none"
     shown = ", ".join(repr(n) for n in names[:_SHOW])
     return shown + (f" (+{len(names) - _SHOW} more)" if len(names) > _SHOW else "")
 
@@ -314,7 +316,7 @@ def _uncalled_pairs(t: _Side, p: _Side, notes: List[str]) -> List[Tuple[str, str
     left_p = sorted(lost_p - {k for k, _, _ in pairs})
     if left_t or left_p:
         raise MatchError("stateful layers never called at the example input and not paired by "
-                         f"name: torch {_few(left_t) or 'none'}; Paddle {_few(left_p) or 'none'}")
+                         f"name: torch {_few(left_t)}; Paddle {_few(left_p)}")
     if pairs:
         notes.append(f"{len(pairs)} stateful layers never called at the example input, paired by name")
     return pairs
@@ -494,8 +496,8 @@ def _validated(stored: Matching, t_layers: Mapping[str, _Layer], p_layers: Mappi
         twice = sorted({n for n in names if names.count(n) > 1})
         missing = [k for k, v in layers.items() if v.entries and k not in names]
         if twice or missing:
-            raise MatchError(f"{side} layers paired twice: {_few(twice) or 'none'}; "
-                             f"stateful {side} layers not paired: {_few(missing) or 'none'}")
+            raise MatchError(f"{side} layers paired twice: {_few(twice)}; "
+                             f"stateful {side} layers not paired: {_few(missing)}")
     pairs = [(m.torch, m.paddle, "file") for m in stored.layers]
     out = _assemble(t_layers, p_layers, pairs, stored.notes)
     if stored.keys and stored.keys != out.keys:
