@@ -19,12 +19,25 @@ import time
 from collections import Counter
 from typing import Any, Dict, List, Optional
 
-__all__ = ["twin_names", "survey_one", "main", "MIN_SIDE"]
+__all__ = ["twin_names", "survey_one", "main", "MIN_SIDE", "TORCH_KWARGS", "torch_inception_v3"]
 
 #: Models that need a larger input than the survey's default: torchvision's Inception v3 needs at
 #: least 75 px; paddle.vision's AlexNet has no adaptive pooling before its classifier, so only
 #: 224 px gives the 256 x 6 x 6 features its first Linear expects.
-MIN_SIDE: Dict[str, int] = {"inception_v3": 96, "alexnet": 224}
+MIN_SIDE: Dict[str, int] = {"inception_v3": 96, "alexnet": 224, "googlenet": 224}
+
+#: Pairs whose torchvision default differs in *structure* from paddle.vision's: the survey builds
+#: the torch twin with these constructor arguments instead (and says so in the table).
+#: torchvision's Inception v3 has an auxiliary classifier by default, paddle.vision's has none.
+TORCH_KWARGS: Dict[str, Dict[str, Any]] = {"inception_v3": {"aux_logits": False,
+                                                            "init_weights": False}}
+
+
+def torch_inception_v3() -> Any:
+    """torchvision's Inception v3 without the auxiliary head (see :data:`TORCH_KWARGS`)."""
+    import torchvision.models as tm
+
+    return tm.inception_v3(**TORCH_KWARGS["inception_v3"])
 
 
 def twin_names() -> List[str]:
@@ -50,8 +63,12 @@ def survey_one(name: str, shape: List[int]) -> Dict[str, Any]:
     shape = [shape[0], shape[1], side, side]
     row: Dict[str, Any] = {"pair": name, "input": shape}
     t0 = time.perf_counter()
+    torch_spec = f"torchvision.models:{name}"
+    if name in TORCH_KWARGS:
+        torch_spec = f"bench.zoo_survey:torch_{name}"
+        row["torch_kwargs"] = TORCH_KWARGS[name]
     try:
-        pair = build_pair(f"torchvision.models:{name}", f"paddle.vision.models:{name}", tuple(shape))
+        pair = build_pair(torch_spec, f"paddle.vision.models:{name}", tuple(shape))
     except PairError as e:
         row.update(verdict="NOT MATCHED", reason=str(e), seconds=round(time.perf_counter() - t0, 1))
         return row
@@ -78,7 +95,8 @@ def _markdown(rows: List[Dict[str, Any]]) -> str:
             if r.get("torch_module") else "-"
         reason = r.get("reason", "") or ("; ".join(r.get("notes", [])) or "")
         shape = "x".join(str(v) for v in r.get("input", []))
-        lines.append(f"| {r['pair']} | {shape} | {r.get('matched', '-')} | {r['verdict']} | "
+        pair = r["pair"] + (f" (torch {r['torch_kwargs']})" if r.get("torch_kwargs") else "")
+        lines.append(f"| {pair} | {shape} | {r.get('matched', '-')} | {r['verdict']} | "
                      f"{where} | {reason[:300]} |")
     return "\n".join(lines)
 

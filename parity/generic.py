@@ -34,7 +34,7 @@ import numpy as np
 
 from .capture import Capture, capture_paddle, capture_torch
 from .compare import GRAD_CONTEXT_FLOOR, Comparison, compare_arrays, compare_named
-from .layer_config import CONVENTIONS, ConfigDiff, diff_configs
+from .layer_config import CONVENTIONS, ConfigDiff, diff_configs, fused_activation, layer_kind
 from .runner import ParityConfig, ParityResult, align_bn_constants_to_paddle
 
 __all__ = ["GenericResult", "compare", "SGD_LR", "SGD_MOMENTUM", "SGD_WEIGHT_DECAY", "SGD_STEPS",
@@ -58,6 +58,13 @@ PaddleMutator = Callable[[Any], None]
 #: -2.999996 in Paddle and <= -3 in torch -> 5 % of scale in every gradient upstream of it.
 #: Gradients upstream of such a crossing (in backward order) are therefore not judged in float32
 #: and the crossing is reported; float64 judges them all, and every later layer is still judged.
+#: Activations Paddle layers fuse into their output (legacy ``BatchNorm(act=...)``), for torch
+#: models that apply them functionally: exact in float64 and float32 (max and comparisons only).
+FUSED_ACTIVATIONS: Dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "relu": lambda a: np.maximum(a, 0).astype(a.dtype),
+    "relu6": lambda a: np.clip(a, 0, 6).astype(a.dtype),
+}
+
 KINKS: Dict[str, Tuple[float, ...]] = {
     "relu": (0.0,), "relu6": (0.0, 6.0), "hardswish": (-3.0, 3.0), "hardsigmoid": (-3.0, 3.0),
     "hardtanh": (-1.0, 1.0), "leakyrelu": (0.0,),
@@ -216,22 +223,59 @@ def _map_paddle(values: Mapping[str, np.ndarray], matching: Any, torch_keys: Seq
     return out
 
 
+def _fused_targets(t: Capture, fused: Mapping[str, str], kinds: Mapping[str, str]
+                   ) -> Dict[Tuple[str, int], Tuple[str, int]]:
+    """``(torch layer, call) -> (torch activation module, call)`` for layers whose Paddle twin
+    applies the activation itself (legacy ``BatchNorm(act='relu')``): the torch module of that kind
+    that next receives the layer's output. The Paddle output is compared with *its* output."""
+    out: Dict[Tuple[str, int], Tuple[str, int]] = {}
+    for i, e in enumerate(t.events):
+        if e.kind != "out" or e.module not in fused:
+            continue
+        for f in t.events[i + 1:]:
+            if f.kind == "in" and f.slot == e.slot and kinds.get(f.module) == fused[e.module]:
+                out[(e.module, e.call)] = (f.module, f.call)
+                break
+    return out
+
+
 def _forward(t: Capture, p: Capture, pairs: Mapping[str, str], stage: str, precision: str,
-             category: str, truth: Optional[Capture]
-             ) -> Tuple[List[Comparison], List[Tuple[str, float, float]]]:
-    """Outputs of every matched layer, paired by (torch path, paddle path, call), then logits."""
+             category: str, truth: Optional[Capture],
+             alias: Optional[Mapping[Tuple[str, int], Tuple[str, int]]] = None,
+             containers: Sequence[str] = (), boundaries: Optional[set] = None,
+             fused: Mapping[str, str] = {}) -> Tuple[List[Comparison], List[Tuple[str, float, float]]]:
+    """Outputs of every matched layer, paired by (torch path, paddle path, call), then logits.
+
+    ``alias``: see :func:`_fused_targets`; a fused layer without a torch activation module after
+    it (torch applies ``F.relu``) is compared with :data:`FUSED_ACTIVATIONS` applied to the torch
+    output. ``containers`` (matched by structure) whose outputs have
+    different shapes end at different points of the computation (torchvision's ``_DenseLayer``
+    returns the new features, paddle.vision's the concatenation): they are added to
+    ``boundaries`` and not compared; every layer inside them still is.
+    """
+    boundaries = boundaries if boundaries is not None else set()
     pev = {e.key: e for e in p.events}
     tru = {e.key: e for e in truth.events} if truth is not None else {}
+    tev = {e.key: e for e in t.events}
+    alias = alias or {}
     out: List[Comparison] = []
     curve: List[Tuple[str, float, float]] = []
     for i, e in enumerate(t.events):
         if e.kind != "out" or e.module not in pairs:
             continue
         pe = pev.get(("out", pairs[e.module], e.call))
-        te = tru.get(e.key)
-        c = compare_arrays(p.array(pe) if pe is not None else None, t.array(e), category=category,
-                           stage=stage, name=e.module, order=i, precision=precision,
-                           module=e.module, truth=truth.array(te) if te is not None else None)
+        ref = tev[("out",) + alias[(e.module, e.call)]] if (e.module, e.call) in alias else e
+        act = FUSED_ACTIVATIONS.get(fused.get(e.module, "")) if ref is e else None
+        te = tru.get(ref.key)
+        got = p.array(pe) if pe is not None else None
+        want = t.array(ref) if act is None else act(t.array(ref))
+        if e.module in containers and got is not None and got.shape != want.shape:
+            boundaries.add(f"{e.module} {list(want.shape)} / {pairs[e.module]} {list(got.shape)}")
+            continue  # two containers that end at different points: not a comparable boundary
+        tv = truth.array(te) if te is not None else None
+        c = compare_arrays(got, want, category=category, stage=stage, name=e.module, order=i,
+                           precision=precision, module=e.module,
+                           truth=tv if tv is None or act is None else act(tv))
         out.append(c)
         curve.append((e.module, c.max_abs / c.ref_scale if c.ref_scale else 0.0, c.excess))
     out.append(compare_arrays(p.logits, t.logits, category="logits", stage=stage, name="logits",
@@ -294,9 +338,19 @@ def _owner(key: str) -> str:
 
 
 def _backward(t: Capture, p: Capture, pairs: Mapping[str, str], matching: Any, stage: str,
-              precision: str, truth: Optional[Capture]
+              precision: str, truth: Optional[Capture],
+              alias: Optional[Mapping[Tuple[str, int], Tuple[str, int]]] = None,
+              fused: Mapping[str, str] = {}, containers: Sequence[str] = ()
               ) -> Tuple[List[Comparison], List[Tuple[str, float, float]]]:
-    """Gradients w.r.t. matched layer outputs (backward order), every parameter, the input."""
+    """Gradients w.r.t. matched layer outputs (backward order), every parameter, the input.
+
+    A layer whose Paddle twin has a fused activation (``alias``) is compared with the gradient
+    w.r.t. the torch activation's output.
+    """
+    renamed = {n: a for (n, _), (a, _) in (alias or {}).items()}
+    tall: Dict[str, List[np.ndarray]] = {}
+    for n, g in t.out_grads:
+        tall.setdefault(n, []).append(g)
     gscale = max((float(np.abs(v).max()) for v in t.param_grads.values() if v.size), default=0.0)
     ctx = GRAD_CONTEXT_FLOOR * gscale
     pg: Dict[str, List[np.ndarray]] = {}
@@ -310,12 +364,17 @@ def _backward(t: Capture, p: Capture, pairs: Mapping[str, str], matching: Any, s
     seen: Dict[str, int] = {}
     first_at: Dict[str, int] = {}
     for i, (n, g) in enumerate(t.out_grads):
-        if n not in pairs:
-            continue
+        if n not in pairs or (n in fused and n not in renamed):
+            continue  # a fused activation torch applies functionally: no torch gradient to pair
         k = seen.get(n, 0)
         seen[n] = k + 1
         first_at.setdefault(n, i)
-        lst, tl = pg.get(pairs[n], []), tg.get(n, [])
+        lst, tl = pg.get(pairs[n], []), tg.get(renamed.get(n, n), [])
+        if n in renamed:
+            ref = tall.get(renamed[n], [])
+            g = ref[k] if k < len(ref) else g
+        if n in containers and k < len(lst) and lst[k].shape != g.shape:
+            continue  # containers ending at different points (see _forward)
         c = compare_arrays(lst[k] if k < len(lst) else None, g, category="out_grad", stage=stage,
                            name=f"d/d {n}", order=i, precision=precision, module=n, scale=ctx,
                            truth=tl[k] if k < len(tl) else None)
@@ -369,7 +428,9 @@ def _excuse_upstream(comps: List[Comparison], t: Capture, crossings: List[Tuple[
         return
     last = max(c[1] for c in crossings)
     where = {e.module: i for i, e in enumerate(t.events) if e.kind == "out" and e.call == 0}
-    what = ", ".join(f"{m} ({n} element{'s' if n > 1 else ''})" for m, _, n in crossings)
+    what = ", ".join(f"{m} ({n} element{'s' if n > 1 else ''})" for m, _, n in crossings[:3])
+    if len(crossings) > 3:
+        what += f" and {len(crossings) - 3} more"
     excused = 0
     for c in comps:
         idx = where.get(c.module, -1 if c.category == "input_grad" else None)
@@ -421,13 +482,21 @@ def _run_precision(torch_model: Any, paddle_model: Any, x: np.ndarray, target: n
     """Every stage at one precision; ``truths`` carries the fp64 torch captures to the fp32 run."""
     tm, pm = _copies(torch_model, paddle_model, precision, mutate)
     pairs, matching = result.pairs, result.matching
+    players = dict(pm.named_sublayers())
+    fused = {lm.torch: fused_activation(players[lm.paddle]) for lm in matching.layers
+             if lm.paddle in players and fused_activation(players[lm.paddle])}
+    kinds = {n: layer_kind(m) for n, m in tm.named_modules()}
     xs = x.astype(np.float64 if precision == "fp64" else np.float32)
     fp32 = precision == "fp32"
     t = capture_torch(tm, xs)
     p = capture_paddle(pm, xs)
     stage = f"forward/eval/{precision}"
+    containers = {lm.torch for lm in matching.layers if lm.how == "structure"}
+    boundaries: set = set()
     comps, result.curves[stage] = _forward(t, p, pairs, stage, precision, "layer",
-                                           truths.get("eval") if fp32 else None)
+                                           truths.get("eval") if fp32 else None,
+                                           _fused_targets(t, fused, kinds), containers, boundaries,
+                                           fused)
     result.comparisons += comps
     if not fp32:
         truths["eval"] = t
@@ -440,18 +509,28 @@ def _run_precision(torch_model: Any, paddle_model: Any, x: np.ndarray, target: n
     if not fp32:
         truths["train"] = t
     stage = f"forward/train/{precision}"
-    comps, result.curves[stage] = _forward(t, p, pairs, stage, precision, "layer_train", truth)
+    alias = _fused_targets(t, fused, kinds)
+    comps, result.curves[stage] = _forward(t, p, pairs, stage, precision, "layer_train", truth,
+                                           alias, containers, boundaries, fused)
     result.comparisons += comps
     result.comparisons += _bn_stats(t, p, tm, pm, matching, init, f"bn_stats/{precision}",
                                     precision, truth)
     result.comparisons.append(compare_arrays(
         np.asarray(p.loss), np.asarray(t.loss), category="loss", stage=f"loss/{precision}",
-        name="cross_entropy", order=0, precision=precision, module="loss"))
+        name="cross_entropy", order=0, precision=precision, module="loss",
+        truth=np.asarray(truth.loss) if truth is not None else None))
     stage = f"backward/{precision}"
-    comps, result.curves[stage] = _backward(t, p, pairs, matching, stage, precision, truth)
+    comps, result.curves[stage] = _backward(t, p, pairs, matching, stage, precision, truth,
+                                            alias, fused, containers)
     if fp32:
         _excuse_upstream(comps, t, _kink_crossings(t, p, tm, pairs), result.notes)
     result.comparisons += comps
+    if boundaries and not fp32:
+        result.notes.append(f"{len(boundaries)} container pair(s) end at different points of the "
+                            "computation (output shapes differ) and are not compared as a "
+                            "boundary (the layers inside them are): "
+                            + "; ".join(sorted(boundaries)[:3])
+                            + (" ..." if len(boundaries) > 3 else ""))
     if optimizer:
         result.comparisons += _sgd_steps(tm, pm, matching, f"optim/sgd/{precision}", precision)
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = ["Field", "FIELDS", "CONVENTIONS", "ConfigDiff", "layer_kind", "layer_config",
+           "fused_activation", "NOT_USED",
            "diff_configs", "TORCH_HARDSIGMOID", "PADDLE_HARDSIGMOID"]
 
 #: torch's ``Hardsigmoid``: relu6(x + 3) / 6, i.e. slope 1/6, offset 0.5 (aten kernel).
@@ -68,6 +69,16 @@ def _paddle_conv_pad(layer: Any) -> Any:
     return algo.lower() if algo != "EXPLICIT" else _pad4(layer._updated_padding)
 
 
+#: The value of a field that cannot change the result (count_include_pad without padding, the
+#: dropout mode at p = 0): equal on both sides whatever the stored flag.
+NOT_USED = "n/a (no effect)"
+
+
+def _if_padded(m: Any, value: Any) -> Any:
+    pad = _pad4(m.padding)
+    return value if isinstance(pad, str) or any(pad) else NOT_USED
+
+
 def _torch_momentum(m: Any) -> Any:
     """torch's momentum m as the weight of the old running value, 1 - m, in float32 (Paddle's form)."""
     return "cumulative average" if m.momentum is None else _f32(1.0 - m.momentum)
@@ -105,7 +116,8 @@ _BN = (
           _paddle_momentum),
     Field("affine", lambda m: bool(m.affine), lambda m: m.weight is not None),
     Field("uses running statistics in eval", lambda m: bool(m.track_running_stats),
-          lambda m: m._use_global_stats is not False),
+          # legacy paddle.nn.BatchNorm: use_global_stats=False still means running stats in eval
+          lambda m: type(m).__name__ == "BatchNorm" or m._use_global_stats is not False),
 )
 _MAXPOOL = (
     Field("kernel", lambda m: _pair(m.kernel_size), lambda m: _pair(m.ksize)),
@@ -117,14 +129,15 @@ _MAXPOOL = (
 )
 _AVGPOOL = (
     _MAXPOOL[0], _MAXPOOL[1], _MAXPOOL[2], _MAXPOOL[4],
-    Field("count_include_pad", lambda m: bool(m.count_include_pad),
-          lambda m: not bool(m.exclusive)),
+    Field("count_include_pad", lambda m: _if_padded(m, bool(m.count_include_pad)),
+          lambda m: _if_padded(m, not bool(m.exclusive))),
     Field("divisor", lambda m: m.divisor_override, lambda m: m.divisor),
 )
 _ADAPTIVE = (Field("output_size", lambda m: _pair(m.output_size), lambda m: _pair(m._output_size)),)
 _DROPOUT = (
     Field("p", lambda m: float(m.p), lambda m: float(m.p)),
-    Field("mode", lambda m: "upscale_in_train", lambda m: str(m.mode)),
+    Field("mode", lambda m: "upscale_in_train" if m.p else NOT_USED,
+          lambda m: str(m.mode) if m.p else NOT_USED),
 )
 _HARDSIGMOID = (
     Field("slope", lambda m: TORCH_HARDSIGMOID[0],
@@ -153,15 +166,27 @@ FIELDS: Mapping[str, Tuple[Field, ...]] = {
 }
 
 
+#: Paddle's legacy ``nn.BatchNorm`` (any rank, optionally with a fused activation ``act``) is
+#: the BatchNorm of the rank it runs at; compared as the torch kind it is matched with.
+_ALIASES: Mapping[str, Tuple[str, ...]] = {"batchnorm": ("batchnorm1d", "batchnorm2d")}
+
+
 def layer_kind(layer: Any) -> str:
-    """The class name lower-cased with Paddle's ``2D``/``1D`` spelled like torch's."""
+    """The class name lower-cased (``Conv2d`` and ``Conv2D`` are both ``conv2d``)."""
     return type(layer).__name__.lower()
 
 
-def layer_config(layer: Any, side: str) -> Dict[str, Any]:
-    """The configuration of one layer (``side``: 'torch' or 'paddle') in the shared vocabulary."""
+def fused_activation(layer: Any) -> Any:
+    """The activation a Paddle layer applies to its own output (legacy ``BatchNorm(act=...)``)."""
+    act = getattr(layer, "_act", None)
+    return act if isinstance(act, str) and act else None
+
+
+def layer_config(layer: Any, side: str, kind: Optional[str] = None) -> Dict[str, Any]:
+    """The configuration of one layer (``side``: 'torch' or 'paddle') in the shared vocabulary
+    (``kind``: read it as this kind, default its own)."""
     out: Dict[str, Any] = {}
-    for f in FIELDS.get(layer_kind(layer), ()):
+    for f in FIELDS.get(kind or layer_kind(layer), ()):
         try:
             out[f.name] = (f.torch if side == "torch" else f.paddle)(layer)
         except AttributeError as e:
@@ -211,10 +236,12 @@ def diff_configs(torch_model: Any, paddle_model: Any, pairs: Sequence[Tuple[str,
         if tl is None or pl is None:
             continue
         tk, pk = layer_kind(tl), layer_kind(pl)
+        if tk in _ALIASES.get(pk, ()):
+            pk = tk
         if tk != pk and (tk in FIELDS or pk in FIELDS):
             diffs.append(ConfigDiff(tp, pp, tk, "kind", type(tl).__name__, type(pl).__name__, i))
             continue
-        tc, pc = layer_config(tl, "torch"), layer_config(pl, "paddle")
+        tc, pc = layer_config(tl, "torch"), layer_config(pl, "paddle", pk)
         if tc:
             configs[tp] = {"paddle_module": pp, "kind": tk, "torch": tc, "paddle": pc}
         for name in tc:
