@@ -76,6 +76,19 @@ def _same_padding(path: str) -> Callable[[Any], None]:
     return apply
 
 
+def _bn_momentum(path: str, momentum: float) -> Callable[[Any], None]:
+    """torch's momentum value given to Paddle, whose momentum weights the *old* running value."""
+    def apply(model: Any) -> None:
+        get_sublayer(model, path)._momentum = momentum
+    return apply
+
+
+def _dropout_mode(path: str, mode: str) -> Callable[[Any], None]:
+    def apply(model: Any) -> None:
+        get_sublayer(model, path).mode = mode
+    return apply
+
+
 def _transposed_kernel(path: str) -> Callable[[Any], None]:
     def apply(model: Any) -> None:
         conv = get_sublayer(model, path)
@@ -120,6 +133,7 @@ class GenericFault:
     paddle_module: str
     config: bool  # True: the configuration diff must show it too
     apply: Callable[[Any], None]
+    stage: str = "forward/eval/fp64"  # where the numbers first show it
 
 
 _MV3 = "mobilenet_v3_large"
@@ -135,6 +149,12 @@ GENERIC_FAULTS: Tuple[GenericFault, ...] = (
     GenericFault("swapped-channels", "resnet18", "output channels 0 and 1 of layer1.1.conv1 "
                  "exchanged", "layer1.1.conv1", "layer1.1.conv1", False,
                  _swapped_channels("layer1.1.conv1")),
+    GenericFault("bn-momentum", "resnet18", "BatchNorm momentum 0.1 in layer3.1.bn2: torch's "
+                 "value where Paddle's convention needs 0.9", "layer3.1.bn2", "layer3.1.bn2", True,
+                 _bn_momentum("layer3.1.bn2", 0.1), "bn_stats/fp64"),
+    GenericFault("dropout-mode", "mobilenet_v2", "dropout before the classifier in "
+                 "'downscale_in_infer' mode (eval output scaled by 1 - p)", "classifier.0",
+                 "classifier.0", True, _dropout_mode("classifier.0", "downscale_in_infer")),
     GenericFault("hardsigmoid-slope", _MV3, "Paddle's default hard-sigmoid (slope 0.1666667) in "
                  "the squeeze-excite gate of blocks.5, exact 1/6 elsewhere",
                  "features.6.block.2.scale_activation", "blocks.5.mid_se.scale_activation", True,
