@@ -79,7 +79,8 @@ def add_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                    help="torch CPU threads (default 1: fastest at small batches)")
     p.add_argument("--inject-fault", metavar="FAULT",
                    help="break the Paddle model on purpose to see the run fail and name the place: "
-                        + ", ".join(_fault_names()))
+                        "--model: " + ", ".join(_fault_names()) + "; --torch/--paddle: "
+                        + _generic_fault_names())
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_command)
 
@@ -88,6 +89,15 @@ def _fault_names() -> List[str]:
     from .faults import FAULTS
 
     return list(FAULTS)
+
+
+def _generic_fault_names() -> str:
+    from .generic_faults import GENERIC_FAULTS
+
+    pairs: dict = {}
+    for f in GENERIC_FAULTS:
+        pairs.setdefault(f.pair, []).append(f.name)
+    return "; ".join(f"{k}: {', '.join(v)}" for k, v in pairs.items())
 
 
 def _fail(msg: str) -> int:
