@@ -394,10 +394,13 @@ def _backward(t: Capture, p: Capture, pairs: Mapping[str, str], matching: Any, s
     return out, curve
 
 
-def _kink_crossings(t: Capture, p: Capture, tm: Any, pairs: Mapping[str, str]
-                    ) -> List[Tuple[str, int, int]]:
+def _kink_crossings(t: Capture, p: Capture, tm: Any, pairs: Mapping[str, str],
+                    fused: Mapping[str, str] = {}) -> List[Tuple[str, int, int]]:
     """Matched activation layers whose float32 inputs lie on different sides of a kink.
 
+    A Paddle layer with a fused ReLU (legacy ``BatchNorm(act='relu')``) exposes only its output,
+    but that is 0 exactly where its pre-activation is <= 0, so a crossing there is still seen:
+    torch's pre-activation > 0 where Paddle's output is not, or the reverse.
     Returns ``(torch path, forward index of its output event, number of elements)``.
     """
     from .layer_config import layer_kind
@@ -418,6 +421,14 @@ def _kink_crossings(t: Capture, p: Capture, tm: Any, pairs: Mapping[str, str]
             done = next((j for j in range(i, len(t.events)) if t.events[j].key ==
                          ("out", e.module, e.call)), i)
             out.append((e.module, done, n))
+    for i, e in enumerate(t.events):
+        if e.kind != "out" or fused.get(e.module) not in ("relu", "relu6"):
+            continue
+        pe = pev.get(("out", pairs[e.module], e.call))
+        if pe is not None and p.array(pe).shape == t.array(e).shape:
+            n = int(np.count_nonzero((t.array(e) > 0) != (p.array(pe) > 0)))
+            if n:
+                out.append((e.module, i, n))
     return out
 
 
@@ -523,7 +534,7 @@ def _run_precision(torch_model: Any, paddle_model: Any, x: np.ndarray, target: n
     comps, result.curves[stage] = _backward(t, p, pairs, matching, stage, precision, truth,
                                             alias, fused, containers)
     if fp32:
-        _excuse_upstream(comps, t, _kink_crossings(t, p, tm, pairs), result.notes)
+        _excuse_upstream(comps, t, _kink_crossings(t, p, tm, pairs, fused), result.notes)
     result.comparisons += comps
     if boundaries and not fp32:
         result.notes.append(f"{len(boundaries)} container pair(s) end at different points of the "
