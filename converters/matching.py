@@ -316,7 +316,8 @@ def _uncalled_pairs(t: _Side, p: _Side, notes: List[str]) -> List[Tuple[str, str
     left_p = sorted(lost_p - {k for k, _, _ in pairs})
     if left_t or left_p:
         raise MatchError("stateful layers never called at the example input and not paired by "
-                         f"name: torch {_few(left_t)}; Paddle {_few(left_p)}")
+                         f"name: torch {_few(left_t)}; Paddle {_few(left_p)} (their weights have "
+                         "no place on the other side: build both models with or without them)")
     if pairs:
         notes.append(f"{len(pairs)} stateful layers never called at the example input, paired by name")
     return pairs

@@ -58,6 +58,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, timeout=600)
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if slow else n
                                   for n, slow in PAIRS.items()])
 def test_torchvision_state_dict_converts_to_paddle_vision(name, tmp_path):

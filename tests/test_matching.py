@@ -22,6 +22,8 @@ from converters.matching import (MATCHING_FORMAT, LayerMatch, Matching, MatchErr
                                  load_matching, match_models, paddle_to_torch_state,
                                  save_matching, torch_to_paddle_state)
 
+pytestmark = pytest.mark.paddle
+
 #: torchvision/paddle.vision constructor name -> (how its stateful layers are expected to be paired,
 #: example input side). Names coincide (BN buffers and the Linear layout aside) for resnet18,
 #: mobilenet_v2 and vgg11; mobilenet_v3_large shares 2 layer paths (the classifier's Linears) out of
@@ -197,6 +199,34 @@ def test_parameter_free_modules_are_paired_only_when_unambiguous():
     assert free == {("4", "3")}  # the dropouts; two torch ReLUs vs one Paddle ReLU: no guess
     assert {"1", "2"} <= set(m.unmatched_torch) and "1" in m.unmatched_paddle
     assert any("relu: 2 module(s) in torch" in n for n in m.notes)
+
+
+class _TorchWithAux(torch.nn.Module):
+    """An auxiliary head (as torchvision's Inception v3) that eval mode never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.aux = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+
+    def forward(self, v):
+        return self.aux(self.body(v)) if self.training else self.body(v)
+
+
+class _PaddleWithAux(paddle.nn.Layer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.aux = paddle.nn.Linear(4, 4), paddle.nn.Linear(4, 2)
+
+    def forward(self, v):
+        return self.aux(self.body(v)) if self.training else self.body(v)
+
+
+def test_layers_never_called_pair_by_name_or_are_refused():
+    p = paddle.nn.Sequential(("body", paddle.nn.Linear(4, 4)))
+    with pytest.raises(MatchError, match="never called at the example input.*torch 'aux'"):
+        match_models(_TorchWithAux(), p, np.ones((1, 4), np.float32))
+    m = match_models(_TorchWithAux(), _PaddleWithAux(), np.ones((1, 4), np.float32))
+    assert ("aux", "aux", "name") in {(x.torch, x.paddle, x.how) for x in m.layers}
 
 
 def test_layer_match_is_the_contract_interface():
