@@ -142,3 +142,13 @@ def test_generic_usage_errors(resnet18_file, tmp_path, capsys, argv, message):
     assert main([str(resnet18_file), "-o", str(tmp_path / "o.pdparams"), *argv]) == 2
     assert message in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_an_existing_output_is_kept_without_force(resnet18_file, tmp_path, capsys):
+    dst = tmp_path / "o.pdparams"
+    dst.write_bytes(b"previous")
+    assert _convert(resnet18_file, *_specs("resnet18"), dst) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert dst.read_bytes() == b"previous" and sorted(os.listdir(tmp_path)) == ["o.pdparams"]
+    assert _convert(resnet18_file, *_specs("resnet18"), dst, "--force") == 0
+    assert paddle.load(str(dst))["fc.weight"].shape == [512, 1000]  # Linear stored [in, out]
