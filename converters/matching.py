@@ -157,11 +157,21 @@ def _describe(modules: Sequence[Tuple[str, Any]], state: Mapping[str, Any],
     return out
 
 
+def _torch_layers(model: Any) -> Dict[str, _Layer]:
+    return _describe(list(model.named_modules()), model.state_dict(),
+                     lambda m: any(True for _ in m.children()))
+
+
+def _paddle_layers(model: Any) -> Dict[str, _Layer]:
+    return _describe(list(model.named_sublayers(include_self=True)), model.state_dict(),
+                     lambda m: bool(m.sublayers()))
+
+
 def _torch_side(model: Any, x: np.ndarray) -> _Side:
     import torch
 
     modules = list(model.named_modules())
-    layers = _describe(modules, model.state_dict(), lambda m: any(True for _ in m.children()))
+    layers = _torch_layers(model)
     calls: List[str] = []
     handles = [m.register_forward_pre_hook(lambda _m, _i, p=path: calls.append(p))
                for path, m in modules]
@@ -184,7 +194,7 @@ def _paddle_side(model: Any, x: np.ndarray) -> _Side:
     import paddle
 
     modules = list(model.named_sublayers(include_self=True))
-    layers = _describe(modules, model.state_dict(), lambda m: bool(m.sublayers()))
+    layers = _paddle_layers(model)
     calls: List[str] = []
     handles = [m.register_forward_pre_hook(lambda _m, _i, p=path: calls.append(p))
                for path, m in modules]
@@ -507,16 +517,6 @@ def _validated(stored: Matching, t_layers: Mapping[str, _Layer], p_layers: Mappi
         raise MatchError(f"'keys' disagree with the layer pairs at {_few(bad)} "
                          "(delete 'keys' to re-derive them)")
     return out
-
-
-def _torch_layers(model: Any) -> Dict[str, _Layer]:
-    return _describe(list(model.named_modules()), model.state_dict(),
-                     lambda m: any(True for _ in m.children()))
-
-
-def _paddle_layers(model: Any) -> Dict[str, _Layer]:
-    return _describe(list(model.named_sublayers(include_self=True)), model.state_dict(),
-                     lambda m: bool(m.sublayers()))
 
 
 # ------------------------------------------------------------------------------------------------
