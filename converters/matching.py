@@ -18,7 +18,8 @@ paddle.vision's ``blocks.3.mid_se.fc1``), but they compute the same layers in th
 
 A stateful layer that cannot be paired this way raises :class:`MatchError` naming it: weights never
 go through a guess. :func:`save_matching` / :func:`load_matching` write and read the result as JSON
-(``--map FILE``: an edited pairing is validated against both models, its layers become ``how='file'``).
+or YAML (``--map FILE``: an edited pairing is validated against both models, its layers become
+``how='file'``).
 """
 from __future__ import annotations
 
@@ -470,27 +471,42 @@ def match_models(torch_model: Any, paddle_model: Any, example_input: np.ndarray)
 
 
 # ------------------------------------------------------------------------------------------------
-# --map files
+# --map files (JSON or YAML)
+
+
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def _is_yaml(path: "os.PathLike[str] | str") -> bool:
+    return os.fspath(path).lower().endswith(_YAML_SUFFIXES)
 
 
 def save_matching(matching: Matching, path: "os.PathLike[str] | str") -> None:
-    """Write ``matching`` as JSON, atomically."""
-    atomic_write_text(path, json.dumps(matching.to_json(), indent=1) + "\n")
+    """Write ``matching`` atomically: YAML for a ``.yaml``/``.yml`` path, else JSON."""
+    if _is_yaml(path):
+        import yaml
+
+        text = yaml.safe_dump(matching.to_json(), sort_keys=False, width=100)
+    else:
+        text = json.dumps(matching.to_json(), indent=1) + "\n"
+    atomic_write_text(path, text)
 
 
 def load_matching(path: "os.PathLike[str] | str", torch_model: Any, paddle_model: Any) -> Matching:
-    """Read a (possibly edited) matching and check it against both models: every path exists, every
-    stateful layer of each side is paired exactly once, with agreeing kinds and shapes. The key map
-    is re-derived from the layer pairs (a ``keys`` section that disagrees is an error). Layers come
-    back as ``how='file'``. Raises :class:`MatchError` naming the file."""
+    """Read a (possibly edited) matching, JSON or YAML (by suffix), and check it against both models:
+    every path exists, every stateful layer of each side is paired exactly once, with agreeing kinds
+    and shapes. The key map is re-derived from the layer pairs (a ``keys`` section that disagrees
+    is an error). Layers come back as ``how='file'``. Raises :class:`MatchError` naming the file."""
+    import yaml
+
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            data = yaml.safe_load(f) if _is_yaml(path) else json.load(f)
         stored = Matching.from_json(data)
         return _validated(stored, _torch_layers(torch_model), _paddle_layers(paddle_model))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MatchError(f"{os.fspath(path)}: cannot read a matching: "
-                         f"{getattr(e, 'strerror', None) or e}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as e:
+        problem = getattr(e, "strerror", None) or " ".join(str(e).split())
+        raise MatchError(f"{os.fspath(path)}: cannot read a matching: {problem[:200]}") from None
     except MatchError as e:
         raise MatchError(f"{os.fspath(path)}: {e}") from None
 

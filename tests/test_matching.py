@@ -103,6 +103,17 @@ def test_matching_json_round_trip_and_edited_map(zoo_match, tmp_path):
     assert {x.how for x in loaded.layers} == {"file"}
 
 
+def test_matching_as_yaml(zoo_match, tmp_path):
+    t, p, m = zoo_match("shufflenet_v2_x1_0")
+    path = tmp_path / "map.yaml"
+    save_matching(m, path)
+    assert path.read_text().startswith("format: converters.matching/1")
+    assert load_matching(path, t, p).keys == m.keys
+    path.write_text("layers: [unclosed\n")
+    with pytest.raises(MatchError, match="cannot read a matching"):
+        load_matching(path, t, p)
+
+
 def _edit(tmp_path, m: Matching, change) -> str:
     data = m.to_json()
     change(data)
