@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--input-shape", metavar="N,C,H,W",
                    help="example input the layers are matched at (default 1,3,224,224)")
     g.add_argument("--map", metavar="FILE",
-                   help="a layer matching (JSON or .yaml, as in the sidecar's 'matching') to use instead of "
-                        "matching automatically")
+                   help="a layer matching (JSON or .yaml, as in the sidecar's 'matching') to "
+                        "use instead of matching automatically")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     return p
