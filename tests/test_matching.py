@@ -243,3 +243,20 @@ def test_layers_never_called_pair_by_name_or_are_refused():
 def test_layer_match_is_the_contract_interface():
     x = LayerMatch("a", "b", "conv2d", "order", True)
     assert (x.torch, x.paddle, x.kind, x.how, x.has_params) == ("a", "b", "conv2d", "order", True)
+
+
+def test_cream_pair_matches_by_name_through_the_shared_rules():
+    """The flagship pair: every stateful layer paired by name, keys exactly the Cream rules' map."""
+    import cream_paddle
+    from cream_arch.rules import apply_rules, paddle_layout
+    from cream_torch_ref import create_model
+
+    t, p = create_model("cream-14"), cream_paddle.create_model("cream-14")
+    m = match_models(t, p, _example(64))
+    assert {x.how for x in m.layers if x.has_params} == {"name"}
+    ts = {k: v.numpy() for k, v in t.state_dict().items()}
+    by_rules = apply_rules(ts, paddle_layout(p), to="paddle").state_dict
+    by_matching = torch_to_paddle_state(ts, m, p)
+    assert by_matching.keys() == by_rules.keys()
+    for k, v in by_rules.items():
+        np.testing.assert_array_equal(by_matching[k], v, err_msg=k)
