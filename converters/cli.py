@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _CREAM_ONLY = (("model", "auto", "--model"), ("weights", "ema", "--weights"),
-               ("reverse", False, "--reverse"), ("engine", "native", "--engine"))
+               ("engine", "native", "--engine"))
 
 
 def _generic_usage(args: argparse.Namespace) -> Optional[str]:
@@ -84,11 +84,12 @@ def _generic_usage(args: argparse.Namespace) -> Optional[str]:
 
 
 def _run_generic(args: argparse.Namespace) -> str:
-    from .generic import convert_generic, parse_shape
+    from .generic import convert_generic, parse_shape, pdparams_to_torch_generic
 
-    res = convert_generic(args.src, args.torch, args.paddle, args.output,
-                          input_shape=parse_shape(args.input_shape), map_file=args.map,
-                          force=args.force)
+    back = args.reverse or args.src.lower().endswith(".pdparams")
+    res = (pdparams_to_torch_generic if back else convert_generic)(
+        args.src, args.torch, args.paddle, args.output, input_shape=parse_shape(args.input_shape),
+        map_file=args.map, force=args.force)
     return json.dumps(res.as_dict(), indent=2) if args.json else res.summary()
 
 

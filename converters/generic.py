@@ -1,4 +1,4 @@
-"""``convert-ckpt SRC --torch MODULE:CALLABLE --paddle MODULE:CALLABLE``: any model pair, torch -> Paddle.
+"""``convert-ckpt SRC --torch MODULE:CALLABLE --paddle MODULE:CALLABLE``: any model pair, both ways.
 
 The two callables build the models (``torchvision.models:resnet18`` and
 ``paddle.vision.models:resnet18``); their layers are paired by :mod:`converters.matching` (or an
@@ -6,8 +6,11 @@ edited ``--map`` file), the checkpoint is read with the project's safe loader
 (:mod:`cream_torch_ref.checkpoint`: a plain ``state_dict`` file or ``{'state_dict': ...}``; no code
 from the file runs), every entry goes through the matching and the shared rules, and the
 ``.pdparams`` plus its JSON sidecar (which records the matching) are written with the same checks and
-atomic writes as the Cream path (:mod:`converters.convert`). Every problem is a :class:`GenericInputError`
-naming the file or option at fault; then nothing is written.
+atomic writes as the Cream path (:mod:`converters.convert`). The way back
+(:func:`pdparams_to_torch_generic`, a ``.pdparams`` SRC) writes a plain torch ``state_dict`` file;
+``num_batches_tracked`` comes from the source's sidecar when it describes exactly that file, else 0.
+Every problem is a :class:`GenericInputError` naming the file or option at fault; then nothing is
+written.
 """
 from __future__ import annotations
 
@@ -23,12 +26,14 @@ import numpy as np
 from cream_arch.errors import CheckpointError
 from cream_arch.rules import RuleError
 
-from .convert import (_BackgroundHash, _check_destination, _check_source,
-                      _HashingFile, _write_outputs, default_output, sidecar_path, tool_version)
-from .matching import MatchError, Matching, load_matching, match_models, torch_to_paddle_state
+from .convert import (_BackgroundHash, _check_destination, _check_source, _HashingFile,
+                      _read_own_sidecar, _write_outputs, default_output, sha256_file, sidecar_path,
+                      tool_version)
+from .matching import (MatchError, Matching, load_matching, match_models, paddle_to_torch_state,
+                       torch_to_paddle_state)
 
 __all__ = ["GenericInputError", "GenericConversion", "DEFAULT_EXAMPLE_SHAPE", "resolve_factory", "parse_shape",
-           "build_model", "convert_generic"]
+           "build_model", "convert_generic", "pdparams_to_torch_generic"]
 
 #: Example input the layers are matched at (one forward pass each side; no values compared).
 DEFAULT_EXAMPLE_SHAPE: Tuple[int, ...] = (1, 3, 224, 224)
@@ -143,6 +148,24 @@ def _matching(torch_model: Any, paddle_model: Any, shape: Sequence[int], map_fil
     return match_models(torch_model, paddle_model, example)
 
 
+def _check_files(src: str, dst: str, force: bool, map_file: Optional[str]) -> None:
+    _check_source(src)
+    _check_destination(src, dst, force)
+    if map_file is not None and not os.path.isfile(map_file):
+        raise GenericInputError(f"{map_file}: no such file (--map)")
+
+
+def _pair(torch_spec: str, paddle_spec: str, shape: Sequence[int], map_file: Optional[str]
+          ) -> Tuple[Any, Any, Matching]:
+    """Both models and their matching; GenericInputError if they cannot be matched."""
+    torch_model = build_model(torch_spec, "--torch", "torch")
+    paddle_model = build_model(paddle_spec, "--paddle", "paddle")
+    try:
+        return torch_model, paddle_model, _matching(torch_model, paddle_model, shape, map_file)
+    except MatchError as e:
+        raise GenericInputError(f"{torch_spec} / {paddle_spec}: {e}") from None
+
+
 def convert_generic(src: "os.PathLike[str] | str", torch_spec: str, paddle_spec: str,
                     dst: "Optional[os.PathLike[str] | str]" = None, *,
                     input_shape: Optional[Sequence[int]] = None, map_file: Optional[str] = None,
@@ -155,17 +178,9 @@ def convert_generic(src: "os.PathLike[str] | str", torch_spec: str, paddle_spec:
     src = os.fspath(src)
     dst = os.fspath(dst) if dst is not None else default_output(src)
     shape = tuple(input_shape) if input_shape is not None else DEFAULT_EXAMPLE_SHAPE
-    _check_source(src)
-    _check_destination(src, dst, force)
-    if map_file is not None and not os.path.isfile(map_file):
-        raise GenericInputError(f"{map_file}: no such file (--map)")
+    _check_files(src, dst, force, map_file)
     src_hash = _BackgroundHash(src)
-    torch_model = build_model(torch_spec, "--torch", "torch")
-    paddle_model = build_model(paddle_spec, "--paddle", "paddle")
-    try:
-        matching = _matching(torch_model, paddle_model, shape, map_file)
-    except MatchError as e:
-        raise GenericInputError(f"{torch_spec} / {paddle_spec}: {e}") from None
+    torch_model, paddle_model, matching = _pair(torch_spec, paddle_spec, shape, map_file)
     source, entry = _read_torch_state(src)
     try:
         state = torch_to_paddle_state(source, matching, paddle_model)
@@ -173,8 +188,8 @@ def convert_generic(src: "os.PathLike[str] | str", torch_spec: str, paddle_spec:
         raise GenericInputError(f"{src}: does not fit {torch_spec} (through the matching with "
                                 f"{paddle_spec}): {e}") from None
     counters = {k: int(source[k]) for k in matching.dropped if k in source}
-    side = _sidecar(src, src_hash.result(), torch_spec, paddle_spec, shape, map_file, entry,
-                    len(state), matching, counters)
+    side = _sidecar("torch->paddle", src, src_hash.result(), torch_spec, paddle_spec, shape,
+                    map_file, entry, len(state), matching, counters)
 
     from cream_paddle.checkpoint import save_checkpoint
 
@@ -190,14 +205,14 @@ def convert_generic(src: "os.PathLike[str] | str", torch_spec: str, paddle_spec:
                              time.perf_counter() - t0)
 
 
-def _sidecar(src: str, src_sha: str, torch_spec: str, paddle_spec: str, shape: Sequence[int],
-             map_file: Optional[str], entry: str, keys: int, matching: Matching,
-             counters: Dict[str, int]) -> Dict[str, Any]:
+def _sidecar(direction: str, src: str, src_sha: str, torch_spec: str, paddle_spec: str,
+             shape: Sequence[int], map_file: Optional[str], entry: str, keys: int,
+             matching: Matching, counters: Dict[str, int]) -> Dict[str, Any]:
     values = set(counters.values())
     return {
         "tool": "convert-ckpt",
         "tool_version": tool_version(),
-        "direction": "torch->paddle",
+        "direction": direction,
         "torch": torch_spec,
         "paddle": paddle_spec,
         "example_input_shape": list(shape),
@@ -210,3 +225,52 @@ def _sidecar(src: str, src_sha: str, torch_spec: str, paddle_spec: str, shape: S
         "num_batches_tracked": values.pop() if len(values) == 1 else counters,
         "matching": matching.to_json(),
     }
+
+
+def _recorded_counters(src: str, src_sha: str) -> Dict[str, int]:
+    """``num_batches_tracked`` values the source's own sidecar recorded (torch key -> value)."""
+    recorded = _read_own_sidecar(src, src_sha, []).get("num_batches_tracked")
+    if isinstance(recorded, dict):
+        return {k: v for k, v in recorded.items() if isinstance(v, int)}
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        return {"*": recorded}
+    return {}
+
+
+def pdparams_to_torch_generic(src: "os.PathLike[str] | str", torch_spec: str, paddle_spec: str,
+                              dst: "Optional[os.PathLike[str] | str]" = None, *,
+                              input_shape: Optional[Sequence[int]] = None,
+                              map_file: Optional[str] = None, force: bool = False
+                              ) -> GenericConversion:
+    """The way back: the ``.pdparams`` ``src`` of the model ``paddle_spec`` builds as a plain torch
+    ``state_dict`` file for the model ``torch_spec`` builds (``torch.load(weights_only=True)``
+    reads it). Same errors and guarantees as :func:`convert_generic`."""
+    t0 = time.perf_counter()
+    src = os.fspath(src)
+    dst = os.fspath(dst) if dst is not None else default_output(src, reverse=True)
+    shape = tuple(input_shape) if input_shape is not None else DEFAULT_EXAMPLE_SHAPE
+    _check_files(src, dst, force, map_file)
+    src_sha = sha256_file(src)
+    torch_model, paddle_model, matching = _pair(torch_spec, paddle_spec, shape, map_file)
+
+    from cream_paddle.checkpoint import load_checkpoint as load_pdparams  # numpy only, safe
+
+    ck = load_pdparams(src)
+    recorded = _recorded_counters(src, src_sha)
+    counters = {k: recorded.get(k, recorded.get("*", 0)) for k in matching.dropped}
+    try:
+        state = paddle_to_torch_state(ck.state_dict, matching, torch_model, counters)
+    except RuleError as e:
+        raise GenericInputError(f"{src}: does not fit {paddle_spec} (through the matching with "
+                                f"{torch_spec}): {e}") from None
+    side = _sidecar("paddle->torch", src, src_sha, torch_spec, paddle_spec, shape, map_file,
+                    ck.source, len(state), matching, counters if recorded else {})
+
+    import torch
+
+    tensors = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in state.items()}
+    digest = _write_outputs(dst, lambda f: torch.save(tensors, f), side)
+    return GenericConversion(src, dst, sidecar_path(dst), torch_spec, paddle_spec, ck.source,
+                             src_sha, digest, len(state),
+                             sorted({m.how for m in matching.layers if m.has_params}),
+                             time.perf_counter() - t0)

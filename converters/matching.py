@@ -541,9 +541,10 @@ def _validated(stored: Matching, t_layers: Mapping[str, _Layer], p_layers: Mappi
 
 def _convert(source: Mapping[str, Any], keys: Mapping[str, str], transposed: FrozenSet[str],
              ignorable: Sequence[str], target: Mapping[str, Tuple[Tuple[int, ...], str]],
-             fill: Sequence[str]) -> Dict[str, np.ndarray]:
+             fill: Mapping[str, Optional[int]]) -> Dict[str, np.ndarray]:
     """Map ``source`` onto ``target`` (key -> (shape, dtype)) through ``keys``; ``fill``: target keys
-    set to zero (torch's counters). RuleError lists every missing/unexpected/mis-shaped entry."""
+    set to a recorded value, or zero if None (torch's counters). RuleError lists every
+    missing/unexpected/mis-shaped entry."""
     rep, extra, out = KeyReport(), [], {}
     for src, dst in keys.items():
         if dst not in target:
@@ -562,14 +563,14 @@ def _convert(source: Mapping[str, Any], keys: Mapping[str, str], transposed: Fro
                 out[dst] = np.ascontiguousarray(value.T) if src in transposed else value
                 rep.matched += 1
     rep.unexpected += [k for k in source if k not in keys and k not in ignorable]
-    for dst in fill:
-        out[dst] = np.zeros(target[dst][0], dtype=target[dst][1])
+    for dst, value in fill.items():
+        out[dst] = np.full(target[dst][0], value or 0, dtype=target[dst][1])
     lost = [k for k in target if k not in out and k not in set(keys.values())]
     if lost:
         extra.append(f"target keys no source maps to: {_few(lost)}")
     if not rep.ok or extra:
         raise RuleError(rep, extra[:_SHOW])
-    return out
+    return {k: out[k] for k in target}  # in the target model's order
 
 
 def torch_to_paddle_state(torch_state: Mapping[str, Any], matching: Matching, paddle_model: Any
@@ -578,15 +579,17 @@ def torch_to_paddle_state(torch_state: Mapping[str, Any], matching: Matching, pa
     (BN buffer names, Linear transpose, ``num_batches_tracked`` dropped). Raises RuleError."""
     target = {k: (tuple(int(s) for s in v.shape), str(v.dtype).replace("paddle.", ""))
               for k, v in paddle_model.state_dict().items()}
-    return _convert(torch_state, matching.keys, matching.transposed, matching.dropped, target, ())
+    return _convert(torch_state, matching.keys, matching.transposed, matching.dropped, target, {})
 
 
-def paddle_to_torch_state(paddle_state: Mapping[str, Any], matching: Matching, torch_model: Any
-                          ) -> Dict[str, np.ndarray]:
-    """The way back: a Paddle state dict as ``torch_model``'s; dropped counters come back as 0."""
+def paddle_to_torch_state(paddle_state: Mapping[str, Any], matching: Matching, torch_model: Any,
+                          counters: Optional[Mapping[str, int]] = None) -> Dict[str, np.ndarray]:
+    """The way back: a Paddle state dict as ``torch_model``'s; the entries a rule dropped (torch's
+    ``num_batches_tracked``) come back from ``counters`` (torch key -> value), else as 0."""
     target = {k: (tuple(v.shape), str(v.dtype).replace("torch.", ""))
               for k, v in torch_model.state_dict().items()}
     back = {v: k for k, v in matching.keys.items()}
     flipped = frozenset(matching.keys[k] for k in matching.transposed)
+    recorded = dict(counters or {})
     return _convert(paddle_state, back, flipped, (), target,
-                    [k for k in matching.dropped if k in target])
+                    {k: recorded.get(k) for k in matching.dropped if k in target})

@@ -152,3 +152,27 @@ def test_an_existing_output_is_kept_without_force(resnet18_file, tmp_path, capsy
     assert dst.read_bytes() == b"previous" and sorted(os.listdir(tmp_path)) == ["o.pdparams"]
     assert _convert(resnet18_file, *_specs("resnet18"), dst, "--force") == 0
     assert paddle.load(str(dst))["fc.weight"].shape == [512, 1000]  # Linear stored [in, out]
+
+
+def test_round_trip_back_to_torch_is_exact(resnet18_file, tmp_path):
+    """SRC.pth -> .pdparams -> .pth: every tensor back bit for bit, BN counters from the sidecar."""
+    t, p = _specs("resnet18")
+    assert _convert(resnet18_file, t, p, tmp_path / "m.pdparams") == 0
+    assert _convert(tmp_path / "m.pdparams", t, p, tmp_path / "back.pth") == 0
+    before = torch.load(resnet18_file, weights_only=True)
+    after = torch.load(tmp_path / "back.pth", weights_only=True)
+    assert list(after) == list(before)
+    for k, v in before.items():
+        assert after[k].dtype == v.dtype and torch.equal(after[k], v), k
+    (tmp_path / "m.pdparams.json").unlink()  # without its sidecar the counters come back as 0
+    assert _convert(tmp_path / "m.pdparams", t, p, tmp_path / "b2.pth") == 0
+    counters = [v for k, v in torch.load(tmp_path / "b2.pth", weights_only=True).items()
+                if k.endswith("num_batches_tracked")]
+    assert counters and all(int(v) == 0 for v in counters)
+
+
+def test_a_pdparams_of_another_model_is_refused(resnet18_file, tmp_path, capsys):
+    assert _convert(resnet18_file, *_specs("resnet18"), tmp_path / "m.pdparams") == 0
+    assert _convert(tmp_path / "m.pdparams", *_specs("mobilenet_v2"), tmp_path / "x.pth") == 2
+    assert "does not fit paddle.vision.models:mobilenet_v2" in capsys.readouterr().err
+    assert not (tmp_path / "x.pth").exists()
