@@ -2,10 +2,10 @@
 
 Cream checkpoints (``--model``, default auto-detection): exit status 0 converted, 1 refused (bad input
 or output; the one-line reason names the file), 2 usage error, 3 internal error (``--debug`` shows
-the traceback). Any other pair (``--torch MODULE:CALLABLE --paddle MODULE:CALLABLE``,
-:mod:`converters.generic`): 0 converted, 2 bad input or usage (a callable that does not exist, models
-that cannot be matched, a checkpoint of another model, a bad ``--map``), 3 internal error. Nothing is
-written unless the whole conversion succeeded.
+the traceback). Any other pair (``--torch MODULE:CALLABLE --paddle MODULE:CALLABLE``, both
+directions, :mod:`converters.generic`): 0 converted, 2 bad input or usage (a callable that does not
+exist, models that cannot be matched, a checkpoint of another model, a bad ``--map``), 3 internal
+error. Nothing is written unless the whole conversion succeeded.
 """
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a Cream checkpoint between PyTorch (.pth.tar) and Paddle (.pdparams), "
                     "exactly or not at all. The direction follows SRC's extension (.pdparams: to "
                     "PyTorch) unless --reverse is given. A JSON sidecar DST.json records model, "
-                    "resolution, classes, weights used and the source's sha256.")
+                    "resolution, classes, weights used and the source's sha256. With --torch "
+                    "and --paddle: any model pair, its layers matched automatically (the "
+                    "matching goes in the sidecar; --map gives an edited one).")
     p.add_argument("src", metavar="SRC", help="checkpoint to convert")
     p.add_argument("-o", "--output", metavar="DST",
                    help="output file (default: SRC's name with .pdparams, or .pth.tar on the way "
@@ -52,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "into a Paddle inference model with x2paddle, as a third opinion")
     g = p.add_argument_group("any model pair (instead of --model)")
     g.add_argument("--torch", metavar="MODULE:CALLABLE",
-                   help="builds the torch model SRC belongs to, e.g. torchvision.models:resnet18")
+                   help="builds the torch model, e.g. torchvision.models:resnet18")
     g.add_argument("--paddle", metavar="MODULE:CALLABLE",
-                   help="builds the Paddle model to convert to, e.g. paddle.vision.models:resnet18")
+                   help="builds the Paddle model, e.g. paddle.vision.models:resnet18")
     g.add_argument("--input-shape", metavar="N,C,H,W",
                    help="example input the layers are matched at (default 1,3,224,224)")
     g.add_argument("--map", metavar="FILE",
