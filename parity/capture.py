@@ -127,7 +127,8 @@ def _first_tensor(args: Any, is_tensor: Callable[[Any], bool]) -> Any:
 
 def capture_torch(model: Any, x: np.ndarray, *, train: bool = False, grads: bool = False,
                   target: Optional[np.ndarray] = None, loss_fn: Optional[LossSpec] = None,
-                  configure: Optional[Callable[[Any], None]] = None) -> Capture:
+                  configure: Optional[Callable[[Any], None]] = None,
+                  buffers_only: bool = False) -> Capture:
     """Run ``model`` (a ``torch.nn.Module``, already in the wanted dtype) on ``x`` and record it.
 
     In-place activations are switched off for the pass (and restored), so every recorded tensor and
@@ -182,7 +183,10 @@ def capture_torch(model: Any, x: np.ndarray, *, train: bool = False, grads: bool
             with torch.no_grad():
                 logits = main_output(model(xt))
         rec.cap.logits = logits.detach().numpy().copy()
-        rec.cap.state = {n: v.detach().numpy().copy() for n, v in model.state_dict().items()}
+        # buffers_only: the BN statistics, not the weights
+        params = {n for n, _ in model.named_parameters()} if buffers_only else set()
+        rec.cap.state = {n: v.detach().numpy().copy() for n, v in model.state_dict().items()
+                         if n not in params}
     finally:
         for h in handles:
             h.remove()
@@ -194,7 +198,8 @@ def capture_torch(model: Any, x: np.ndarray, *, train: bool = False, grads: bool
 
 def capture_paddle(model: Any, x: np.ndarray, *, train: bool = False, grads: bool = False,
                    target: Optional[np.ndarray] = None, loss_fn: Optional[LossSpec] = None,
-                   configure: Optional[Callable[[Any], None]] = None) -> Capture:
+                   configure: Optional[Callable[[Any], None]] = None,
+                   buffers_only: bool = False) -> Capture:
     """Run ``model`` (a ``paddle.nn.Layer``, already in the wanted dtype) on ``x`` and record it."""
     import paddle
 
@@ -245,7 +250,10 @@ def capture_paddle(model: Any, x: np.ndarray, *, train: bool = False, grads: boo
                 logits = main_output(model(xt))
         rec.cap.logits = logits.detach().numpy().copy()
         # Paddle keeps BN statistics as non-trainable parameters, not buffers: take the state dict
-        rec.cap.state = {n: v.detach().numpy().copy() for n, v in model.state_dict().items()}
+        params = {n for n, q in model.named_parameters() if not q.stop_gradient} \
+            if buffers_only else set()
+        rec.cap.state = {n: v.detach().numpy().copy() for n, v in model.state_dict().items()
+                         if n not in params}
     finally:
         for h in handles:
             h.remove()

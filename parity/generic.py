@@ -499,8 +499,8 @@ def _run_precision(torch_model: Any, paddle_model: Any, x: np.ndarray, target: n
     kinds = {n: layer_kind(m) for n, m in tm.named_modules()}
     xs = x.astype(np.float64 if precision == "fp64" else np.float32)
     fp32 = precision == "fp32"
-    t = capture_torch(tm, xs)
-    p = capture_paddle(pm, xs)
+    t = capture_torch(tm, xs, buffers_only=True)
+    p = capture_paddle(pm, xs, buffers_only=True)
     stage = f"forward/eval/{precision}"
     containers = {lm.torch for lm in matching.layers if lm.how == "structure"}
     boundaries: set = set()
@@ -511,11 +511,12 @@ def _run_precision(torch_model: Any, paddle_model: Any, x: np.ndarray, target: n
     result.comparisons += comps
     if not fp32:
         truths["eval"] = t
-    init = {k: v.detach().numpy().copy() for k, v in tm.state_dict().items()}
+    init = {k: v.detach().numpy().copy() for k, v in tm.named_buffers()
+            if k.endswith("running_var")}  # the running variances, for Paddle's convention
     t = capture_torch(tm, xs, train=True, grads=True, target=target, loss_fn=_torch_ce,
-                      configure=_dropout_to_inference)
+                      configure=_dropout_to_inference, buffers_only=True)
     p = capture_paddle(pm, xs, train=True, grads=True, target=target, loss_fn=_paddle_ce,
-                       configure=_dropout_to_inference)
+                       configure=_dropout_to_inference, buffers_only=True)
     truth = truths.get("train") if fp32 else None
     if not fp32:
         truths["train"] = t
@@ -551,9 +552,11 @@ def _default_target(torch_model: Any, x: np.ndarray) -> np.ndarray:
 
     from .capture import main_output
 
+    dtype = next(torch_model.parameters()).dtype
+    was_training = torch_model.training
     with torch.no_grad():
-        n_classes = int(main_output(copy.deepcopy(torch_model).float().eval()(
-            torch.tensor(x[:1], dtype=torch.float32))).shape[1])
+        n_classes = int(main_output(torch_model.eval()(torch.tensor(x[:1], dtype=dtype))).shape[1])
+    torch_model.train(was_training)
     return np.random.RandomState(TARGET_SEED).randint(0, n_classes, x.shape[0]).astype(np.int64)
 
 
