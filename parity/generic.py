@@ -5,7 +5,7 @@ The two trees are matched by :func:`converters.matching.match_models` (by name w
 coincide after the framework rules, otherwise by execution order checked by kind and shapes). Then,
 for float64 (semantics) and float32 (deployment):
 
-* ``forward/eval/*`` — the output of every matched layer (hooks copy each tensor, and torch's in-place
+* ``forward/eval/*`` — the output of every matched layer (hooks copy each tensor; torch's in-place
   activations are switched off for the pass) and the logits;
 * ``forward/train/*`` — the same in train mode (batch statistics; dropout layers evaluated in
   inference mode on both sides, so no mask is drawn — their p and mode are compared as
@@ -169,7 +169,8 @@ def format_verdict(r: GenericResult) -> str:
     what = f" [{fd.get('category')}, {fd.get('stage')}]"
     num = ""
     if fd.get("stage") != "config":
-        num = f": max abs {fd.get('max_abs')}, max rel {fd.get('max_rel')} (bound {fd.get('tolerance')})"
+        num = (f": max abs {fd.get('max_abs')}, max rel {fd.get('max_rel')} "
+               f"(bound {fd.get('tolerance')})")
     return head + f"First divergence: {where}{what}{num}\n  why: {fd['reason']}"
 
 
@@ -243,7 +244,8 @@ def _forward(t: Capture, p: Capture, pairs: Mapping[str, str], stage: str, preci
              category: str, truth: Optional[Capture],
              alias: Optional[Mapping[Tuple[str, int], Tuple[str, int]]] = None,
              containers: Sequence[str] = (), boundaries: Optional[set] = None,
-             fused: Mapping[str, str] = {}) -> Tuple[List[Comparison], List[Tuple[str, float, float]]]:
+             fused: Mapping[str, str] = {}
+             ) -> Tuple[List[Comparison], List[Tuple[str, float, float]]]:
     """Outputs of every matched layer, paired by (torch path, paddle path, call), then logits.
 
     ``alias``: see :func:`_fused_targets`; a fused layer without a torch activation module after

@@ -115,8 +115,9 @@ def _seed_weights(torch_model: Any, shape: Tuple[int, ...]) -> str:
             f"{len(photos)} {'bundled photos' if shape[1] == 3 else 'seeded images'}")
 
 
-def build_pair(torch_spec: str, paddle_spec: str, input_shape: Tuple[int, ...] = DEFAULT_INPUT_SHAPE,
-               ckpt: Optional[str] = None, map_file: Optional[str] = None) -> ModelPair:
+def build_pair(torch_spec: str, paddle_spec: str,
+               input_shape: Tuple[int, ...] = DEFAULT_INPUT_SHAPE, ckpt: Optional[str] = None,
+               map_file: Optional[str] = None) -> ModelPair:
     """Build, match and load both models; every problem is a :class:`PairError` (one line)."""
     tf = resolve_callable(torch_spec, "--torch")
     pf = resolve_callable(paddle_spec, "--paddle")
