@@ -470,11 +470,16 @@ def _sgd_steps(tm: Any, pm: Any, matching: Any, stage: str, precision: str) -> L
     for _ in range(SGD_STEPS):
         topt.step()
         popt.step()
-    ref = {n: q.detach().numpy().copy() for n, q in tm.named_parameters()}
-    pstate = {n: q.numpy().copy() for n, q in pm.state_dict().items()}
-    got = _map_paddle(pstate, matching, list(ref))
-    return compare_named(got, ref, category="optim_params", stage=stage, precision=precision,
-                         modules={k: _owner(k) for k in ref})
+    pparams = dict(pm.state_dict())
+    out: List[Comparison] = []
+    for i, (n, q) in enumerate(tm.named_parameters()):  # one tensor at a time: VGG-size models
+        pk = matching.keys.get(n)
+        got = pparams[pk].numpy() if pk in pparams else None
+        if got is not None and n in matching.transposed:
+            got = got.T
+        out.append(compare_arrays(got, q.detach().numpy(), category="optim_params", stage=stage,
+                                  name=n, order=i, precision=precision, module=_owner(n)))
+    return out
 
 
 def _torch_ce(z: Any, y: Any) -> Any:
@@ -536,6 +541,9 @@ def _run_precision(torch_model: Any, paddle_model: Any, x: np.ndarray, target: n
     stage = f"backward/{precision}"
     comps, result.curves[stage] = _backward(t, p, pairs, matching, stage, precision, truth,
                                             alias, fused, containers)
+    p.param_grads = {}  # compared; free them before the optimizer steps (memory of large models)
+    if fp32:
+        t.param_grads = {}
     if fp32:
         _excuse_upstream(comps, t, _kink_crossings(t, p, tm, pairs, fused), result.notes)
     result.comparisons += comps
