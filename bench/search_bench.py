@@ -76,7 +76,7 @@ def _worker(args: argparse.Namespace) -> Dict[str, Any]:
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
         import paddle
 
-        from converters.rules import apply_rules, paddle_layout
+        from cream_arch.rules import apply_rules, paddle_layout
         from cream_paddle import search as S
         from cream_paddle.supernet import SuperNet
 

@@ -1,9 +1,9 @@
-"""``convert-ckpt``: Cream checkpoints between PyTorch (``.pth.tar``) and Paddle (``.pdparams``).
+"""``convert-ckpt``: Cream checkpoints between PyTorch (``.pth.tar``) and Paddle (``.pdparams``), and
+any torch model's state dict to its Paddle port (:mod:`converters.generic`, through the layer
+matching of :mod:`converters.matching`).
 
 Importing this package is cheap; torch and Paddle are imported when a conversion runs.
 """
 from .convert import ConversionResult, convert_checkpoint, default_output, pdparams_to_pth
-from .rules import RULES, Rule, apply_rules
 
-__all__ = ["ConversionResult", "convert_checkpoint", "pdparams_to_pth", "default_output",
-           "RULES", "Rule", "apply_rules"]
+__all__ = ["ConversionResult", "convert_checkpoint", "pdparams_to_pth", "default_output"]

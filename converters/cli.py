@@ -1,8 +1,11 @@
 """Command line of ``convert-ckpt``: parse arguments, call :mod:`converters.convert`, print one line.
 
-Exit status: 0 converted, 1 refused (bad input or output; the one-line reason names the file), 2
-usage error, 3 internal error (``--debug`` shows the traceback). Nothing is written unless the whole
-conversion succeeded.
+Cream checkpoints (``--model``, default auto-detection): exit status 0 converted, 1 refused (bad input
+or output; the one-line reason names the file), 2 usage error, 3 internal error (``--debug`` shows
+the traceback). Any other pair (``--torch MODULE:CALLABLE --paddle MODULE:CALLABLE``, both
+directions, :mod:`converters.generic`): 0 converted, 2 bad input or usage (a callable that does not
+exist, models that cannot be matched, a checkpoint of another model, a bad ``--map``), 3 internal
+error. Nothing is written unless the whole conversion succeeded.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from typing import List, Optional
 from cream_arch.errors import CheckpointError
 from cream_arch.space import model_names
 
+from .generic import GenericInputError
+
 __all__ = ["main", "build_parser"]
 
 PROG = "convert-ckpt"
@@ -28,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a Cream checkpoint between PyTorch (.pth.tar) and Paddle (.pdparams), "
                     "exactly or not at all. The direction follows SRC's extension (.pdparams: to "
                     "PyTorch) unless --reverse is given. A JSON sidecar DST.json records model, "
-                    "resolution, classes, weights used and the source's sha256.")
+                    "resolution, classes, weights used and the source's sha256. With --torch "
+                    "and --paddle: any model pair, its layers matched automatically (the "
+                    "matching goes in the sidecar; --map gives an edited one).")
     p.add_argument("src", metavar="SRC", help="checkpoint to convert")
     p.add_argument("-o", "--output", metavar="DST",
                    help="output file (default: SRC's name with .pdparams, or .pth.tar on the way "
@@ -45,9 +52,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="native", choices=["native", "x2paddle"],
                    help="native: weight conversion (default); x2paddle: trace the reference model "
                         "into a Paddle inference model with x2paddle, as a third opinion")
+    g = p.add_argument_group("any model pair (instead of --model)")
+    g.add_argument("--torch", metavar="MODULE:CALLABLE",
+                   help="builds the torch model, e.g. torchvision.models:resnet18")
+    g.add_argument("--paddle", metavar="MODULE:CALLABLE",
+                   help="builds the Paddle model, e.g. paddle.vision.models:resnet18")
+    g.add_argument("--input-shape", metavar="N,C,H,W",
+                   help="example input the layers are matched at (default 1,3,224,224)")
+    g.add_argument("--map", metavar="FILE",
+                   help="a layer matching (JSON or .yaml, as in the sidecar's 'matching') to "
+                        "use instead of matching automatically")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     return p
+
+
+_CREAM_ONLY = (("model", "auto", "--model"), ("weights", "ema", "--weights"),
+               ("engine", "native", "--engine"))
+
+
+def _generic_usage(args: argparse.Namespace) -> Optional[str]:
+    """Why the options do not make a generic conversion (None: they do, or are not one)."""
+    generic = [o for o, v in (("--torch", args.torch), ("--paddle", args.paddle),
+                              ("--input-shape", args.input_shape), ("--map", args.map)) if v]
+    if not generic:
+        return None
+    if not (args.torch and args.paddle):
+        return f"{', '.join(generic)}: give both --torch and --paddle"
+    clash = [opt for name, default, opt in _CREAM_ONLY if getattr(args, name) != default]
+    if clash:
+        return f"{', '.join(clash)} apply to Cream checkpoints only, not with --torch/--paddle"
+    return None
+
+
+def _run_generic(args: argparse.Namespace) -> str:
+    from .generic import convert_generic, parse_shape, pdparams_to_torch_generic
+
+    back = args.reverse or args.src.lower().endswith(".pdparams")
+    res = (pdparams_to_torch_generic if back else convert_generic)(
+        args.src, args.torch, args.paddle, args.output, input_shape=parse_shape(args.input_shape),
+        map_file=args.map, force=args.force)
+    return json.dumps(res.as_dict(), indent=2) if args.json else res.summary()
 
 
 def _run(args: argparse.Namespace) -> str:
@@ -76,27 +121,38 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        problem = _generic_usage(args)
+        if problem:
+            parser.error(problem)
     except SystemExit as e:  # argparse already printed usage and the reason
         return int(e.code or 0)
+    generic = bool(args.torch)
     try:
         with warnings.catch_warnings():  # library chatter (Paddle's ccache note, ...) is not for users
             warnings.simplefilter("ignore")
-            line = _run(args)
+            line = _run_generic(args) if generic else _run(args)
         print(line)
         return 0
     except CheckpointError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+        return 2 if generic else 1
+    except GenericInputError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - a bug must still not dump a traceback on users
         if args.debug:
             raise
-        msg = str(e).splitlines()[0] if str(e) else ""
-        print(f"{PROG}: internal error on {os.fspath(args.src)}: {type(e).__name__}: {msg[:200]} "
-              "(rerun with --debug for details; nothing was written)", file=sys.stderr)
-        return 3
+        return _internal(args, e)
+
+
+def _internal(args: argparse.Namespace, e: BaseException) -> int:
+    msg = str(e).splitlines()[0] if str(e) else ""
+    print(f"{PROG}: internal error on {os.fspath(args.src)}: {type(e).__name__}: {msg[:200]} "
+          "(rerun with --debug for details; nothing was written)", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,7 +3,7 @@
 torch -> Paddle (:func:`convert_checkpoint`): read the checkpoint with the project's safe loader
 (:mod:`cream_torch_ref.checkpoint`, no code from the file runs), pick the EMA or raw weights,
 recognise the architecture from the shapes (:func:`cream_arch.detect.detect_arch`) or take the one
-named, build the Paddle model, map every entry with the rules of :mod:`converters.rules` onto the
+named, build the Paddle model, map every entry with the rules of :mod:`cream_arch.rules` onto the
 model's keys, and write a ``.pdparams`` (what ``paddle.save`` writes) plus a JSON sidecar.
 
 Paddle -> torch (:func:`pdparams_to_pth`): the same in reverse, into the official training's
@@ -39,7 +39,7 @@ from cream_arch.outputs import commit_files, prepare_outputs
 from cream_arch.search_space import SupernetArch, detect_supernet, plan_supernet
 from cream_arch.space import CHILD_NETS, child_spec
 
-from .rules import Mapped, RuleError, TargetKey, apply_rules
+from cream_arch.rules import Mapped, RuleError, TargetKey, apply_rules
 
 __all__ = [
     "ConversionResult",
@@ -354,7 +354,7 @@ def convert_checkpoint(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike
 
     from cream_paddle.childnet import ChildNet
 
-    from .rules import paddle_layout
+    from cream_arch.rules import paddle_layout
 
     with paddle.LazyGuard():  # the target's keys, shapes and dtypes; no weights allocated or drawn
         if supernet:
@@ -445,7 +445,7 @@ def pdparams_to_pth(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike[st
     from cream_torch_ref.checkpoint import save_official_checkpoint
     from cream_torch_ref.childnet import ChildNet
 
-    from .rules import torch_layout
+    from cream_arch.rules import torch_layout
 
     with torch.device("meta"):  # the target's keys, shapes and dtypes; no weights allocated
         if supernet:

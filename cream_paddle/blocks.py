@@ -4,7 +4,7 @@ There is no timm for Paddle, so these classes re-implement the timm 1.0 blocks t
 uses (``cream_torch_ref.blocks`` re-exports the originals under the same names). Each class has the
 constructor arguments of its timm twin, in the same order and with the same defaults (framework
 classes replaced by their Paddle counterparts), and the same sub-layer attribute names, so that a
-state-dict key differs between the two only by framework convention (see ``converters.rules``).
+state-dict key differs between the two only by framework convention (see ``cream_arch.rules``).
 
 Options the Cream networks never use and that would need more than a renaming to port (space-to-depth
 stems, anti-aliasing layers, CondConv, dynamic 'same' padding, non-affine or untracked BatchNorm,

@@ -3,7 +3,7 @@
 Every candidate block is built by :func:`cream_paddle.builder.make_block` from the framework-free
 plan of :func:`cream_arch.search_space.plan_supernet` -- the builder the child nets use -- so layer
 paths, parameter names and registration order equal the torch twin's and the official model's;
-state dicts differ only by the framework conventions of ``converters.rules`` (BN buffer names,
+state dicts differ only by the framework conventions of ``cream_arch.rules`` (BN buffer names,
 Linear weight layout, no ``num_batches_tracked``).
 
 For the meta-matching step, wrap forward passes in :func:`cream_paddle.second_order.second_order_mode`,

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["Event", "Capture", "capture_torch", "capture_paddle", "LossSpec"]
+__all__ = ["Event", "Capture", "capture_torch", "capture_paddle", "LossSpec", "main_output"]
 
 
 @dataclass
@@ -73,16 +73,18 @@ LossSpec = Callable[[Any, Any], Any]
 class _Recorder:
     """Shared bookkeeping of the hooks: event list, open-module stack, tensor de-duplication."""
 
-    def __init__(self, framework: str, to_numpy: Callable[[Any], np.ndarray]) -> None:
+    def __init__(self, framework: str, to_numpy: Callable[[Any], np.ndarray],
+                 version: Callable[[Any], int] = lambda t: 0) -> None:
         self.cap = Capture(framework)
         self.to_numpy = to_numpy
+        self.version = version  # in-place modification counter: a modified tensor is a new value
         self.stack: List[str] = []
         self.calls: Dict[str, int] = {}
-        self.slots: Dict[int, int] = {}
+        self.slots: Dict[Tuple[int, int], int] = {}
         self.pinned: List[Any] = []  # keep tensors alive so their id() is not reused mid-pass
 
     def _slot(self, t: Any) -> Tuple[int, bool]:
-        k = id(t)
+        k = (id(t), self.version(t))  # ``out += x`` returns the same object with a new value
         if k in self.slots:
             return self.slots[k], False
         self.pinned.append(t)
@@ -109,6 +111,12 @@ class _Recorder:
             self.cap.events.append(Event("out", name, call, name, slot))
 
 
+def main_output(out: Any) -> Any:
+    """The logits of a model's output: the output itself, or the first element of a tuple/list
+    (models with auxiliary heads, e.g. GoogLeNet, return several tensors in train mode)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def _first_tensor(args: Any, is_tensor: Callable[[Any], bool]) -> Any:
     if is_tensor(args):
         return args
@@ -118,8 +126,9 @@ def _first_tensor(args: Any, is_tensor: Callable[[Any], bool]) -> Any:
 
 
 def capture_torch(model: Any, x: np.ndarray, *, train: bool = False, grads: bool = False,
-                  target: Optional[np.ndarray] = None, loss_fn: Optional[LossSpec] = None
-                  ) -> Capture:
+                  target: Optional[np.ndarray] = None, loss_fn: Optional[LossSpec] = None,
+                  configure: Optional[Callable[[Any], None]] = None,
+                  buffers_only: bool = False) -> Capture:
     """Run ``model`` (a ``torch.nn.Module``, already in the wanted dtype) on ``x`` and record it.
 
     In-place activations are switched off for the pass (and restored), so every recorded tensor and
@@ -127,7 +136,7 @@ def capture_torch(model: Any, x: np.ndarray, *, train: bool = False, grads: bool
     """
     import torch
 
-    rec = _Recorder("torch", lambda t: t.detach().cpu().numpy().copy())
+    rec = _Recorder("torch", lambda t: t.detach().cpu().numpy().copy(), lambda t: t._version)
     dtype = next(model.parameters()).dtype
     handles = []
     inplace = [m for m in model.modules() if getattr(m, "inplace", False) is True]
@@ -156,12 +165,14 @@ def capture_torch(model: Any, x: np.ndarray, *, train: bool = False, grads: bool
         handles.append(mod.register_forward_hook(post))
     try:
         model.train(train)
+        if configure is not None:  # e.g. dropout layers back to inference mode
+            configure(model)
         xt = torch.tensor(x, dtype=dtype)
         if grads:
             xt.requires_grad_(True)
             for p in model.parameters():
                 p.grad = None
-            logits = model(xt)
+            logits = main_output(model(xt))
             loss = loss_fn(logits, torch.tensor(target, dtype=torch.int64))
             loss.backward()
             rec.cap.loss = float(loss.detach())
@@ -170,9 +181,12 @@ def capture_torch(model: Any, x: np.ndarray, *, train: bool = False, grads: bool
                                    for n, p in model.named_parameters() if p.grad is not None}
         else:
             with torch.no_grad():
-                logits = model(xt)
+                logits = main_output(model(xt))
         rec.cap.logits = logits.detach().numpy().copy()
-        rec.cap.state = {n: v.detach().numpy().copy() for n, v in model.state_dict().items()}
+        # buffers_only: the BN statistics, not the weights
+        params = {n for n, _ in model.named_parameters()} if buffers_only else set()
+        rec.cap.state = {n: v.detach().numpy().copy() for n, v in model.state_dict().items()
+                         if n not in params}
     finally:
         for h in handles:
             h.remove()
@@ -183,12 +197,14 @@ def capture_torch(model: Any, x: np.ndarray, *, train: bool = False, grads: bool
 
 
 def capture_paddle(model: Any, x: np.ndarray, *, train: bool = False, grads: bool = False,
-                   target: Optional[np.ndarray] = None, loss_fn: Optional[LossSpec] = None
-                   ) -> Capture:
+                   target: Optional[np.ndarray] = None, loss_fn: Optional[LossSpec] = None,
+                   configure: Optional[Callable[[Any], None]] = None,
+                   buffers_only: bool = False) -> Capture:
     """Run ``model`` (a ``paddle.nn.Layer``, already in the wanted dtype) on ``x`` and record it."""
     import paddle
 
-    rec = _Recorder("paddle", lambda t: t.detach().numpy().copy())
+    rec = _Recorder("paddle", lambda t: t.detach().numpy().copy(),
+                    lambda t: t._inplace_version() if hasattr(t, "_inplace_version") else 0)
     dtype = model.parameters()[0].dtype
     handles = []
     out_grads = rec.cap.out_grads
@@ -216,11 +232,13 @@ def capture_paddle(model: Any, x: np.ndarray, *, train: bool = False, grads: boo
         handles.append(layer.register_forward_post_hook(post))
     try:
         model.train() if train else model.eval()
+        if configure is not None:
+            configure(model)
         xt = paddle.to_tensor(x).astype(dtype)
         if grads:
             xt.stop_gradient = False
             model.clear_gradients()
-            logits = model(xt)
+            logits = main_output(model(xt))
             loss = loss_fn(logits, paddle.to_tensor(np.asarray(target, dtype=np.int64)))
             loss.backward()
             rec.cap.loss = float(loss.detach())
@@ -229,10 +247,13 @@ def capture_paddle(model: Any, x: np.ndarray, *, train: bool = False, grads: boo
                                    for n, p in model.named_parameters() if p.grad is not None}
         else:
             with paddle.no_grad():
-                logits = model(xt)
+                logits = main_output(model(xt))
         rec.cap.logits = logits.detach().numpy().copy()
         # Paddle keeps BN statistics as non-trainable parameters, not buffers: take the state dict
-        rec.cap.state = {n: v.detach().numpy().copy() for n, v in model.state_dict().items()}
+        params = {n for n, q in model.named_parameters() if not q.stop_gradient} \
+            if buffers_only else set()
+        rec.cap.state = {n: v.detach().numpy().copy() for n, v in model.state_dict().items()
+                         if n not in params}
     finally:
         for h in handles:
             h.remove()

@@ -41,10 +41,23 @@ def add_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                     "output (eval and train mode, fp64 and fp32), BN statistics, losses, all "
                     "gradients, k optimizer steps, the LR schedules and the x2paddle-traced logits. "
                     "Exit 0 iff every comparison is within its named tolerance.")
-    p.add_argument("--model", required=True, choices=model_names(), metavar="NAME",
-                   help=f"released child net: {', '.join(model_names())}")
+    p.add_argument("--model", choices=model_names(), metavar="NAME",
+                   help=f"preset: a released Cream child net ({', '.join(model_names())}); or "
+                        "give --torch and --paddle for any other pair")
+    g = p.add_argument_group("any model pair (instead of --model)")
+    g.add_argument("--torch", metavar="MODULE:CALLABLE",
+                   help="builds the torch model, e.g. torchvision.models:resnet18")
+    g.add_argument("--paddle", metavar="MODULE:CALLABLE",
+                   help="builds the Paddle model, e.g. paddle.vision.models:resnet18")
+    g.add_argument("--input-shape", metavar="N,C,H,W",
+                   help="input batch shape (default 2,3,224,224)")
+    g.add_argument("--map", metavar="FILE",
+                   help="use this layer matching (the matching.json a run wrote, possibly edited) "
+                        "instead of matching the trees automatically")
     p.add_argument("--ckpt", metavar="FILE",
-                   help="official-format .pth.tar (EMA weights used when present); default: a "
+                   help="--model: official-format .pth.tar (EMA weights used when present); "
+                        "--torch/--paddle: a torch state dict (plain or {'state_dict': ...}), "
+                        "loaded safely; default: a "
                         "seeded official-format checkpoint generated in the report folder")
     p.add_argument("--batch", type=int, default=2, metavar="N", help="batch size (default 2)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="input/target seed (default 0)")
@@ -66,7 +79,8 @@ def add_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                    help="torch CPU threads (default 1: fastest at small batches)")
     p.add_argument("--inject-fault", metavar="FAULT",
                    help="break the Paddle model on purpose to see the run fail and name the place: "
-                        + ", ".join(_fault_names()))
+                        "--model: " + ", ".join(_fault_names()) + "; --torch/--paddle: "
+                        + _generic_fault_names())
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_command)
 
@@ -77,6 +91,15 @@ def _fault_names() -> List[str]:
     return list(FAULTS)
 
 
+def _generic_fault_names() -> str:
+    from .generic_faults import GENERIC_FAULTS
+
+    pairs: dict = {}
+    for f in GENERIC_FAULTS:
+        pairs.setdefault(f.pair, []).append(f.name)
+    return "; ".join(f"{k}: {', '.join(v)}" for k, v in pairs.items())
+
+
 def _fail(msg: str) -> int:
     print(f"parity run: error: {msg}", file=sys.stderr)
     return 2
@@ -85,6 +108,16 @@ def _fail(msg: str) -> int:
 def run_command(args: argparse.Namespace) -> int:
     """Handler of ``parity run``: 0 pass, 1 divergence, 2 bad input."""
     from cream_arch.errors import CheckpointError
+
+    if args.torch or args.paddle or args.input_shape or args.map:
+        if args.model:
+            return _fail("give either --model NAME or --torch/--paddle, not both")
+        from .generic_cli import run_generic
+
+        return run_generic(args)
+    if not args.model:
+        return _fail("give --model NAME (a Cream preset) or --torch MODULE:CALLABLE and "
+                     "--paddle MODULE:CALLABLE")
 
     report = args.report or os.path.join("out", "parity", args.model)
     json_path = args.json or os.path.join(report, "parity.json")

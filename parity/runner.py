@@ -18,7 +18,7 @@ compared under the named tolerances of :mod:`parity.compare`):
 Weights: the torch reference loads an official-format checkpoint (the one given, or one generated from
 a seed); the Paddle port loads the ``.pdparams`` that ``convert-ckpt``'s converter makes from it, so
 the converter is part of what is checked. Gradient and statistic names are mapped with the
-converter's rules (:mod:`converters.rules`), never with a second table.
+converter's rules (:mod:`cream_arch.rules`), never with a second table.
 """
 from __future__ import annotations
 
@@ -249,7 +249,7 @@ def _to_torch_names(paddle_values: Dict[str, np.ndarray], torch_model: Any,
     Uses the converter's rules (renames such as ``_mean`` -> ``running_mean``, the Linear transpose);
     shapes and dtypes are taken from ``ref`` so gradients of an fp64 run map too.
     """
-    from converters.rules import RuleError, TargetKey, apply_rules, torch_layout
+    from cream_arch.rules import RuleError, TargetKey, apply_rules, torch_layout
 
     kinds = torch_layout(torch_model)
     layout = {k: TargetKey(tuple(v.shape), v.dtype.name, kinds[k].kind) for k, v in ref.items()}
@@ -265,7 +265,7 @@ def _to_torch_names(paddle_values: Dict[str, np.ndarray], torch_model: Any,
 
 def _paddle_twin(torch_key: str) -> str:
     """The Paddle name of a torch state-dict key, for filtering only (the rules do the mapping)."""
-    from converters.rules import RULES
+    from cream_arch.rules import RULES
 
     prefix, _, leaf = torch_key.rpartition(".")
     for r in RULES:
@@ -460,7 +460,7 @@ def _compare_losses(t_logits: np.ndarray, p_logits: np.ndarray, target: np.ndarr
 def _to_paddle_names(torch_values: Dict[str, np.ndarray], paddle_model: Any
                      ) -> Dict[str, np.ndarray]:
     """Torch-named arrays (gradients) as the Paddle model's names and layouts, by the converter rules."""
-    from converters.rules import RuleError, TargetKey, apply_rules, paddle_layout
+    from cream_arch.rules import RuleError, TargetKey, apply_rules, paddle_layout
 
     trainable = {n for n, p in paddle_model.named_parameters() if not p.stop_gradient}
     kinds = paddle_layout(paddle_model)

@@ -268,7 +268,7 @@ def run_paddle(g: Golden, precision: str = "fp32", fault: Optional[str] = None) 
     """The iteration with :mod:`cream_paddle.search` (``fault``: a name from :data:`FAULTS`)."""
     import paddle
 
-    from converters.rules import apply_rules, paddle_layout
+    from cream_arch.rules import apply_rules, paddle_layout
     from cream_arch.board import PrioritizedBoard
     from cream_paddle import search as S
     from cream_paddle.supernet import SuperNet

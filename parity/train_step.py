@@ -213,7 +213,7 @@ class _Side:
                 model = model.double()
         else:
             from cream_paddle import train as T
-            from converters.rules import apply_rules, paddle_layout
+            from cream_arch.rules import apply_rules, paddle_layout
 
             self.mod = T
             model = T.build_model(recipe)
@@ -332,7 +332,7 @@ class _Side:
     def load_from_torch(self, snap: Dict[str, Dict[str, np.ndarray]]) -> None:
         """Set this (Paddle) side to a torch snapshot: weights, BN statistics, optimizer state, EMA."""
         import paddle
-        from converters.rules import apply_rules, paddle_layout
+        from cream_arch.rules import apply_rules, paddle_layout
 
         layout = paddle_layout(self.model)
         weights = apply_rules({**snap["params"], **snap["buffers"]}, layout, to="paddle").state_dict
@@ -356,7 +356,7 @@ class _Side:
 def _to_torch_names(values: Dict[str, np.ndarray], torch_ref: Dict[str, np.ndarray],
                     torch_model: Any) -> Dict[str, np.ndarray]:
     """Paddle-named arrays in torch's names and layouts (the converter's rules), for ``torch_ref``'s keys."""
-    from converters.rules import RuleError, TargetKey, apply_rules, torch_layout
+    from cream_arch.rules import RuleError, TargetKey, apply_rules, torch_layout
 
     kinds = torch_layout(torch_model)
     layout = {k: TargetKey(tuple(v.shape), v.dtype.name, kinds[k].kind) for k, v in torch_ref.items()}
@@ -369,7 +369,7 @@ def _to_torch_names(values: Dict[str, np.ndarray], torch_ref: Dict[str, np.ndarr
 def _state_to_torch(values: Dict[str, np.ndarray], torch_ref: Dict[str, np.ndarray],
                     torch_model: Any) -> Dict[str, np.ndarray]:
     """Optimizer state ``<param>.<name>`` of the Paddle side in torch's layout (Linear transposed)."""
-    from converters.rules import torch_layout
+    from cream_arch.rules import torch_layout
 
     kinds = torch_layout(torch_model)
     out = {}

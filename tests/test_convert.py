@@ -234,7 +234,7 @@ def test_detect_refusals() -> None:
 
 
 def test_removing_a_rule_fails_with_a_report(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import converters.rules as rules
+    import cream_arch.rules as rules
 
     monkeypatch.setattr(rules, "RULES", tuple(r for r in rules.RULES if r.torch_leaf != "running_var"))
     with pytest.raises(CheckpointError) as e:

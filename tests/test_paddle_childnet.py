@@ -186,7 +186,7 @@ def test_train_mode_batch_statistics_match(converted) -> None:
 def test_harness_catches_a_missing_transpose(tmp_path: Path, monkeypatch) -> None:
     """Fault injection: drop the Linear-transpose rule. With 1280 classes the classifier is square,
     so shapes still fit and only the logits can tell; they must fail the tolerance."""
-    import converters.rules as rules
+    import cream_arch.rules as rules
 
     src = Path(seeded_official_checkpoint("cream-14", tmp_path / "sq.pth.tar", num_classes=1280,
                                           seed_ema=None))

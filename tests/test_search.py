@@ -210,7 +210,7 @@ def test_two_entry_board_paddle_equals_torch(two_entry_setup) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import paddle
-    from converters.rules import apply_rules, paddle_layout
+    from cream_arch.rules import apply_rules, paddle_layout
     from cream_paddle import search as P
     from cream_paddle.supernet import SuperNet as PS
     from parity.search_step import RunRecord, compare_runs

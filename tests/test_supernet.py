@@ -159,7 +159,7 @@ def twins():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import paddle  # noqa: F401
-    from converters.rules import apply_rules, paddle_layout
+    from cream_arch.rules import apply_rules, paddle_layout
     from cream_paddle.supernet import SuperNet as PSuperNet
 
     plan = plan_supernet((1, 1, 2, 1, 1))
@@ -212,7 +212,7 @@ def test_paddle_forward_equals_torch(twins, train: bool) -> None:
 
 @pytest.mark.paddle
 def test_paddle_create_supernet_and_detect(twins) -> None:
-    from converters.rules import paddle_layout
+    from cream_arch.rules import paddle_layout
     from cream_paddle.supernet import create_supernet as pcreate
 
     pm, sta, res = pcreate(0, 20, 10)

@@ -1,7 +1,8 @@
 """The torch <-> Paddle state-dict rules as data, and the walk that applies them to a target model.
 
-A state-dict key is ``<layer path>.<leaf>``. The two trees have the same layer paths (``cream_paddle``
-mirrors ``cream_torch_ref``), so only the leaf and the value's layout can differ. :data:`RULES` lists
+A state-dict key is ``<layer path>.<leaf>``. For Cream the two trees have the same layer paths
+(``cream_paddle`` mirrors ``cream_torch_ref``), so only the leaf and the value's layout can differ; for
+any other pair :mod:`converters.matching` pairs the layer paths first and applies the same rules. :data:`RULES` lists
 every difference; a leaf no rule mentions is copied under the same name. Rules are applied by walking
 the *target* model's keys (Paddle's for torch -> Paddle, torch's for the way back), so what comes
 out is exactly what the target expects, and anything the target does not take is reported, in the *source's* names and layout (the file
@@ -14,8 +15,10 @@ the user has):
 
 and :func:`apply_rules` fails with all three listed in a :class:`~cream_arch.statecheck.KeyReport`.
 
-Layer kinds come from the class names of the target's layers (:data:`LAYER_KINDS`), so a rule like
-"transpose the weight of a Linear" never fires on a 2-D tensor of some other layer.
+Layer kinds come from the class names of the layers (:data:`LAYER_KINDS`, one table for both
+frameworks: torch.nn, paddle.nn and the timm classes the Cream models use), and a rule acts on a kind
+*family* (:data:`RULE_FAMILIES`), so a rule like "transpose the weight of a Linear" never fires on a
+2-D tensor of some other layer. Framework-free: no torch, no Paddle import.
 """
 from __future__ import annotations
 
@@ -30,6 +33,11 @@ __all__ = [
     "Rule",
     "RULES",
     "LAYER_KINDS",
+    "RULE_FAMILIES",
+    "layer_kind",
+    "rule_family",
+    "kinds_compatible",
+    "rule_for",
     "TargetKey",
     "RuleError",
     "Mapped",
@@ -44,8 +52,8 @@ class Rule:
     """One framework difference of a state-dict entry.
 
     ``torch_leaf`` / ``paddle_leaf``: the entry's last name component on each side (``None``: the
-    entry exists on that side only). ``layer``: the layer kind it applies to (see
-    :data:`LAYER_KINDS`). ``action``: ``'copy'`` (rename only), ``'transpose'`` (2-D, swap axes) or
+    entry exists on that side only). ``layer``: the layer family it applies to (see
+    :data:`RULE_FAMILIES`). ``action``: ``'copy'`` (rename only), ``'transpose'`` (2-D, swap axes) or
     ``'drop'`` (torch-only entry: dropped on the way to Paddle, refilled on the way back).
     """
 
@@ -69,13 +77,52 @@ RULES: Tuple[Rule, ...] = (
          "Linear weight is [out, in] in torch and [in, out] in Paddle"),
 )
 
-#: Layer class name (either framework) -> layer kind used by :attr:`Rule.layer`.
+#: Layer class name (either framework) -> canonical layer kind both frameworks share. torch.nn and
+#: paddle.nn spell most classes alike but for the dimension suffix (``Conv2d`` / ``Conv2D``); the
+#: entries are the standard layers torchvision, paddle.vision and timm (Cream) use.
 LAYER_KINDS: Mapping[str, str] = {
-    "BatchNorm2d": "batchnorm",
-    "BatchNorm2D": "batchnorm",
-    "BatchNormAct2d": "batchnorm",
+    **{f"Conv{d}{s}": f"conv{d}d" for d in ("1", "2", "3") for s in ("d", "D")},
+    "ConvTranspose2d": "convtranspose2d", "Conv2DTranspose": "convtranspose2d",
+    **{f"BatchNorm{d}{s}": f"batchnorm{d}d" for d in ("1", "2", "3") for s in ("d", "D")},
+    "BatchNormAct2d": "batchnorm2d",  # timm's BN with a fused activation (Cream)
+    "BatchNorm": "batchnorm",  # paddle.nn.BatchNorm: legacy, any rank, optional fused act
+    "SyncBatchNorm": "batchnorm",
+    "LayerNorm": "layernorm", "GroupNorm": "groupnorm", "Embedding": "embedding",
     "Linear": "linear",
+    "ReLU": "relu", "ReLU6": "relu6", "LeakyReLU": "leakyrelu", "GELU": "gelu",
+    "Hardswish": "hardswish", "Hardsigmoid": "hardsigmoid", "SiLU": "silu", "Silu": "silu",
+    "Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax",
+    "Identity": "identity", "Flatten": "flatten",
+    "Dropout": "dropout", "Dropout2d": "dropout2d", "Dropout2D": "dropout2d",
+    **{f"{p}Pool2{s}": f"{p.lower()}pool2d" for p in ("Max", "Avg") for s in ("d", "D")},
+    **{f"Adaptive{p}Pool2{s}": f"adaptive{p.lower()}pool2d" for p in ("Max", "Avg")
+       for s in ("d", "D")},
+    "Sequential": "sequential", "ModuleList": "layerlist", "LayerList": "layerlist",
 }
+
+#: Layer kind -> the family a :class:`Rule` names in :attr:`Rule.layer` (kinds not listed: no rule).
+RULE_FAMILIES: Mapping[str, str] = {
+    "batchnorm": "batchnorm", "batchnorm1d": "batchnorm", "batchnorm2d": "batchnorm",
+    "batchnorm3d": "batchnorm", "linear": "linear",
+}
+
+
+def layer_kind(class_name: str) -> str:
+    """The canonical kind of a layer class; unknown classes are ``'other:<class name, lower case>'``."""
+    return LAYER_KINDS.get(class_name, f"other:{class_name.lower()}")
+
+
+def rule_family(class_name: str) -> str:
+    """The rule family of a layer class (what :attr:`Rule.layer` names), ``'other'`` if none."""
+    return RULE_FAMILIES.get(LAYER_KINDS.get(class_name, ""), "other")
+
+
+def kinds_compatible(a: str, b: str) -> bool:
+    """Same kind, or one is a rank-agnostic kind (``'batchnorm'``) of the other's family."""
+    if a == b:
+        return True
+    fam_a, fam_b = RULE_FAMILIES.get(a), RULE_FAMILIES.get(b)
+    return fam_a is not None and fam_a == fam_b and fam_a in (a, b)
 
 _ACTIONS = ("copy", "transpose", "drop")
 assert all(r.action in _ACTIONS for r in RULES)
@@ -87,7 +134,7 @@ class TargetKey:
 
     shape: Tuple[int, ...]
     dtype: str
-    kind: str  # a LAYER_KINDS value, or 'other'
+    kind: str  # a rule family (RULE_FAMILIES value), or 'other'
 
 
 class RuleError(ValueError):
@@ -115,9 +162,10 @@ def _split(key: str) -> Tuple[str, str]:
     return (prefix + ".") if prefix else "", leaf
 
 
-def _rule_for(side: str, leaf: str, kind: str) -> Optional[Rule]:
+def rule_for(side: str, leaf: str, family: str) -> Optional[Rule]:
+    """The rule for entry ``leaf`` (named as on ``side``, 'torch' or 'paddle') of a ``family`` layer."""
     for r in RULES:
-        if (r.torch_leaf if side == "torch" else r.paddle_leaf) == leaf and r.layer == kind:
+        if (r.torch_leaf if side == "torch" else r.paddle_leaf) == leaf and r.layer == family:
             return r
     return None
 
@@ -141,7 +189,7 @@ def apply_rules(source: Mapping[str, np.ndarray], target: Mapping[str, TargetKey
     filled: List[str] = []
     for key, tk in target.items():
         prefix, leaf = _split(key)
-        rule = _rule_for(to, leaf, tk.kind)
+        rule = rule_for(to, leaf, tk.kind)
         if rule is not None and rule.action == "drop":  # target-only entry (torch counter)
             if fill is None:
                 rep.missing.append(key)  # no source name: the entry exists in the target only
@@ -175,7 +223,7 @@ def apply_rules(source: Mapping[str, np.ndarray], target: Mapping[str, TargetKey
         if key in used:
             continue
         prefix, leaf = _split(key)
-        rule = _rule_for(src_side, leaf, target_kinds.get(prefix, "other"))
+        rule = rule_for(src_side, leaf, target_kinds.get(prefix, "other"))
         if rule is not None and rule.action == "drop":
             dropped[key] = np.asarray(source[key])
         else:
@@ -189,7 +237,7 @@ def apply_rules(source: Mapping[str, np.ndarray], target: Mapping[str, TargetKey
 
 def torch_layout(model: "object") -> Dict[str, TargetKey]:
     """``key -> TargetKey`` of a ``torch.nn.Module``'s state dict (layer kinds by class name)."""
-    kinds = {name: LAYER_KINDS.get(type(m).__name__, "other")
+    kinds = {name: rule_family(type(m).__name__)
              for name, m in model.named_modules()}  # type: ignore[attr-defined]
     out: Dict[str, TargetKey] = {}
     for key, v in model.state_dict().items():  # type: ignore[attr-defined]
@@ -201,7 +249,7 @@ def torch_layout(model: "object") -> Dict[str, TargetKey]:
 
 def paddle_layout(model: "object") -> Dict[str, TargetKey]:
     """``key -> TargetKey`` of a ``paddle.nn.Layer``'s state dict (layer kinds by class name)."""
-    kinds = {name: LAYER_KINDS.get(type(m).__name__, "other")
+    kinds = {name: rule_family(type(m).__name__)
              for name, m in model.named_sublayers(include_self=True)}  # type: ignore[attr-defined]
     out: Dict[str, TargetKey] = {}
     for key, v in model.state_dict().items():  # type: ignore[attr-defined]

@@ -1,0 +1,276 @@
+"""``convert-ckpt SRC --torch MODULE:CALLABLE --paddle MODULE:CALLABLE``: any model pair, both ways.
+
+The two callables build the models (``torchvision.models:resnet18`` and
+``paddle.vision.models:resnet18``); their layers are paired by :mod:`converters.matching` (or an
+edited ``--map`` file), the checkpoint is read with the project's safe loader
+(:mod:`cream_torch_ref.checkpoint`: a plain ``state_dict`` file or ``{'state_dict': ...}``; no code
+from the file runs), every entry goes through the matching and the shared rules, and the
+``.pdparams`` plus its JSON sidecar (which records the matching) are written with the same checks and
+atomic writes as the Cream path (:mod:`converters.convert`). The way back
+(:func:`pdparams_to_torch_generic`, a ``.pdparams`` SRC) writes a plain torch ``state_dict`` file;
+``num_batches_tracked`` comes from the source's sidecar when it describes exactly that file, else 0.
+Every problem is a :class:`GenericInputError` naming the file or option at fault; then nothing is
+written.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from cream_arch.errors import CheckpointError
+from cream_arch.rules import RuleError
+
+from .convert import (_BackgroundHash, _check_destination, _check_source, _HashingFile,
+                      _read_own_sidecar, _write_outputs, default_output, sha256_file, sidecar_path,
+                      tool_version)
+from .matching import (MatchError, Matching, load_matching, match_models, paddle_to_torch_state,
+                       torch_to_paddle_state)
+
+__all__ = ["GenericInputError", "GenericConversion", "DEFAULT_EXAMPLE_SHAPE", "resolve_factory", "parse_shape",
+           "build_model", "convert_generic", "pdparams_to_torch_generic"]
+
+#: Example input the layers are matched at (one forward pass each side; no values compared).
+DEFAULT_EXAMPLE_SHAPE: Tuple[int, ...] = (1, 3, 224, 224)
+_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+class GenericInputError(ValueError):
+    """Bad input to a generic conversion (callable, models, checkpoint, map): one line."""
+
+
+@dataclass
+class GenericConversion:
+    """What a generic conversion did: files, the two callables, how the layers were paired."""
+
+    src: str
+    dst: str
+    sidecar: str
+    torch: str
+    paddle: str
+    weights: str  # which entry of the source was converted
+    source_sha256: str
+    output_sha256: str
+    keys: int
+    paired_by: List[str]  # 'name' / 'order' / 'file' of the stateful layers
+    seconds: float
+
+    def summary(self) -> str:
+        """One line for the console."""
+        return (f"{self.src} -> {self.dst}: {self.torch} -> {self.paddle}, {self.keys} entries from "
+                f"{self.weights}, layers paired by {'+'.join(self.paired_by)}, {self.seconds:.2f} s")
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_factory(spec: str, option: str) -> Callable[..., Any]:
+    """``'package.module:name'`` -> the callable it names; GenericInputError otherwise."""
+    if not _SPEC.fullmatch(spec or ""):
+        raise GenericInputError(f"{option} {spec!r}: expected MODULE:CALLABLE, e.g. "
+                                "torchvision.models:resnet18")
+    mod_name, _, attr = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(mod_name)
+    except Exception as e:  # noqa: BLE001 - ImportError or an error in the module: bad input
+        raise GenericInputError(f"{option} {spec}: cannot import module {mod_name!r} "
+                                f"({type(e).__name__}: {_first_line(e)})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise GenericInputError(f"{option} {spec}: {mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise GenericInputError(f"{option} {spec}: {attr!r} is not callable")
+    return obj
+
+
+def parse_shape(text: Optional[str]) -> Tuple[int, ...]:
+    """``'N,C,H,W'`` (any rank >= 2) -> a tuple of positive ints; None -> the default."""
+    if text is None:
+        return DEFAULT_EXAMPLE_SHAPE
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) < 2 or min(shape) < 1:
+        raise GenericInputError(f"--input-shape {text!r}: expected positive integers like 1,3,224,224")
+    return shape
+
+
+def build_model(spec: str, option: str, framework: str) -> Any:
+    """Call the factory ``spec`` names; its result must be a ``torch.nn.Module`` / ``paddle.nn.Layer``."""
+    factory = resolve_factory(spec, option)
+    if framework == "torch":
+        import torch
+        base: Any = torch.nn.Module
+    else:
+        import paddle
+        base = paddle.nn.Layer
+    try:
+        model = factory()
+    except Exception as e:  # noqa: BLE001 - any failure of user code is bad input here
+        raise GenericInputError(f"{option} {spec}: calling it failed ({type(e).__name__}: "
+                                f"{_first_line(e)})") from None
+    if not isinstance(model, base):
+        raise GenericInputError(f"{option} {spec}: returned a {type(model).__name__}, not a "
+                                f"{base.__module__.split('.')[0]}.{base.__name__}")
+    return model
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def _read_torch_state(src: str) -> Tuple[Dict[str, np.ndarray], str]:
+    from cream_torch_ref.checkpoint import load_checkpoint  # the safe loader
+
+    ck = load_checkpoint(src, use_ema=False)
+    out: Dict[str, np.ndarray] = {}
+    for k, v in ck.state_dict.items():
+        try:
+            out[k] = v.detach().cpu().numpy()
+        except TypeError:  # bfloat16 and the like have no numpy dtype
+            raise CheckpointError(src, f"entry {k!r} is {str(v.dtype).replace('torch.', '')}, "
+                                       "which has no numpy type") from None
+    return out, ck.source
+
+
+def _matching(torch_model: Any, paddle_model: Any, shape: Sequence[int], map_file: Optional[str]
+              ) -> Matching:
+    if map_file is not None:
+        return load_matching(map_file, torch_model, paddle_model)
+    example = np.random.RandomState(0).standard_normal(tuple(shape)).astype(np.float32)
+    return match_models(torch_model, paddle_model, example)
+
+
+def _check_files(src: str, dst: str, force: bool, map_file: Optional[str]) -> None:
+    _check_source(src)
+    _check_destination(src, dst, force)
+    if map_file is not None and not os.path.isfile(map_file):
+        raise GenericInputError(f"{map_file}: no such file (--map)")
+
+
+def _pair(torch_spec: str, paddle_spec: str, shape: Sequence[int], map_file: Optional[str]
+          ) -> Tuple[Any, Any, Matching]:
+    """Both models and their matching; GenericInputError if they cannot be matched."""
+    torch_model = build_model(torch_spec, "--torch", "torch")
+    paddle_model = build_model(paddle_spec, "--paddle", "paddle")
+    try:
+        return torch_model, paddle_model, _matching(torch_model, paddle_model, shape, map_file)
+    except MatchError as e:
+        raise GenericInputError(f"{torch_spec} / {paddle_spec}: {e}") from None
+
+
+def convert_generic(src: "os.PathLike[str] | str", torch_spec: str, paddle_spec: str,
+                    dst: "Optional[os.PathLike[str] | str]" = None, *,
+                    input_shape: Optional[Sequence[int]] = None, map_file: Optional[str] = None,
+                    force: bool = False) -> GenericConversion:
+    """Convert the torch checkpoint ``src`` of the model ``torch_spec`` builds into a ``.pdparams`` for
+    the model ``paddle_spec`` builds, through their layer matching. Raises GenericInputError (bad
+    callable, unmatched models, checkpoint not of this model, bad map) or CheckpointError (unreadable
+    file, bad destination); in both cases nothing is written."""
+    t0 = time.perf_counter()
+    src = os.fspath(src)
+    dst = os.fspath(dst) if dst is not None else default_output(src)
+    shape = tuple(input_shape) if input_shape is not None else DEFAULT_EXAMPLE_SHAPE
+    _check_files(src, dst, force, map_file)
+    src_hash = _BackgroundHash(src)
+    torch_model, paddle_model, matching = _pair(torch_spec, paddle_spec, shape, map_file)
+    source, entry = _read_torch_state(src)
+    try:
+        state = torch_to_paddle_state(source, matching, paddle_model)
+    except RuleError as e:
+        raise GenericInputError(f"{src}: does not fit {torch_spec} (through the matching with "
+                                f"{paddle_spec}): {e}") from None
+    counters = {k: int(source[k]) for k in matching.dropped if k in source}
+    side = _sidecar("torch->paddle", src, src_hash.result(), torch_spec, paddle_spec, shape,
+                    map_file, entry, len(state), matching, counters)
+
+    from cream_paddle.checkpoint import save_checkpoint
+
+    def write(f: Any) -> str:
+        hf = _HashingFile(f)
+        save_checkpoint(hf, state)
+        return hf.sha.hexdigest()
+
+    digest = _write_outputs(dst, write, side)
+    return GenericConversion(src, dst, sidecar_path(dst), torch_spec, paddle_spec, entry,
+                             side["source_sha256"], digest, len(state),
+                             sorted({m.how for m in matching.layers if m.has_params}),
+                             time.perf_counter() - t0)
+
+
+def _sidecar(direction: str, src: str, src_sha: str, torch_spec: str, paddle_spec: str,
+             shape: Sequence[int], map_file: Optional[str], entry: str, keys: int,
+             matching: Matching, counters: Dict[str, int]) -> Dict[str, Any]:
+    values = set(counters.values())
+    return {
+        "tool": "convert-ckpt",
+        "tool_version": tool_version(),
+        "direction": direction,
+        "torch": torch_spec,
+        "paddle": paddle_spec,
+        "example_input_shape": list(shape),
+        "map_file": os.path.basename(map_file) if map_file else None,
+        "weights": entry,
+        "source": os.path.basename(src),
+        "source_sha256": src_sha,
+        "keys": keys,
+        # torch-only BatchNorm counters, kept so that a way back can restore them
+        "num_batches_tracked": values.pop() if len(values) == 1 else counters,
+        "matching": matching.to_json(),
+    }
+
+
+def _recorded_counters(src: str, src_sha: str) -> Dict[str, int]:
+    """``num_batches_tracked`` values the source's own sidecar recorded (torch key -> value)."""
+    recorded = _read_own_sidecar(src, src_sha, []).get("num_batches_tracked")
+    if isinstance(recorded, dict):
+        return {k: v for k, v in recorded.items() if isinstance(v, int)}
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        return {"*": recorded}
+    return {}
+
+
+def pdparams_to_torch_generic(src: "os.PathLike[str] | str", torch_spec: str, paddle_spec: str,
+                              dst: "Optional[os.PathLike[str] | str]" = None, *,
+                              input_shape: Optional[Sequence[int]] = None,
+                              map_file: Optional[str] = None, force: bool = False
+                              ) -> GenericConversion:
+    """The way back: the ``.pdparams`` ``src`` of the model ``paddle_spec`` builds as a plain torch
+    ``state_dict`` file for the model ``torch_spec`` builds (``torch.load(weights_only=True)``
+    reads it). Same errors and guarantees as :func:`convert_generic`."""
+    t0 = time.perf_counter()
+    src = os.fspath(src)
+    dst = os.fspath(dst) if dst is not None else default_output(src, reverse=True)
+    shape = tuple(input_shape) if input_shape is not None else DEFAULT_EXAMPLE_SHAPE
+    _check_files(src, dst, force, map_file)
+    src_sha = sha256_file(src)
+    torch_model, paddle_model, matching = _pair(torch_spec, paddle_spec, shape, map_file)
+
+    from cream_paddle.checkpoint import load_checkpoint as load_pdparams  # numpy only, safe
+
+    ck = load_pdparams(src)
+    recorded = _recorded_counters(src, src_sha)
+    counters = {k: recorded.get(k, recorded.get("*", 0)) for k in matching.dropped}
+    try:
+        state = paddle_to_torch_state(ck.state_dict, matching, torch_model, counters)
+    except RuleError as e:
+        raise GenericInputError(f"{src}: does not fit {paddle_spec} (through the matching with "
+                                f"{torch_spec}): {e}") from None
+    side = _sidecar("paddle->torch", src, src_sha, torch_spec, paddle_spec, shape, map_file,
+                    ck.source, len(state), matching, counters if recorded else {})
+
+    import torch
+
+    tensors = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in state.items()}
+    digest = _write_outputs(dst, lambda f: torch.save(tensors, f), side)
+    return GenericConversion(src, dst, sidecar_path(dst), torch_spec, paddle_spec, ck.source,
+                             src_sha, digest, len(state),
+                             sorted({m.how for m in matching.layers if m.has_params}),
+                             time.perf_counter() - t0)

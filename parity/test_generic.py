@@ -1,0 +1,251 @@
+"""The generic engine (``parity run --torch/--paddle``, ``parity.compare``) on torchvision and
+paddle.vision pairs: verdicts of the acceptance pairs, injected faults located on both sides, the
+configuration diff, and the command line's exit codes (nothing written on bad input)."""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Dict
+
+import numpy as np
+import pytest
+
+pytest.importorskip("paddle")
+pytest.importorskip("torchvision")
+
+from parity.generic_cli import ModelPair, build_pair  # noqa: E402
+from parity.generic_faults import GENERIC_FAULTS, exact_hardsigmoid  # noqa: E402
+
+pytestmark = pytest.mark.paddle
+
+#: Small inputs keep the suite fast; every pair below runs at this size.
+SHAPE = (2, 3, 64, 64)
+#: Equivalent ports among the acceptance pairs (PASS in float64 and float32).
+PASSING = ("resnet18", "mobilenet_v2", "shufflenet_v2_x1_0")
+
+
+@pytest.fixture(scope="module")
+def pairs() -> Callable[[str], ModelPair]:
+    """``name -> ModelPair`` (torchvision vs paddle.vision, seeded calibrated weights), built once."""
+    cache: Dict[str, ModelPair] = {}
+
+    def get(name: str) -> ModelPair:
+        if name not in cache:
+            cache[name] = build_pair(f"torchvision.models:{name}", f"paddle.vision.models:{name}",
+                                     SHAPE)
+        return cache[name]
+    return get
+
+
+def _run(pair: ModelPair, **kwargs: Any) -> Any:
+    from parity.generic import compare
+
+    return compare(pair.torch_model, pair.paddle_model, pair.inputs, matching=pair.matching,
+                   label=pair.label, **kwargs)
+
+
+def _assert_pass_in_both_precisions(result: Any, batchnorm: bool = True) -> None:
+    assert result.ok, result.verdict()
+    assert result.first_divergence is None and not result.config_diffs
+    for prec in ("fp64", "fp32"):
+        stages = {c.stage for c in result.comparisons if c.stage.endswith(prec)}
+        assert {f"forward/eval/{prec}", f"forward/train/{prec}", f"loss/{prec}",
+                f"backward/{prec}"} <= stages, stages
+        assert (f"bn_stats/{prec}" in stages) == batchnorm, stages
+    assert any(c.stage == "optim/sgd/fp64" for c in result.comparisons)
+
+
+@pytest.mark.parametrize("name", PASSING)
+def test_equivalent_pair_passes_in_fp64_and_fp32(pairs, name: str) -> None:  # noqa: ANN001
+    _assert_pass_in_both_precisions(_run(pairs(name)))
+
+
+@pytest.mark.slow
+def test_vgg11_passes(pairs) -> None:  # noqa: ANN001
+    _assert_pass_in_both_precisions(_run(pairs("vgg11")), batchnorm=False)  # VGG has no BN
+
+
+def test_mobilenet_v3_large_fails_at_the_hardsigmoid_slope(pairs) -> None:  # noqa: ANN001
+    """paddle.vision's squeeze-excite gates use Paddle's default slope 0.1666667, not 1/6."""
+    result = _run(pairs("mobilenet_v3_large"), precisions=("fp64",), optimizer=False)
+    fd = result.first_divergence
+    assert not result.ok and fd is not None
+    assert fd["module"] == "features.4.block.2.scale_activation"
+    assert fd["paddle_module"] == "blocks.3.mid_se.scale_activation"
+    assert fd["stage"] == "forward/eval/fp64"
+    assert [(d["field"], d["paddle_value"]) for d in fd["config_diff"]] == [("slope", 0.1666667)]
+    assert {d.field for d in result.config_diffs} == {"slope"}  # one per gate, nothing else
+
+
+def test_mobilenet_v3_large_with_exact_hardsigmoid_passes(pairs) -> None:  # noqa: ANN001
+    """The false-alarm side: with torch's hard-sigmoid put in, nothing else differs."""
+    _assert_pass_in_both_precisions(_run(pairs("mobilenet_v3_large"),
+                                         mutate_paddle=exact_hardsigmoid))
+
+
+@pytest.mark.parametrize("fault", GENERIC_FAULTS, ids=lambda f: f"{f.pair}-{f.name}")
+def test_injected_fault_is_located_on_both_sides(pairs, fault) -> None:  # noqa: ANN001
+    result = _run(pairs(fault.pair), precisions=("fp64",), optimizer=False,
+                  mutate_paddle=fault.apply)
+    fd = result.first_divergence
+    assert not result.ok and fd is not None
+    assert (fd["module"], fd["paddle_module"]) == (fault.torch_module, fault.paddle_module), fd
+    assert fd["stage"] == fault.stage, fd
+    assert bool(fd["config_diff"]) == fault.config, fd
+    if fault.config:
+        assert all(d.module == fault.torch_module for d in result.config_diffs)
+
+
+def test_parity_compare_is_callable(pairs) -> None:  # noqa: ANN001
+    import parity
+
+    pair = pairs("resnet18")
+    result = parity.compare(pair.torch_model, pair.paddle_model, pair.inputs[:1],
+                            precisions=("fp64",), optimizer=False)
+    assert result.ok and result.to_json()["first_divergence"] is None
+    assert parity.compare.STRICT_FP64.rtol == 1e-9  # still the module of constants
+
+
+# --------------------------------------------------------------------------------------------
+# configuration diff
+
+
+def test_config_diff_reads_constants_and_conventions() -> None:
+    import paddle
+    import torch
+
+    from parity.layer_config import FIELDS, diff_configs
+
+    t = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                            torch.nn.AvgPool2d(3, 1, 1), torch.nn.Dropout(0.5),
+                            torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True))
+    same = paddle.nn.Sequential(paddle.nn.Conv2D(3, 4, 3, padding=1), paddle.nn.BatchNorm2D(4),
+                                paddle.nn.AvgPool2D(3, 1, 1, exclusive=False),
+                                paddle.nn.Dropout(0.5), paddle.nn.MaxPool2D(3, 2, 1, ceil_mode=True))
+    pairs = [(str(i), str(i)) for i in range(5)]
+    assert diff_configs(t, same, pairs)[0] == []  # momentum 0.1 vs Paddle's 0.9: a convention
+    other = paddle.nn.Sequential(paddle.nn.Conv2D(3, 4, 3, padding="SAME"),
+                                 paddle.nn.BatchNorm2D(4, epsilon=1e-3, momentum=0.99),
+                                 paddle.nn.AvgPool2D(3, 1, 1),
+                                 paddle.nn.Dropout(0.5, mode="downscale_in_infer"),
+                                 paddle.nn.MaxPool2D(3, 2, 1))
+    diffs = {(d.module, d.field) for d in diff_configs(t, other, pairs)[0]}
+    momentum = next(f.name for f in FIELDS["batchnorm2d"] if f.name.startswith("momentum"))
+    assert diffs == {("0", "padding"), ("1", "eps"), ("1", momentum), ("2", "count_include_pad"),
+                     ("3", "mode"), ("4", "ceil_mode")}
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def _cli(args: list) -> int:
+    from parity.cli import main
+
+    return main(["run", *args])
+
+
+def test_cli_pass_writes_matching_json_and_plot_and_accepts_an_edited_map(tmp_path) -> None:  # noqa: ANN001
+    base = ["--torch", "torchvision.models:resnet18", "--paddle", "paddle.vision.models:resnet18",
+            "--input-shape", "1,3,64,64", "--precision", "fp64"]
+    rep = tmp_path / "r"
+    assert _cli(base + ["--report", str(rep)]) == 0
+    data = json.loads((rep / "parity.json").read_text())
+    assert data["ok"] is True and data["first_divergence"] is None and data["matching"]
+    assert (rep / "parity.png").stat().st_size > 10000
+    m = json.loads((rep / "matching.json").read_text())
+    layers = m["layers"]
+    kept = [entry for entry in layers if "relu" not in json.dumps(entry)]
+    assert len(kept) < len(layers)
+    m["layers"] = kept  # a user drops the ReLU boundaries from the comparison
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(m))
+    rep2 = tmp_path / "r2"
+    assert _cli(base + ["--map", str(edited), "--report", str(rep2)]) == 0
+    data2 = json.loads((rep2 / "parity.json").read_text())
+    assert data2["info"]["matched_layers"] == len(kept)
+
+
+def test_cli_fail_names_both_sides(tmp_path, capsys) -> None:  # noqa: ANN001
+    rep = tmp_path / "r"
+    code = _cli(["--torch", "torchvision.models:resnet18", "--paddle",
+                 "paddle.vision.models:resnet18", "--input-shape", "1,3,64,64", "--precision",
+                 "fp64", "--inject-fault", "bn-epsilon", "--report", str(rep)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "torch layer2.0.bn1  <->  paddle layer2.0.bn1" in out and "eps" in out
+    fd = json.loads((rep / "parity.json").read_text())["first_divergence"]
+    assert (fd["module"], fd["paddle_module"]) == ("layer2.0.bn1", "layer2.0.bn1")
+
+
+def _wrong_ckpt(tmp_path: Any) -> str:
+    import torch
+    import torchvision
+
+    path = tmp_path / "mv2.pth"
+    torch.save({"state_dict": torchvision.models.mobilenet_v2().state_dict()}, path)
+    return str(path)
+
+
+BAD_INPUTS = {
+    "missing-callable": (["--torch", "torchvision.models:resnet18", "--paddle",
+                          "paddle.vision.models:no_such_net"], "has no attribute"),
+    "missing-module": (["--torch", "no_such_pkg.models:x", "--paddle",
+                        "paddle.vision.models:resnet18"], "cannot import module"),
+    "unmatched-models": (["--torch", "torchvision.models:resnet18", "--paddle",
+                          "paddle.vision.models:mobilenet_v2"], "cannot be matched"),
+    "wrong-checkpoint": (["--torch", "torchvision.models:resnet18", "--paddle",
+                          "paddle.vision.models:resnet18", "--ckpt", "{ckpt}"], "does not fit"),
+    "bad-shape": (["--torch", "torchvision.models:resnet18", "--paddle",
+                   "paddle.vision.models:resnet18", "--input-shape", "1,3,64"], "N,C,H,W"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_cli_bad_input_is_one_line_exit_2_nothing_written(case: str, tmp_path, capsys) -> None:  # noqa: ANN001
+    args, words = BAD_INPUTS[case]
+    if "{ckpt}" in args:
+        args = [a.replace("{ckpt}", _wrong_ckpt(tmp_path)) for a in args]
+    rep = tmp_path / "report"
+    if "--input-shape" not in args:
+        args = args + ["--input-shape", "1,3,64,64"]
+    code = _cli(args + ["--report", str(rep)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("parity run: error:") and words in err[0], err
+    assert not rep.exists()
+
+
+def test_seeded_weights_are_deterministic(pairs) -> None:  # noqa: ANN001
+    """The same command builds the same weights: results are reproducible run to run."""
+    again = build_pair("torchvision.models:resnet18", "paddle.vision.models:resnet18", SHAPE)
+    first = pairs("resnet18")
+    a, b = first.torch_model.state_dict(), again.torch_model.state_dict()
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_fp32_kink_crossing_is_detected_and_only_upstream_gradients_are_excused() -> None:
+    """An activation input on different sides of ReLU's kink in the two frameworks (fp32 rounding)
+    excuses the gradients upstream of it, and nothing downstream."""
+    import torch
+
+    from parity.capture import Capture, Event
+    from parity.compare import Comparison
+    from parity.generic import _excuse_upstream, _kink_crossings
+
+    def capture(x_in: np.ndarray) -> Capture:
+        c = Capture("x")
+        c.arrays = [np.zeros((1, 2)), x_in, np.maximum(x_in, 0), np.ones((1, 2))]
+        c.events = [Event("out", "conv", 0, "conv", 0), Event("in", "act", 0, "(input)", 1),
+                    Event("out", "act", 0, "act", 2), Event("out", "fc", 0, "fc", 3)]
+        return c
+
+    t, p = capture(np.array([[-1e-7, 1.0]])), capture(np.array([[1e-7, 1.0]]))
+    tm = torch.nn.ModuleDict({"conv": torch.nn.Conv2d(1, 1, 1), "act": torch.nn.ReLU(),
+                              "fc": torch.nn.Linear(1, 1)})
+    crossings = _kink_crossings(t, p, tm, {"conv": "conv", "act": "act", "fc": "fc"})
+    assert crossings == [("act", 2, 1)]
+    comps = [Comparison("param_grad", "backward/fp32", n, 0, module=n, ok=False)
+             for n in ("conv", "fc")]
+    notes: list = []
+    _excuse_upstream(comps, t, crossings, notes)
+    assert [c.ok for c in comps] == [True, False] and "act (1 element)" in notes[0]
