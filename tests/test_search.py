@@ -313,7 +313,7 @@ def _full_form(compact: Path, dest: Path, torch_run) -> None:
 
     raw = dict(torch.load(compact, weights_only=True))
     g = load_golden(str(compact))
-    raw["init_state_dict"] = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in g.init_state.items()}
+    raw["init_state_dict"] = {k: torch.from_numpy(np.array(v)) for k, v in g.init_state.items()}
     del raw["init_seed"], raw["state_keys_shapes"]
     raw["x"], raw["board_x"] = torch.from_numpy(g.x), torch.from_numpy(g.board_x)
     for group in ("grads", "after_meta_update", "after_step"):

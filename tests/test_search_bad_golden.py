@@ -31,7 +31,7 @@ def full_raw() -> Dict[str, Any]:
     """The same file in the full form (``init_state_dict``, float32 images)."""
     raw = _compact()
     g = load_golden(str(GOLDEN))
-    raw["init_state_dict"] = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in g.init_state.items()}
+    raw["init_state_dict"] = {k: torch.from_numpy(np.array(v)) for k, v in g.init_state.items()}
     for k in ("init_seed", "state_keys_shapes", "init_scheme"):
         raw.pop(k)
     raw["x"], raw["board_x"] = torch.from_numpy(g.x), torch.from_numpy(g.board_x)
