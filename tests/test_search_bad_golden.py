@@ -149,3 +149,9 @@ def test_malformed_golden_in_a_fresh_process(tmp_path: Path) -> None:
                         "--noise-members", "0"], capture_output=True, text=True)
     assert p.returncode == 2 and "Traceback" not in p.stderr and p.stderr.count("\n") == 1
     assert "nan-lr.pt" in p.stderr and "LR is nan" in p.stderr
+
+
+@pytest.mark.cli
+def test_bad_noise_members_is_a_usage_error(capsys) -> None:
+    assert main(["--golden", str(GOLDEN), "--noise-members", "-1"]) == 2
+    assert "--noise-members" in capsys.readouterr().err

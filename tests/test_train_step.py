@@ -106,6 +106,7 @@ def test_cli_exit_codes_and_json(tmp_path, capsys) -> None:
     assert "first divergence" in text and "injected fault" in text
     assert main(["train-step", "--steps", "0"]) == 2
     assert main(["train-step", "--img-size", "16"]) == 2
+    assert main(["train-step", "--noise-members", "0"]) == 2
     assert set(MODES) == {"synced", "free"}
 
 
