@@ -290,6 +290,8 @@ class Comparison:
     tolerance: str = ""  # the named constant
     ok: bool = False
     note: str = ""  # why it failed without numbers: "missing in the port", "shape mismatch ..."
+    noise: float = math.nan  # measured fp32 noise of the reference (parity.noise), where measured
+    noise_ratio: float = math.nan  # max_abs / noise
 
     def as_dict(self) -> Dict[str, object]:
         d = asdict(self)

@@ -42,7 +42,9 @@ def _one_thread():
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "meta_step_deep.pt"
                                   else n for n in GOLDENS])
 def test_search_step_matches_official(name: str) -> None:
-    result = run_search_step(str(GOLDEN / name), "both")
+    # fixed bounds only (no noise ensemble): seeded weights are well conditioned, and it keeps the
+    # suite fast; the noise model is exercised on the official-initialisation files below
+    result = run_search_step(str(GOLDEN / name), "both", noise_members=0)
     bad = [r for r in result.rows if not r.ok]
     assert not bad, [(r.pair, r.group, r.name, r.rel, r.note) for r in bad[:5]]
     pairs = {r.pair for r in result.rows}
@@ -60,7 +62,8 @@ def test_search_step_matches_official(name: str) -> None:
 def test_search_step_notices_faults() -> None:
     for name, fault, expect in (("meta_step_official.pt", "meta-lr", "meta_teacher/"),
                                 ("warmup_step.pt", "smoothing", "loss")):
-        result = run_search_step(load_golden(str(GOLDEN / name)), "paddle", fault=fault)
+        result = run_search_step(load_golden(str(GOLDEN / name)), "paddle", fault=fault,
+                                 noise_members=0)
         bad = [r for r in result.rows if not r.ok]
         assert bad, fault
         assert any(expect in r.name for r in bad), (fault, [r.name for r in bad[:5]])
@@ -73,7 +76,7 @@ def test_torch_fault_in_the_2020_semantics_is_caught() -> None:
     pre-update weights (clean semantics) moves the meta gradient far beyond the tolerance."""
     g = load_golden(str(GOLDEN / "meta_step_official.pt"))
     exp = g.expected["grads"]
-    res = run_search_step(g, "torch")
+    res = run_search_step(g, "torch", noise_members=0)
     ok = {r.name: r for r in res.rows if r.group == "grads"}
     assert ok["meta_teacher/meta_layer.weight"].ok
     # clean semantics: a step that keeps the saved weights as they were
@@ -83,7 +86,7 @@ def test_torch_fault_in_the_2020_semantics_is_caught() -> None:
     board = PrioritizedBoard(g.sta_num)
     board.add(1.0, 1.0, g.teacher_cand, torch.from_numpy(g.board_x), torch.from_numpy(g.board_feat))
     clean = _clean_meta_teacher_grads(model, board, g)
-    ref = exp["meta_teacher/meta_layer.weight"].numpy()
+    ref = np.asarray(exp["meta_teacher/meta_layer.weight"])
     assert np.abs(clean - ref).max() > 0.05 * np.abs(ref).max()
 
 
@@ -269,7 +272,7 @@ def test_parity_cli_exit_codes(tmp_path: Path, capsys) -> None:
 
     out = tmp_path / "r.json"
     assert main(["--golden", str(GOLDEN / "warmup_step.pt"), "--framework", "torch",
-                 "--json", str(out)]) == 0
+                 "--noise-members", "0", "--json", str(out)]) == 0
     assert "PASS" in capsys.readouterr().out and json.loads(out.read_text())["ok"] is True
     bad = tmp_path / "bad.pt"
     torch.save({"x": torch.zeros(1)}, bad)
@@ -310,7 +313,7 @@ def _full_form(compact: Path, dest: Path, torch_run) -> None:
 
     raw = dict(torch.load(compact, weights_only=True))
     g = load_golden(str(compact))
-    raw["init_state_dict"] = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in g.init_state.items()}
+    raw["init_state_dict"] = {k: torch.from_numpy(np.array(v)) for k, v in g.init_state.items()}
     del raw["init_seed"], raw["state_keys_shapes"]
     raw["x"], raw["board_x"] = torch.from_numpy(g.x), torch.from_numpy(g.board_x)
     for group in ("grads", "after_meta_update", "after_step"):
@@ -330,14 +333,15 @@ def test_full_format_golden_file(tmp_path: Path, capsys) -> None:
     from parity.search_step import main, run_torch
 
     compact = GOLDEN / "meta_step_official.pt"
-    checked = run_search_step(str(compact), "torch")
+    checked = run_search_step(str(compact), "torch", noise_members=0)
     assert checked.ok
     full = tmp_path / "full.pt"
     _full_form(compact, full, run_torch(load_golden(str(compact))))
     g = load_golden(str(full))
     assert set(g.init_state) == set(load_golden(str(compact)).init_state)
     report = tmp_path / "full.json"
-    assert main(["--golden", str(full), "--framework", "paddle", "--json", str(report)]) == 0
+    assert main(["--golden", str(full), "--framework", "paddle", "--noise-members", "0",
+                 "--json", str(report)]) == 0
     rows = json.loads(report.read_text())["rows"]
     assert not any("digest" in r["note"] for r in rows)
     assert {r["group"] for r in rows} >= {"scalars", "grads", "after_meta_update", "after_step"}
@@ -349,5 +353,6 @@ def test_full_format_golden_file(tmp_path: Path, capsys) -> None:
     raw["after_step"][key] = w
     torch.save(raw, tmp_path / "broken.pt")
     capsys.readouterr()
-    assert main(["--golden", str(tmp_path / "broken.pt"), "--framework", "paddle"]) == 1
+    assert main(["--golden", str(tmp_path / "broken.pt"), "--framework", "paddle",
+                 "--noise-members", "0"]) == 1
     assert key in capsys.readouterr().out
