@@ -23,7 +23,7 @@ from cream_data import (EVAL_LAYOUTS, BadDataError, EvalLoader, EvalResult, Imag
                         default_workers, open_eval_data)
 from cream_data.eval_journal import (PARTIAL_SUFFIX, RESUME_SUFFIX, PredictionJournal,
                                      ResumeError, file_sha256, run_fingerprint)
-from cream_data.loader import DEFAULT_BATCH_SIZE
+from cream_data.loader import DEFAULT_BATCH_SIZE, OMP_ENV
 
 from cream_cli.common import FRAMEWORKS, UsageError, guard_outputs, run_guarded
 
@@ -35,12 +35,6 @@ TORCH_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar")
 PADDLE_SUFFIXES = (".pdparams",)
 #: Skipped files listed on the terminal (all of them go to the JSON report).
 MAX_SKIPPED_SHOWN = 20
-#: OpenMP settings applied (unless already set) before torch or Paddle is imported. The model's
-#: threads share the cores with the decoding processes; OpenMP threads that spin-wait between
-#: parallel regions (the default) then steal the cores from each other and from the decoders:
-#: measured on 2 cores under load, torch with 2 threads went from 14 to 365 images/s with
-#: passive waiting (bench/eval_bench.py --omp-wait).
-OMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 #: ``--img-size`` bounds. Below 32 px the five stride-2 stages leave less than one pixel. Above
 #: 1024 px (4.6x the largest official test resolution, 224) a crop only measures memory: the stem's
 #: output alone is 16 x 512 x 512 float32 = 16 MiB per image, 1 GiB for a default batch of 64, and

@@ -12,7 +12,7 @@ from .evaluation import (TOPK, EvalAccumulator, EvalResult, ForwardFn, cross_ent
                          iterate_normalized, progress_bar, run_evaluation, topk_indices)
 from .imagenet import (IMAGENET_NUM_CLASSES, class_name, imagenet_class_names, imagenet_wnids,
                        is_wnid_shaped, wnid_to_index)
-from .report import atomic_write_text, check_output_path, predictions_csv, write_json
+from .report import atomic_write_text, write_json
 from .loader import DEFAULT_BATCH_SIZE, Batch, EvalLoader, default_workers
 from .val_inputs import EVAL_LAYOUTS, TarMember, open_eval_data
 from .val_labels import LabelFileError, read_labels
@@ -30,7 +30,7 @@ __all__ = [
     "topk_indices",
     "IMAGENET_NUM_CLASSES", "class_name", "imagenet_class_names", "imagenet_wnids",
     "is_wnid_shaped", "wnid_to_index",
-    "atomic_write_text", "check_output_path", "predictions_csv", "write_json",
+    "atomic_write_text", "write_json",
     "DEFAULT_BATCH_SIZE", "Batch", "EvalLoader", "default_workers",
     "DEFAULT_CROP_PCT", "DEFAULT_INTERPOLATION", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD",
     "EvalTransform", "center_crop", "eval_crop", "normalize", "open_image", "resize_shorter",

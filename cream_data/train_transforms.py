@@ -36,12 +36,13 @@ the GPU), both standard normal; ``Posterize`` to 0 bits (magnitude < 2.5, never 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
+
+from cream_arch.rand_augment import MAX_LEVEL, parse_rand_augment
 
 from .transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, normalize, to_chw_uint8
 
@@ -52,8 +53,6 @@ __all__ = [
     "RandomErasing", "TrainTransform", "MAX_LEVEL", "fill_color",
 ]
 
-#: Top of the RandAugment magnitude scale (timm ``_MAX_LEVEL``).
-MAX_LEVEL: float = 10.0
 #: Per-image random streams: the PIL augmentation and the random erasing draw from separate ones.
 STREAM_AUGMENT: int = 0
 STREAM_ERASE: int = 1
@@ -329,38 +328,6 @@ class AugmentOp:
             resample = rng.choice(RANDOM_INTERPOLATION) if self.interpolation == "random" \
                 else _INTERP[self.interpolation]
         return _apply(self.name, img, args, self.fill, resample)
-
-
-def parse_rand_augment(spec: str) -> Dict[str, Any]:
-    """``'rand-m9-mstd0.5'`` -> ``{'magnitude': 9, 'num_layers': 2, 'magnitude_std': 0.5,
-    'increasing': False}`` (timm's keys ``m``, ``n``, ``mstd``, ``inc``; others are refused)."""
-    parts = spec.split("-")
-    if parts[0] != "rand":
-        raise ValueError(f"{spec!r} is not a RandAugment string (must start with 'rand')")
-    out: Dict[str, Any] = {"magnitude": MAX_LEVEL, "num_layers": 2, "magnitude_std": 0.0,
-                           "increasing": False}
-    for part in parts[1:]:
-        bits = re.split(r"(\d.*)", part)
-        if len(bits) < 2:
-            raise ValueError(f"cannot read section {part!r} of {spec!r}")
-        key, val = bits[:2]
-        try:
-            if key == "m":
-                out["magnitude"] = float(int(val))
-            elif key == "n":
-                out["num_layers"] = int(val)
-            elif key == "mstd":
-                out["magnitude_std"] = float(val)
-            elif key == "inc":
-                out["increasing"] = bool(int(val))
-            else:
-                raise ValueError(f"unsupported RandAugment section {part!r} in {spec!r} "
-                                 "(supported: m, n, mstd, inc)")
-        except ValueError as e:
-            if "unsupported" in str(e):
-                raise
-            raise ValueError(f"bad value in section {part!r} of {spec!r}") from None
-    return out
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ dropout                     scales kept units by ``1/(1-p)`` in     :func:`dropo
 drop path                   timm ``drop_path``: per-sample          :func:`drop_path`: the same rule.
                             Bernoulli mask, divided by keep prob
 Linear weight layout        ``[out_features, in_features]``         ``[in_features, out_features]``:
-                                                                    :func:`linear_weight_from_torch` /
-                                                                    :func:`linear_weight_to_torch`.
+                                                                    transposed by the conversion rules
+                                                                    (:mod:`cream_arch.rules`).
 global mean pooling         ``x.mean((2, 3))`` (SE, head pool)     :func:`spatial_mean`: the pooling kernel
                                                                     (``adaptive_avg_pool2d(x, 1)``): same
                                                                     value up to rounding; Paddle's ``mean``
@@ -60,8 +60,6 @@ __all__ = [
     "get_padding",
     "dropout",
     "drop_path",
-    "linear_weight_from_torch",
-    "linear_weight_to_torch",
     "init_weights_goog",
     "spatial_mean",
     "TORCH_BN_MOMENTUM",
@@ -157,18 +155,6 @@ def drop_path(x: paddle.Tensor, drop_prob: float = 0.0, training: bool = False,
     if keep > 0.0 and scale_by_keep:
         mask = mask / keep
     return x * mask
-
-
-def linear_weight_from_torch(w: np.ndarray) -> np.ndarray:
-    """A torch ``Linear.weight`` ``[out, in]`` as Paddle's ``[in, out]`` (a contiguous copy)."""
-    if w.ndim != 2:
-        raise ValueError(f"a Linear weight is 2-D, got shape {list(w.shape)}")
-    return np.ascontiguousarray(w.T)
-
-
-def linear_weight_to_torch(w: np.ndarray) -> np.ndarray:
-    """A Paddle ``Linear.weight`` ``[in, out]`` as torch's ``[out, in]`` (a contiguous copy)."""
-    return linear_weight_from_torch(w)
 
 
 def init_weights_goog(model: nn.Layer) -> None:

@@ -36,7 +36,7 @@ from cream_arch.outputs import prepare_outputs
 from cream_data import (EVAL_LAYOUTS, BadDataError, BadItem, EvalAccumulator, EvalLoader, EvalResult,
                         iterate_normalized, open_eval_data, progress_bar,
                         write_json)
-from cream_data.loader import DEFAULT_BATCH_SIZE
+from cream_data.loader import DEFAULT_BATCH_SIZE, OMP_ENV
 
 from .compare import LAYER_FP32, LOGITS_FP32, Tolerance
 
@@ -273,8 +273,6 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``parity eval``: 0 pass, 1 beyond tolerance, 2 bad input."""
-    from cream_cli.eval import OMP_ENV
-
     for key, value in OMP_ENV.items():  # two frameworks' thread pools in one process: never spin
         os.environ.setdefault(key, value)
     prog = "parity eval"

@@ -97,10 +97,6 @@ class Field:
     paddle: Callable[[Any], Any]
 
 
-def _same(attr: str, norm: Callable[[Any], Any] = lambda v: v) -> Tuple[Callable, Callable]:
-    return (lambda m: norm(getattr(m, attr)), lambda m: norm(getattr(m, attr)))
-
-
 _CONV = (
     Field("kernel", lambda m: _pair(m.kernel_size), lambda m: _pair(m._kernel_size)),
     Field("stride", lambda m: _pair(m.stride), lambda m: _pair(m._stride)),

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("paddle")
-
-from parity.faults import FAULTS  # noqa: E402
-from parity.runner import ParityConfig, run_parity  # noqa: E402
+from parity.faults import FAULTS
+from parity.runner import ParityConfig, run_parity
 
 pytestmark = pytest.mark.paddle
 

@@ -9,11 +9,8 @@ from typing import Any, Callable, Dict
 import numpy as np
 import pytest
 
-pytest.importorskip("paddle")
-pytest.importorskip("torchvision")
-
-from parity.generic_cli import ModelPair, build_pair  # noqa: E402
-from parity.generic_faults import GENERIC_FAULTS, exact_hardsigmoid  # noqa: E402
+from parity.generic_cli import ModelPair, build_pair
+from parity.generic_faults import GENERIC_FAULTS, exact_hardsigmoid
 
 pytestmark = pytest.mark.paddle
 

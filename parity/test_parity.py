@@ -15,11 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("paddle")
-
-from cream_arch import model_names  # noqa: E402
-from parity.compare import CATEGORIES, STAGE_ORDER  # noqa: E402
-from parity.runner import ParityConfig, run_parity  # noqa: E402
+from cream_arch import model_names
+from parity.compare import CATEGORIES, STAGE_ORDER
+from parity.runner import ParityConfig, run_parity
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.paddle

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, Iterator, List
 
 import pytest
 
@@ -47,18 +47,40 @@ def launch_two() -> Callable[[str, str, List[str], Path, Path], None]:
     return _launch_two
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures(...)``): its
+    second OpenMP thread spin-waits on a busy 2-core machine, 10-20x the CPU time of one thread
+    for the small forwards and meta steps of these tests (measured with the suite running
+    alongside); the previous count is restored after the module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
-def cream14_weights(tmp_path_factory) -> dict:
-    """A seeded official-format Cream-14 checkpoint and its Paddle conversion:
-    ``{"torch": .pth.tar, "paddle": .pdparams}`` (one per session; the eval tests share it)."""
-    from converters.convert import convert_checkpoint
+def official_cream14(tmp_path_factory) -> Path:
+    """cream-14 as the official training saved it: legacy format, yacs args, raw + EMA weights
+    (:func:`cream_torch_ref.models.seeded_official_checkpoint` defaults), alone in its folder.
+    One per session: tests read it and write their outputs elsewhere."""
     from cream_torch_ref.models import seeded_official_checkpoint
 
-    root = tmp_path_factory.mktemp("cream14")
-    ckpt = Path(seeded_official_checkpoint("cream-14", root / "14.pth.tar", legacy=True))
-    pdparams = root / "14.pdparams"
-    convert_checkpoint(str(ckpt), str(pdparams), model="cream-14")
-    return {"torch": ckpt, "paddle": pdparams}
+    root = tmp_path_factory.mktemp("official")
+    return Path(seeded_official_checkpoint("cream-14", root / "14.pth.tar"))
+
+
+@pytest.fixture(scope="session")
+def cream14_weights(tmp_path_factory, official_cream14: Path) -> dict:
+    """:func:`official_cream14` and its Paddle conversion:
+    ``{"torch": .pth.tar, "paddle": .pdparams}`` (one per session; the eval tests share it)."""
+    from converters.convert import convert_checkpoint
+
+    pdparams = tmp_path_factory.mktemp("cream14") / "14.pdparams"
+    convert_checkpoint(str(official_cream14), str(pdparams), model="cream-14")
+    return {"torch": official_cream14, "paddle": pdparams}
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,10 @@ import types
 
 import numpy as np
 import pytest
+import timm.data.auto_augment as timm_aa
+import timm.data.random_erasing as timm_re
+import timm.data.transforms as timm_tf
+import torch
 from PIL import Image, ImageEnhance
 
 from cream_data import open_image, sample_files
@@ -21,10 +25,6 @@ from cream_data.train_transforms import (MAX_LEVEL, RAND_INCREASING_OPS, RAND_OP
                                          RandomResizedCrop, Rng, TrainTransform, fill_color,
                                          horizontal_flip, parse_rand_augment, sample_rng)
 
-torch = pytest.importorskip("torch")
-timm_aa = pytest.importorskip("timm.data.auto_augment")
-timm_tf = pytest.importorskip("timm.data.transforms")
-timm_re = pytest.importorskip("timm.data.random_erasing")
 
 FILL = fill_color()  # (124, 116, 104)
 HPARAMS = dict(translate_const=int(64 * 0.45), img_mean=FILL)

@@ -20,65 +20,59 @@ from cream_torch_ref.models import seeded_official_checkpoint
 MODEL = "cream-14"
 
 
-@pytest.fixture(scope="module")
-def official(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """cream-14 as the official training saved it: legacy format, yacs args, EMA."""
-    return Path(seeded_official_checkpoint(MODEL, tmp_path_factory.mktemp("ck") / "14.pth.tar"))
-
-
 def _logits(model: torch.nn.Module) -> torch.Tensor:
     x = torch.from_numpy(np.random.RandomState(0).standard_normal((2, 3, 64, 64)).astype(np.float32))
     with torch.no_grad():
         return model(x)
 
 
-def test_legacy_format_with_yacs_args(official: Path) -> None:
-    with open(official, "rb") as f:
+def test_legacy_format_with_yacs_args(official_cream14: Path) -> None:
+    with open(official_cream14, "rb") as f:
         assert f.read(2) != b"PK", "fixture must be the legacy (non-zip) format"
-    ck = load_checkpoint(official)
+    ck = load_checkpoint(official_cream14)
     assert ck.source == "state_dict_ema"
     assert isinstance(ck.meta["args"], CfgNodeStandIn)
     assert ck.meta["args"].NET.SELECTION == 14 and ck.meta["epoch"] == 7
 
 
-def test_ema_default_and_raw_on_request(official: Path) -> None:
-    ema, raw = load_checkpoint(official), load_checkpoint(official, use_ema=False)
+def test_ema_default_and_raw_on_request(official_cream14: Path) -> None:
+    ema, raw = load_checkpoint(official_cream14), load_checkpoint(official_cream14, use_ema=False)
     assert raw.source == "state_dict"
     k = "conv_stem.weight"
     assert not torch.equal(ema.state_dict[k], raw.state_dict[k])
-    obj = read_checkpoint(official)
+    obj = read_checkpoint(official_cream14)
     assert torch.equal(ema.state_dict[k], obj["state_dict_ema"][k])
     assert torch.equal(raw.state_dict[k], obj["state_dict"][k])
 
 
-def test_loads_with_yacs_absent(official: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_loads_with_yacs_absent(official_cream14: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "yacs", None)  # `import yacs` now raises ImportError
     monkeypatch.setitem(sys.modules, "yacs.config", None)
     with pytest.raises(ImportError):
         import yacs.config  # noqa: F401
-    ck = load_checkpoint(official)
+    ck = load_checkpoint(official_cream14)
     assert ck.meta["args"]["DATASET"]["IMAGE_SIZE"] == 64
 
 
 @pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "zip"])
 @pytest.mark.parametrize("prefix", [False, True], ids=["plain", "module."])
-def test_formats_and_prefix_give_same_model(official: Path, tmp_path: Path, legacy: bool,
+def test_formats_and_prefix_give_same_model(official_cream14: Path, tmp_path: Path, legacy: bool,
                                             prefix: bool) -> None:
     other = seeded_official_checkpoint(MODEL, tmp_path / "x.pth.tar", legacy=legacy,
                                        module_prefix=prefix, args="namespace")
     ck = load_checkpoint(other)
     assert isinstance(ck.meta["args"], NamespaceStandIn) and ck.meta["args"].lr == 0.064
     assert not any(k.startswith("module.") for k in ck.state_dict)
-    ref = _logits(create_model(MODEL, checkpoint=official))
+    ref = _logits(create_model(MODEL, checkpoint=official_cream14))
     assert torch.equal(_logits(create_model(MODEL, checkpoint=other)), ref)
 
 
-def test_bare_state_dict(official: Path, tmp_path: Path) -> None:
-    sd = read_checkpoint(official)["state_dict"]
+def test_bare_state_dict(official_cream14: Path, tmp_path: Path) -> None:
+    sd = read_checkpoint(official_cream14)["state_dict"]
     bare = tmp_path / "bare.pth"
     torch.save(OrderedDict(sd), bare)
     a = _logits(create_model(MODEL, checkpoint=bare))
-    b = _logits(create_model(MODEL, checkpoint=official, use_ema=False))
+    b = _logits(create_model(MODEL, checkpoint=official_cream14, use_ema=False))
     assert torch.equal(a, b)
 
 
@@ -109,17 +103,17 @@ def test_not_a_checkpoint(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "zip"])
 @pytest.mark.parametrize("fraction", [0.001, 0.5, 0.999])
-def test_truncated(official: Path, tmp_path: Path, legacy: bool, fraction: float) -> None:
-    src = official if legacy else seeded_official_checkpoint(MODEL, tmp_path / "z.pth.tar",
-                                                             legacy=False, seed_ema=None)
+def test_truncated(official_cream14: Path, tmp_path: Path, legacy: bool, fraction: float) -> None:
+    src = official_cream14 if legacy else seeded_official_checkpoint(
+        MODEL, tmp_path / "z.pth.tar", legacy=False, seed_ema=None)
     data = Path(src).read_bytes()
     cut = tmp_path / "cut.pth.tar"
     cut.write_bytes(data[: int(len(data) * fraction)])
     _expect(cut, "truncated or corrupt")
 
 
-def test_key_problems_are_named(official: Path, tmp_path: Path) -> None:
-    sd = OrderedDict(read_checkpoint(official)["state_dict"])
+def test_key_problems_are_named(official_cream14: Path, tmp_path: Path) -> None:
+    sd = OrderedDict(read_checkpoint(official_cream14)["state_dict"])
     missing = OrderedDict(sd)
     del missing["blocks.2.1.conv_dw.weight"]
     torch.save(missing, tmp_path / "missing.pth")
@@ -135,9 +129,9 @@ def test_key_problems_are_named(official: Path, tmp_path: Path) -> None:
     _expect(tmp_path / "wrong.pth", "classifier.weight expects [1000, 1280] but has [10, 1280]")
 
 
-def test_other_architecture_is_refused(official: Path) -> None:
+def test_other_architecture_is_refused(official_cream14: Path) -> None:
     with pytest.raises(CheckpointError, match="does not fit"):
-        create_model("cream-43", checkpoint=official)
+        create_model("cream-43", checkpoint=official_cream14)
 
 
 class _RunsCode:
@@ -150,9 +144,10 @@ class _RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_pickle_that_runs_code_is_refused_without_running(official: Path, tmp_path: Path) -> None:
+def test_pickle_that_runs_code_is_refused_without_running(official_cream14: Path,
+                                                          tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    sd = read_checkpoint(official)["state_dict"]
+    sd = read_checkpoint(official_cream14)["state_dict"]
     evil = tmp_path / "evil.pth.tar"
     save_official_checkpoint(evil, sd, args=_RunsCode(marker), legacy=True)
     msg = _expect(evil, "refused")

@@ -166,22 +166,6 @@ def test_drop_path_per_sample() -> None:
     assert np.array_equal(dp(paddle.to_tensor(x)).numpy(), x)
 
 
-# ---------------------------------------------------------------- Linear layout
-
-
-def test_linear_weight_layout() -> None:
-    tl = torch.nn.Linear(5, 3)
-    pl = paddle.nn.Linear(5, 3)
-    w = tl.weight.detach().numpy()
-    assert tuple(pl.weight.shape) == w.T.shape
-    pl.weight.set_value(compat.linear_weight_from_torch(w))
-    pl.bias.set_value(tl.bias.detach().numpy())
-    x = _x((4, 5), 2)
-    np.testing.assert_allclose(pl(paddle.to_tensor(x)).numpy(),
-                               tl(torch.from_numpy(x)).detach().numpy(), atol=OP_ATOL, rtol=0)
-    assert np.array_equal(compat.linear_weight_to_torch(compat.linear_weight_from_torch(w)), w)
-
-
 # ---------------------------------------------------------------- element-wise ops of the blocks
 
 

@@ -53,17 +53,11 @@ def sha(p: "str | Path") -> str:
     return hashlib.sha256(Path(p).read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def official(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """cream-14 as the official training saved it (legacy format, yacs args, raw + EMA)."""
-    return Path(seeded_official_checkpoint(NAME, tmp_path_factory.mktemp("off") / "14.pth.tar"))
-
-
 @pytest.fixture
-def work(tmp_path: Path, official: Path) -> Path:
+def work(tmp_path: Path, official_cream14: Path) -> Path:
     """A private copy of the official checkpoint in an empty folder."""
     dst = tmp_path / "cream-14.pth.tar"
-    dst.write_bytes(official.read_bytes())
+    dst.write_bytes(official_cream14.read_bytes())
     return dst
 
 

@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Dict, Tuple
 
 import numpy as np
+import paddle
 import pytest
+import torch
+import torchvision.models as tvm
 
-paddle = pytest.importorskip("paddle")
-torch = pytest.importorskip("torch")
-tvm = pytest.importorskip("torchvision.models")
-
-from converters.cli import main  # noqa: E402
-from converters.weights import bundled_photos, seed_and_calibrate  # noqa: E402
-from parity.compare import LOGITS_FP32  # noqa: E402
+from converters.cli import main
+from converters.weights import bundled_photos, seed_and_calibrate
+from parity.compare import LOGITS_FP32
 
 pytestmark = pytest.mark.paddle
 

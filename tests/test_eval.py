@@ -43,15 +43,14 @@ def _photo_batch() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Dict[str, Path]:
+def work(tmp_path_factory, official_cream14: Path) -> Dict[str, Path]:
     """Seeded official-format checkpoint, its Paddle conversion, and the labelled photos."""
     from converters.cli import main as convert_ckpt
     from cream_torch_ref import create_model
     from cream_torch_ref.evaluate import forward_logits
-    from cream_torch_ref.models import seeded_official_checkpoint
 
     root = tmp_path_factory.mktemp("eval")
-    ckpt = Path(seeded_official_checkpoint(MODEL, root / "14.pth.tar", legacy=True))
+    ckpt = official_cream14
     ref = create_model(MODEL, checkpoint=ckpt)  # EMA weights, as the official test
     preds = forward_logits(ref, _photo_batch()).argmax(1)
     labels = {p.name: int(c) for p, c in zip(cd.sample_files(), preds)}
@@ -252,7 +251,6 @@ def test_cli_bad_weights_and_outputs(work, tmp_path, capsys):
 # --- the evaluation code itself -------------------------------------------------------------------------
 
 def test_evaluate_twins_share_their_api():
-    pytest.importorskip("paddle")
     import cream_paddle.evaluate as pe
     import cream_torch_ref.evaluate as te
 

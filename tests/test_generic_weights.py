@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import torchvision.models as tvm
 
-torch = pytest.importorskip("torch")
-tvm = pytest.importorskip("torchvision.models")
-
-from converters.weights import bundled_photos, seed_and_calibrate  # noqa: E402
+from converters.weights import bundled_photos, seed_and_calibrate
 
 #: Share of the logits' variance that is between images (mean over classes of the variance across
 #: the 8 bundled photos at 64 px, over the variance of all logits). Measured: resnet18 0.071 seeded

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
+import paddle
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-paddle = pytest.importorskip("paddle")
-
-import cream_paddle.losses as P  # noqa: E402
-import cream_torch_ref.losses as T  # noqa: E402
+import cream_paddle.losses as P
+import cream_torch_ref.losses as T
 
 RNG = np.random.RandomState(0)
 LOGITS = (RNG.standard_normal((4, 10)) * 3).astype(np.float32)

@@ -11,14 +11,13 @@ from collections import OrderedDict
 from typing import Dict, Tuple
 
 import numpy as np
+import paddle
+import paddle.vision.models as pvm
 import pytest
+import torch
+import torchvision.models as tvm
 
-paddle = pytest.importorskip("paddle")
-torch = pytest.importorskip("torch")
-tvm = pytest.importorskip("torchvision.models")
-pvm = pytest.importorskip("paddle.vision.models")
-
-from converters.matching import (MATCHING_FORMAT, LayerMatch, Matching, MatchError,  # noqa: E402
+from converters.matching import (MATCHING_FORMAT, LayerMatch, Matching, MatchError,
                                  load_matching, match_models, paddle_to_torch_state,
                                  save_matching, torch_to_paddle_state)
 

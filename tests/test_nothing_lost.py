@@ -237,14 +237,10 @@ def test_list_files_bom_and_entries_outside_the_folder(photos: Path, tmp_path: P
 # --- cream-eval -------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ev(tmp_path_factory) -> Dict[str, Path]:
+def ev(tmp_path_factory, official_cream14: Path, one_torch_thread: None) -> Dict[str, Path]:
     """A seeded cream-14 checkpoint and an ImageNet layout of 4 photos."""
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)
-    from cream_torch_ref.models import seeded_official_checkpoint
-
     root = tmp_path_factory.mktemp("ev")
-    ckpt = Path(seeded_official_checkpoint(MODEL, root / "14.pth.tar"))
+    ckpt = official_cream14
     val = cd.make_imagenet_layout(root / "inet", {p.name: i for i, p in
                                                   enumerate(cd.sample_files()[:4])})
     return {"ckpt": ckpt, "val": val, "root": root}
@@ -370,7 +366,6 @@ def _same_weights(a: Path, b: Path) -> bool:
 @pytest.fixture(scope="module")
 def trained(photos: Path, tmp_path_factory) -> Path:
     """An uninterrupted 2-epoch run: the reference every interrupted run must end equal to."""
-    pytest.importorskip("torch")
     out = tmp_path_factory.mktemp("full") / "run"
     assert _train(photos, out) == 0
     return out

@@ -6,15 +6,14 @@ import os
 from typing import Dict, List, Tuple
 
 import numpy as np
+import paddle
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-paddle = pytest.importorskip("paddle")
-
-from cream_arch.schedules import (CosineSchedule, StepSchedule, SupernetLinearSchedule,  # noqa: E402
+from cream_arch.schedules import (CosineSchedule, StepSchedule, SupernetLinearSchedule,
                                   schedule_values, supernet_iters)
-from cream_paddle import optim as P  # noqa: E402
-from cream_torch_ref import optim as T  # noqa: E402
+from cream_paddle import optim as P
+from cream_torch_ref import optim as T
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "parity", "golden", "lr_timm0120.json")
 

@@ -26,7 +26,7 @@ from cream_arch import child_spec, seeded_input
 from cream_torch_ref.models import seeded_official_checkpoint
 from converters import convert_checkpoint
 
-pytestmark = pytest.mark.paddle
+pytestmark = [pytest.mark.paddle, pytest.mark.usefixtures("one_torch_thread")]
 
 #: Acceptance bound of the issue: max |logit difference| between Paddle and the reference in eval
 #: mode. Checked in float64 (both models cast exactly from the converted float32 weights), where
@@ -74,16 +74,6 @@ def _both64(tm: torch.nn.Module, pm: paddle.nn.Layer, x: np.ndarray) -> Tuple[np
     t64, p64 = _torch_logits(tm, x64), _paddle_logits(pm, x64)
     assert t64.dtype == p64.dtype == np.float64
     return t64, p64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Torch's second OpenMP thread spin-waits on a busy 2-core machine: 20x the CPU time of one
-    thread for these small forwards (measured with the suite running alongside)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -24,16 +24,10 @@ from cream_torch_ref import search as T
 from cream_torch_ref.supernet import SuperNet
 from parity.search_step import FAULTS, load_golden, run_search_step
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden_search"
 GOLDENS = ["meta_step_official.pt", "meta_step_deep.pt", "warmup_step.pt"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # on a busy 2-core machine, 2 spinning threads make the meta step 10x slower
-    yield
-    torch.set_num_threads(old)
 
 
 # --- against the official code --------------------------------------------------------------------

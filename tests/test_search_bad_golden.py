@@ -14,10 +14,9 @@ from typing import Any, Callable, Dict
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from parity.search_step import load_golden, main  # noqa: E402
+from parity.search_step import load_golden, main
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden_search" / "official_init_warmup_step.pt"
 

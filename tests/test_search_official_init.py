@@ -13,26 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("paddle")
-
-from cream_arch.digest import is_digest  # noqa: E402
-from cream_arch.official_init import official_init_state  # noqa: E402
-from parity.search_step import FAULTS, load_golden, main, run_search_step, run_torch  # noqa: E402
+from cream_arch.digest import is_digest
+from cream_arch.official_init import official_init_state
+from parity.search_step import FAULTS, load_golden, main, run_search_step, run_torch
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden_search"
 OFFICIAL_INIT = ["official_init_warmup_step.pt", "official_init_meta_step.pt"]
 
-pytestmark = [pytest.mark.golden, pytest.mark.paddle]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = [pytest.mark.golden, pytest.mark.paddle, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def test_the_files_start_from_the_official_initialisation() -> None:

@@ -65,7 +65,6 @@ def _worst(a, b) -> float:
 @pytest.mark.parametrize("framework", ["torch", pytest.param("paddle", marks=pytest.mark.paddle)])
 def test_two_processes_equal_one_with_the_same_global_batch(framework, data, tmp_path,
                                                             launch_two) -> None:
-    pytest.importorskip(framework)
     from cream_cli.train import run_train
 
     suffix = ".pth.tar" if framework == "torch" else ".pdparams"

@@ -11,20 +11,10 @@ import os
 
 import numpy as np
 import pytest
-
-pytest.importorskip("sklearn")
-torch = pytest.importorskip("torch")
-pytest.importorskip("paddle")
-
-pytestmark = pytest.mark.paddle
+import torch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.paddle, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def test_digits_dataset_layout(tmp_path) -> None:

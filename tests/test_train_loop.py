@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cream_arch.configs import load_retrain_config
 from cream_data import open_dataset, sample_files
@@ -20,16 +21,8 @@ from cream_data.train_loader import TrainLoader, epoch_order
 from cream_data.train_masks import StepMasks
 from cream_data.train_transforms import TrainTransform
 
-torch = pytest.importorskip("torch")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny batches run as fast on one thread, and a busy machine makes 2 OpenMP threads spin."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +112,8 @@ def test_mask_injector_torch() -> None:
 
 @pytest.mark.paddle
 def test_mask_injector_paddle() -> None:
-    paddle = pytest.importorskip("paddle")
+    import paddle
+
     from cream_paddle import train as P
 
     model = P.build_model(_cfg())
@@ -177,7 +171,6 @@ def test_torch_resume_is_bit_exact_and_official_layout(photo_data, tmp_path) -> 
 
 @pytest.mark.paddle
 def test_paddle_resume_is_bit_exact_and_pdparams_usable(photo_data, tmp_path) -> None:
-    pytest.importorskip("paddle")
     from cream_paddle import create_model
     from cream_paddle.checkpoint import load_checkpoint, read_checkpoint
 

@@ -10,23 +10,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("paddle")
+from parity.train_step import (FAULTS, FREE_HORIZON, MODES, TrainStepConfig, judged_steps,
+                               run_train_step_parity)
 
-from parity.train_step import (FAULTS, FREE_HORIZON, MODES, TrainStepConfig,  # noqa: E402
-                               judged_steps, run_train_step_parity)
-
-pytestmark = pytest.mark.paddle
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny batches run as fast on one thread, and a busy machine makes 2 OpenMP threads spin."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.paddle, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

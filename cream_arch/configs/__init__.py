@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..errors import CheckpointError, ConfigError
+from ..rand_augment import parse_rand_augment
 from ..space import child_spec, model_names
 
 __all__ = ["AugmentConfig", "RetrainConfig", "ConfigError", "load_retrain_config",
@@ -212,7 +213,6 @@ def _build(d: Mapping[str, Any], where: str) -> RetrainConfig:
         raise ConfigError(where, f"augment.auto_augment must be a RandAugment string like "
                                  f"'rand-m9-mstd0.5' (or empty), got {aa!r}")
     if aa is not None:
-        from cream_data.train_transforms import parse_rand_augment  # validates the string
         try:
             parse_rand_augment(aa)
         except ValueError as e:
