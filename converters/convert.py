@@ -182,8 +182,9 @@ def _check_source(src: str) -> None:
         raise CheckpointError(src, "is a directory, not a checkpoint file")
 
 
-def _check_destination(src: str, dst: str, force: bool) -> None:
-    """Refuse a destination that is the source, in a missing folder, a directory or (without force) taken."""
+def _check_destination(src: str, dst: str, force: bool, other_inputs: Sequence[str] = ()) -> None:
+    """Refuse a destination that is the source (or one of ``other_inputs``, e.g. a ``--map``
+    file), in a missing folder, a directory or (without force) taken."""
     for out in (dst, sidecar_path(dst)):
         if _same_file(src, out):
             raise CheckpointError(out, "is the source file; choose another output (-o)")
@@ -196,8 +197,8 @@ def _check_destination(src: str, dst: str, force: bool) -> None:
         if os.path.exists(out) and not force:
             raise CheckpointError(out, "already exists; pass --force to overwrite it")
     try:  # real paths, writability (probed), interrupted commits finished, stale temporaries gone
-        prepare_outputs({"output": dst, "sidecar": sidecar_path(dst)}, [src, sidecar_path(src)],
-                        log=_note)
+        prepare_outputs({"output": dst, "sidecar": sidecar_path(dst)},
+                        [src, sidecar_path(src), *other_inputs], log=_note)
     except OutputError as e:
         raise CheckpointError(e.path, e.problem) from None
 

@@ -150,9 +150,9 @@ def _matching(torch_model: Any, paddle_model: Any, shape: Sequence[int], map_fil
 
 def _check_files(src: str, dst: str, force: bool, map_file: Optional[str]) -> None:
     _check_source(src)
-    _check_destination(src, dst, force)
     if map_file is not None and not os.path.isfile(map_file):
         raise GenericInputError(f"{map_file}: no such file (--map)")
+    _check_destination(src, dst, force, [map_file] if map_file is not None else [])
 
 
 def _pair(torch_spec: str, paddle_spec: str, shape: Sequence[int], map_file: Optional[str]

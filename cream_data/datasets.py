@@ -29,7 +29,8 @@ from typing import List, Optional, Sequence, Tuple
 from .errors import BadDataError, BadItem
 from .imagenet import IMAGENET_NUM_CLASSES, imagenet_class_names, is_wnid_shaped, wnid_to_index
 
-__all__ = ["IMG_EXTENSIONS", "LAYOUTS", "Sample", "ImageDataset", "natural_key", "imagenet_folder",
+__all__ = ["IMG_EXTENSIONS", "LAYOUTS", "Sample", "ImageDataset", "BadItemReport", "natural_key",
+           "imagenet_folder",
            "class_folder", "list_file", "file_dataset", "open_dataset", "open_train_val",
            "resolve_val_dir"]
 
@@ -79,8 +80,9 @@ def natural_key(text: str) -> list:
     return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", text.lower())]
 
 
-class _Problems:
-    """Raise the first problem, or collect them all when skipping bad data."""
+class BadItemReport:
+    """Raise the first bad item (skippable), or collect them all when skipping bad data (one policy
+    for every data layout)."""
 
     def __init__(self, skip_bad: bool) -> None:
         self.skip_bad = skip_bad
@@ -117,7 +119,7 @@ def _is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMG_EXTENSIONS
 
 
-def _folder_images(folder: str, label: int, report: _Problems) -> List[Sample]:
+def _folder_images(folder: str, label: int, report: BadItemReport) -> List[Sample]:
     """Images directly inside one class folder; everything else there is reported."""
     found: List[Sample] = []
     for e in _visible_entries(folder):
@@ -137,7 +139,7 @@ def _folder_images(folder: str, label: int, report: _Problems) -> List[Sample]:
     return found
 
 
-def _class_dirs(root: str, report: Optional[_Problems] = None
+def _class_dirs(root: str, report: Optional[BadItemReport] = None
                 ) -> Tuple[List[os.DirEntry], List[os.DirEntry]]:
     """Sub-folders and files of ``root``; broken entries (link loops) go to ``report``, if given."""
     entries = []
@@ -170,14 +172,14 @@ def _check_root(root: str) -> str:
     return root
 
 
-def _finish(samples: List[Sample], root: str, report: _Problems, what: str) -> List[Sample]:
+def _finish(samples: List[Sample], root: str, report: BadItemReport, what: str) -> List[Sample]:
     if not samples:
         skipped = f" ({len(report.items)} bad item(s) skipped)" if report.items else ""
         raise BadDataError(root, f"no images found{skipped}; expected {what}")
     return sorted(samples, key=lambda s: natural_key(os.path.relpath(s.path, root)))
 
 
-def _loose_images(root: str, files: Sequence[os.DirEntry], report: _Problems) -> None:
+def _loose_images(root: str, files: Sequence[os.DirEntry], report: BadItemReport) -> None:
     for f in files:
         if _is_image_name(f.name):
             report(f.path, "image outside any class folder (no label); expected <root>/<class>/<image>")
@@ -186,7 +188,7 @@ def _loose_images(root: str, files: Sequence[os.DirEntry], report: _Problems) ->
 def imagenet_folder(root: "os.PathLike[str] | str", *, skip_bad: bool = False) -> ImageDataset:
     """Index an ImageNet val folder ``<root>/<wnid>/*.JPEG`` with canonical ImageNet-1k labels."""
     root = resolve_val_dir(_check_root(os.fspath(root)))
-    report = _Problems(skip_bad)
+    report = BadItemReport(skip_bad)
     dirs, files = _class_dirs(root, report)
     if not dirs and any(_is_image_name(f.name) for f in files):
         raise BadDataError(root, "images are not sorted into class folders; ImageNet val must be "
@@ -208,7 +210,7 @@ def class_folder(root: "os.PathLike[str] | str", num_classes: Optional[int] = No
                  skip_bad: bool = False) -> ImageDataset:
     """Index ``<root>/<class>/<image>``: class ``i`` is the ``i``-th folder name in sorted order."""
     root = _check_root(os.fspath(root))
-    report = _Problems(skip_bad)
+    report = BadItemReport(skip_bad)
     dirs, files = _class_dirs(root, report)
     if not dirs:
         raise BadDataError(root, "no class folders found; expected <root>/<class>/<image>")
@@ -237,7 +239,7 @@ def list_file(path: "os.PathLike[str] | str", num_classes: int = IMAGENET_NUM_CL
     except (OSError, UnicodeDecodeError) as e:
         raise BadDataError(path, f"cannot read list file ({e})") from None
     base = os.path.dirname(os.path.abspath(path))
-    report = _Problems(skip_bad)
+    report = BadItemReport(skip_bad)
     samples: List[Sample] = []
     for n, line in enumerate(lines, start=1):
         text = line.strip()

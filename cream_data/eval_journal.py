@@ -129,7 +129,12 @@ class PredictionJournal:
         self.skipped: List[BadItem] = []
 
     def start(self) -> None:
-        """A fresh run: ``FILE.partial`` holds the header only (replacing any earlier one)."""
+        """A fresh run: ``FILE.partial`` holds the header only. An interrupted run's state is
+        never thrown away silently: without ``--resume`` it is refused (remove it to start anew)."""
+        if os.path.exists(self.sidecar):
+            raise ResumeError(self.sidecar, "an interrupted run of these predictions is here: "
+                                            "--resume continues it; remove this file and "
+                                            f"{os.path.basename(self.path)} to start anew")
         atomic_write_text(self.path, _csv_bytes([csv_header(self.class_names)]).decode(
             "utf-8", errors=PATH_ERRORS))
         self.size = os.path.getsize(self.path)

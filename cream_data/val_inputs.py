@@ -25,8 +25,9 @@ from typing import Dict, List, Optional, Tuple
 
 from PIL import Image
 
-from .datasets import IMG_EXTENSIONS, LAYOUTS, ImageDataset, Sample, natural_key, open_dataset
-from .errors import BadDataError, BadItem
+from .datasets import (IMG_EXTENSIONS, LAYOUTS, BadItemReport, ImageDataset, Sample, natural_key,
+                       open_dataset)
+from .errors import BadDataError
 from .imagenet import IMAGENET_NUM_CLASSES, imagenet_class_names
 from .transforms import open_image_bytes
 from .val_labels import LabelFileError, read_labels, val_image_id
@@ -70,20 +71,6 @@ class TarMember(Sample):
         return open_image_bytes(self.read_bytes(), self.path)
 
 
-class _Report:
-    """Raise the first bad item (skippable), or collect them when skipping."""
-
-    def __init__(self, skip_bad: bool) -> None:
-        self.skip_bad = skip_bad
-        self.items: List[BadItem] = []
-
-    def __call__(self, path: str, problem: str) -> None:
-        err = BadDataError(path, problem, skippable=True)
-        if not self.skip_bad:
-            raise err
-        self.items.append(err.item)
-
-
 def _image_name_problem(name: str) -> Optional[str]:
     ext = os.path.splitext(name)[1].lower()
     if ext in IMG_EXTENSIONS:
@@ -104,7 +91,7 @@ def _headers(tar: tarfile.TarFile) -> List[tarfile.TarInfo]:
     return infos
 
 
-def _tar_members(path: str, report: _Report) -> List[TarMember]:
+def _tar_members(path: str, report: BadItemReport) -> List[TarMember]:
     """Image members of an uncompressed tar, by offset; checks the archive is complete."""
     try:
         size = os.path.getsize(path)
@@ -161,7 +148,7 @@ def _labelled(samples: List[Sample], labels: Dict[str, int], labels_path: str,
     return sorted(out, key=lambda s: natural_key(os.path.basename(s.path)))
 
 
-def _dataset(samples: List[Sample], report: _Report, data: str, layout: str,
+def _dataset(samples: List[Sample], report: BadItemReport, data: str, layout: str,
              labels: Tuple[Dict[str, int], str], what: str) -> ImageDataset:
     if not samples:
         skipped = f" ({len(report.items)} bad item(s) skipped)" if report.items else ""
@@ -177,7 +164,7 @@ def tar_dataset(path: "os.PathLike[str] | str", labels: "os.PathLike[str] | str"
     if not os.path.isfile(p):
         raise BadDataError(p, "data path does not exist" if not os.path.exists(p) else "not a file")
     table = read_labels(lab)[0], lab  # a wrong label file is reported before the archive scan
-    report = _Report(skip_bad)
+    report = BadItemReport(skip_bad)
     samples: List[Sample] = list(_tar_members(p, report))
     return _dataset(samples, report, p, "tar", table, "image members (ILSVRC2012_val_*.JPEG)")
 
@@ -189,7 +176,7 @@ def flat_folder(path: "os.PathLike[str] | str", labels: "os.PathLike[str] | str"
     if not os.path.isdir(p):
         raise BadDataError(p, "data path does not exist" if not os.path.exists(p) else "not a folder")
     table = read_labels(lab)[0], lab
-    report = _Report(skip_bad)
+    report = BadItemReport(skip_bad)
     samples: List[Sample] = []
     with os.scandir(p) as it:
         entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)

@@ -52,9 +52,11 @@ import numpy as np
 
 from cream_arch.atomic import atomic_write
 from cream_arch.digest import is_digest, sample_positions
+from cream_arch.errors import OutputError
 from cream_arch.search_config import SearchConfig
 from cream_arch.search_space import plan_supernet, search_for_layer
 from cream_arch.official_init import OFFICIAL_INIT, official_init_state
+from cream_arch.outputs import prepare_outputs
 from cream_arch.seeded import seeded_state
 
 from .compare import GRAD_CONTEXT_FLOOR, Tolerance
@@ -884,15 +886,11 @@ def _fail(msg: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``parity search-step``: 0 pass, 1 divergence, 2 bad input."""
-    if args.json:
-        if os.path.isdir(args.json):
-            return _fail(f"{args.json}: is a folder (--json)")
-        if os.path.exists(args.golden) and os.path.exists(args.json) and \
-                os.path.samefile(args.json, args.golden):
-            return _fail(f"{args.json}: is the golden file; refusing to overwrite it")
-        parent = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(parent):
-            return _fail(f"{args.json}: folder {parent} does not exist")
+    if args.json:  # the shared guard: real paths, never onto the golden file, folder writable
+        try:
+            prepare_outputs({"--json": args.json}, [args.golden])
+        except OutputError as e:
+            return _fail(str(e))
     if args.precision == "both" and args.framework != "both":
         return _fail("--precision both needs --framework both (fp64 compares the two frameworks)")
     if args.inject_fault and args.framework == "torch":
@@ -932,7 +930,10 @@ def run(args: argparse.Namespace) -> int:
               f"noise measured by {result.noise.members} runs of torch (perturbed fp32 and fp64) "
               "where larger (parity/noise.py)")
     if args.json:
-        atomic_write(args.json, lambda fh: json.dump(result.as_dict(), fh, indent=1), mode="w")
+        try:
+            atomic_write(args.json, lambda fh: json.dump(result.as_dict(), fh, indent=1), mode="w")
+        except OutputError as e:  # a full or failing disk after the work
+            return _fail(str(e))
         print(f"JSON: {args.json}")
     print("PASS" if result.ok else "FAIL")
     return 0 if result.ok else 1

@@ -70,7 +70,8 @@ from .compare import (BN_STATS_FP32, BN_STATS_FP64, GRAD_CONTEXT_FLOOR, GRAD_FP3
                       Comparison, Tolerance, compare_arrays, compare_named)
 from .noise import NOISE_FACTOR, NOISE_MEMBERS, NOISE_THREADS, NoiseAccumulator, NoiseModel, Perturbation, ensemble
 
-__all__ = ["TrainStepConfig", "TrainStepResult", "FAULTS", "MODES", "FREE_HORIZON", "EMA_FP32", "EMA_FP64",
+__all__ = ["TrainStepConfig", "TrainStepResult", "FAULTS", "MODES", "FREE_HORIZON", "MIN_JUDGED_STEPS",
+           "EMA_FP32", "EMA_FP64",
            "OPTIM_STATE_FP32", "OPTIM_STATE_FP64", "SYNCED_TOLERANCES", "FREE_TOLERANCES",
            "run_train_step_parity", "format_steps", "judged_steps", "register", "command"]
 
@@ -112,6 +113,10 @@ MODES = ("synced", "free")
 #: the noise bound). Those steps are reported, not judged. The horizon depends on the reference runs
 #: only, never on the port. Measured with bench/false_alarm_bench.py: README "Tolerances".
 FREE_HORIZON: float = 1e-3
+#: A free run must judge at least this many steps to count: a run whose reference spread leaves the
+#: horizon before step 1 has proven nothing, and says so (inconclusive, exit 1) instead of passing.
+#: Measured with bench/false_alarm_bench.py over seeds 0-19 at batch 8 and 4: 3 to 8 steps judged.
+MIN_JUDGED_STEPS: int = 1
 
 #: Faults ``--inject-fault`` can put into the Paddle side; each must make the run fail.
 FAULTS: Dict[str, str] = {
@@ -157,7 +162,15 @@ class TrainStepResult:
 
     @property
     def ok(self) -> bool:
-        return bool(self.comparisons) and all(c.ok for c in self.comparisons)
+        """Every comparison within its bound, and a free run (if any) judged enough steps."""
+        return (bool(self.comparisons) and all(c.ok for c in self.comparisons)
+                and not self.inconclusive)
+
+    @property
+    def inconclusive(self) -> bool:
+        """A free run that judged fewer than :data:`MIN_JUDGED_STEPS` steps."""
+        free = [s for s in self.steps if s["mode"] == "free"]
+        return bool(free) and sum(bool(s["judged"]) for s in free) < MIN_JUDGED_STEPS
 
     @property
     def first(self) -> Optional[Comparison]:
@@ -172,7 +185,7 @@ class TrainStepResult:
     def to_dict(self) -> Dict[str, Any]:
         first = self.first
         return {"ok": self.ok, "config": self.config, "info": self.info, "seconds": self.seconds,
-                "compared": len(self.comparisons),
+                "compared": len(self.comparisons), "inconclusive": self.inconclusive,
                 "failed": sum(not c.ok for c in self.comparisons),
                 "first_divergence": first.as_dict() if first else None,
                 "steps": self.steps, "comparisons": [c.as_dict() for c in self.comparisons]}
@@ -767,6 +780,9 @@ def command(args: argparse.Namespace) -> int:
             f"; steps {_ranges([k for k in range(1, total + 1) if k not in judged])} are beyond the "
             f"predictable horizon (torch's own perturbed fp32 runs differ there by more than "
             f"FREE_HORIZON = {FREE_HORIZON:g} of a tensor's scale): reported, not judged"))
+        if result.inconclusive:
+            print(f"free run inconclusive: fewer than MIN_JUDGED_STEPS = {MIN_JUDGED_STEPS} step(s) "
+                  "inside the predictable horizon (try another --seed or a larger --batch)")
     if cfg.fault:
         print(f"injected fault: {FAULTS[cfg.fault]}")
     if args.json:

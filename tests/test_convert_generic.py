@@ -122,6 +122,22 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(resnet18_file, tmp_pat
     assert os.listdir(tmp_path) == []
 
 
+def test_the_map_file_is_an_input_never_overwritten(resnet18_file, tmp_path, capsys):
+    """``-o x.pdparams --map x.pdparams.json --force``: the sidecar would land on the edited map."""
+    t, p = _specs("resnet18")
+    assert _convert(resnet18_file, t, p, tmp_path / "a.pdparams") == 0
+    side = json.loads((tmp_path / "a.pdparams.json").read_text())
+    edited = tmp_path / "x.pdparams.json"
+    edited.write_text(json.dumps(side["matching"]))
+    before = edited.read_bytes()
+    capsys.readouterr()
+    assert _convert(resnet18_file, t, p, tmp_path / "x.pdparams", "--map", str(edited),
+                    "--force") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(edited) in err
+    assert edited.read_bytes() == before and not (tmp_path / "x.pdparams").exists()
+
+
 def test_a_bad_map_is_refused(resnet18_file, tmp_path, capsys):
     bad = tmp_path / "map.json"
     bad.write_text(json.dumps({"format": "converters.matching/1", "layers": [

@@ -221,3 +221,19 @@ def test_stopped_by_a_bad_image_then_resumed_skipping(synthetic_val, cream14_wei
     assert _outputs(out) == _outputs(ref)
     assert len(json.loads((out / "r.json").read_text())["skipped"]) == 1
     _no_leftovers(out)
+
+
+def test_an_interrupted_run_is_not_replaced_without_resume(synthetic_val, cream14_weights, tmp_path,
+                                                           monkeypatch, capsys):
+    """Forgetting --resume must not throw the finished part away: refused, exit 2, state kept."""
+    args = _args("torch", cream14_weights, synthetic_val, tmp_path)
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 1)
+        assert cream_eval(args) == 130
+    state = tmp_path / ("p.csv" + RESUME_SUFFIX)
+    before = (state.read_bytes(), (tmp_path / ("p.csv" + PARTIAL_SUFFIX)).read_bytes())
+    capsys.readouterr()
+    assert cream_eval(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume" in err[0] and str(state) in err[0]
+    assert (state.read_bytes(), (tmp_path / ("p.csv" + PARTIAL_SUFFIX)).read_bytes()) == before

@@ -154,3 +154,16 @@ def test_malformed_golden_in_a_fresh_process(tmp_path: Path) -> None:
 def test_bad_noise_members_is_a_usage_error(capsys) -> None:
     assert main(["--golden", str(GOLDEN), "--noise-members", "-1"]) == 2
     assert "--noise-members" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["golden", "folder"])
+def test_json_onto_the_golden_file_or_a_folder_is_refused_before_the_work(tmp_path, capsys,
+                                                                          where) -> None:
+    golden = tmp_path / "g.pt"
+    golden.write_bytes(GOLDEN.read_bytes())
+    out = golden if where == "golden" else tmp_path
+    assert main(["--golden", str(golden), "--framework", "torch", "--noise-members", "0",
+                 "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and str(out) in err
+    assert golden.read_bytes() == GOLDEN.read_bytes()

@@ -148,3 +148,19 @@ def test_noise_lifts_a_bound_and_records_the_ratio() -> None:
     assert _noise_spread(cs) == pytest.approx(1e-5)
     _not_judged(cs)
     assert all(c.ok for c in cs) and "beyond the horizon" in cs[1].note
+
+
+def test_a_free_run_that_judged_no_step_is_inconclusive_not_a_pass() -> None:
+    from parity.compare import Comparison
+    from parity.train_step import MIN_JUDGED_STEPS, TrainStepResult
+
+    ok = Comparison(category="loss", stage="train-step/free/fp32/step01", name="loss", order=0.0,
+                    ok=True)
+    steps = [{"mode": "free", "step": k, "judged": False} for k in (1, 2)]
+    r = TrainStepResult(config={}, comparisons=[ok], steps=steps)
+    assert MIN_JUDGED_STEPS >= 1 and r.inconclusive and not r.ok
+    steps[0]["judged"] = True
+    assert not r.inconclusive and r.ok
+    synced_only = TrainStepResult(config={}, comparisons=[ok],
+                                  steps=[{"mode": "synced", "step": 1, "judged": True}])
+    assert synced_only.ok and not synced_only.inconclusive
