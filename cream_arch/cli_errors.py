@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence, Tuple
 from .errors import OutputError
 
 __all__ = ["EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_INTERNAL",
-           "UsageError", "BAD_INPUT_ERRORS", "CHECK_FAILED_ERRORS", "error", "run_cli",
+           "UsageError", "exit_help", "BAD_INPUT_ERRORS", "CHECK_FAILED_ERRORS", "error", "run_cli",
            "run_body", "safe_streams", "int_at_least", "float_in", "module_callable", "input_shape"]
 
 EXIT_OK = 0
@@ -38,6 +38,14 @@ EXIT_INTERNAL = 3
 BAD_INPUT_ERRORS: Tuple[type, ...] = (ValueError,)
 #: Exceptions that mean the work ran and failed its check (a loss that became NaN or inf).
 CHECK_FAILED_ERRORS: Tuple[type, ...] = (FloatingPointError,)
+
+
+def exit_help(check_failed: str = "") -> str:
+    """The ``exit status`` line of a tool's ``--help`` (``check_failed``: what exit 1 means there;
+    empty: the tool has no check that can fail)."""
+    failed = f"1 {check_failed}, " if check_failed else ""
+    return (f"exit status: 0 ok, {failed}2 bad input or usage (one line naming the file), "
+            "130 interrupted")
 
 
 class UsageError(ValueError):

@@ -17,7 +17,7 @@ import sys
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from cream_arch import child_spec, model_names
-from cream_arch.cli_errors import int_at_least
+from cream_arch.cli_errors import exit_help, int_at_least
 from cream_arch.errors import CheckpointError
 from cream_arch.outputs import commit_files
 from cream_data import (EVAL_LAYOUTS, BadDataError, EvalLoader, EvalResult, ImageDataset,
@@ -63,7 +63,7 @@ def _img_size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``cream-eval`` command line."""
-    p = argparse.ArgumentParser(prog="cream-eval", description=__doc__,
+    p = argparse.ArgumentParser(prog="cream-eval", description=__doc__, epilog=exit_help(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--framework", required=True, choices=FRAMEWORKS, help="which implementation runs")
     p.add_argument("--model", required=True, choices=model_names(), metavar="NAME",

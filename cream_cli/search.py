@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cream_arch.cli_errors import int_at_least
+from cream_arch.cli_errors import exit_help, int_at_least
 from cream_arch.atomic import atomic_write
 from cream_arch.outputs import commit_files
 from cream_arch.errors import CheckpointError
@@ -583,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     from cream_data import LAYOUTS
 
     p = argparse.ArgumentParser(prog="cream-search", description=__doc__,
+                                epilog=exit_help("the loss became NaN or inf"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--framework", required=True, choices=FRAMEWORKS, help="which implementation searches")
     p.add_argument("--data", required=True, metavar="PATH",

@@ -29,7 +29,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cream_arch.cli_errors import int_at_least
+from cream_arch.cli_errors import exit_help, int_at_least
 from cream_arch import model_names
 from cream_arch.configs import RetrainConfig, config_path, load_retrain_config
 from cream_arch.errors import CheckpointError
@@ -49,6 +49,7 @@ DIGITS_SIZE = 64
 def build_parser() -> argparse.ArgumentParser:
     """The ``cream-train`` command line."""
     p = argparse.ArgumentParser(prog="cream-train", description=__doc__,
+                                epilog=exit_help("the loss became NaN or inf"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--framework", required=True, choices=FRAMEWORKS, help="which implementation trains")
     p.add_argument("--model", required=True, choices=model_names(), metavar="NAME",
