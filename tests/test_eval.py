@@ -243,7 +243,7 @@ def test_cli_bad_weights_and_outputs(work, tmp_path, capsys):
     assert str(junk) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     before = work["ckpt"].read_bytes()
     assert cream_eval(["--framework", "torch", "--weights", str(work["ckpt"]), *base,
-                       "--json", str(work["ckpt"])]) == 2  # an output problem: EXIT_OUTPUT
+                       "--json", str(work["ckpt"])]) == 2  # an output problem: bad input
     assert "would overwrite an input" in capsys.readouterr().err
     assert work["ckpt"].read_bytes() == before
     assert cream_eval(["--framework", "torch", "--model", "cream-9"]) == 2
