@@ -63,7 +63,8 @@ def add_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                         "--torch/--paddle: a torch state dict (plain or {'state_dict': ...}), "
                         "loaded safely; default: a "
                         "seeded official-format checkpoint generated in the report folder")
-    p.add_argument("--batch", type=int_at_least(1), default=2, metavar="N", help="batch size (default 2)")
+    p.add_argument("--batch", type=int_at_least(1), default=2, metavar="N",
+                   help="batch size (default 2)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="input/target seed (default 0)")
     p.add_argument("--resolution", type=int_at_least(32, "five stride-2 stages"), metavar="PX",
                    help="input size (default: the model's test resolution)")

@@ -265,7 +265,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-logit-diff", type=float, default=None, metavar="X",
                    help=f"absolute logit bound instead of the default EVAL_LOGITS "
                         f"({EVAL_LOGITS.describe()} of the largest |logit|)")
-    p.add_argument("--min-agreement", type=float_in(0.0, 100.0, high_open=False), default=MIN_TOP1_AGREEMENT, metavar="PCT",
+    p.add_argument("--min-agreement", type=float_in(0.0, 100.0, high_open=False),
+                   default=MIN_TOP1_AGREEMENT, metavar="PCT",
                    help=f"required top-1 agreement in percent (default {MIN_TOP1_AGREEMENT:g})")
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
     p.add_argument("--no-progress", action="store_true")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import tomllib
 from pathlib import Path
 from typing import Callable
@@ -79,11 +80,36 @@ def _main(script: str) -> Callable[..., int]:
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_every_script_documents_its_codes_and_refuses_unknown_options(script: str,
-                                                                      capsys) -> None:  # noqa: ANN001
+def test_every_script_documents_its_codes_and_refuses_bad_options(script: str, capsys) -> None:  # noqa: ANN001
     main = _main(script)
     assert main(["--help"]) == EXIT_OK
     assert "exit status: 0 ok" in " ".join(capsys.readouterr().out.split())
     assert main(["--no-such-option"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err  # (or a missing required option, which argparse checks first)
     assert err.startswith("usage: ") and " error: " in err and "Traceback" not in err
+
+
+#: ``script, argv, words of the last stderr line``: values refused before any work (argparse
+#: validators, or the first file check), all exit 2.
+BAD_VALUES = [
+    ("cream-demo", ["--batch", "0"], "cream-demo: error: argument --batch: must be at least 1"),
+    ("cream-demo", ["--ckpt", "{missing}"], "cream-demo: error: {missing}: no such file"),
+    ("cream-eval", ["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    ("cream-train", ["--workers", "-1"], "argument --workers: must be at least 0, got -1"),
+    ("cream-search", ["--meta-sta-epoch", "-2"], "argument --meta-sta-epoch: must be at least -1"),
+    ("convert-ckpt", ["x.pth", "--input-shape", "1"], "argument --input-shape: expected 2 or more"),
+    ("parity", ["run", "--steps", "2"], "parity run: error: argument --steps: must be at least 3"),
+    ("parity", ["run", "--torch", "resnet18"], "argument --torch: expected MODULE:CALLABLE"),
+    ("parity", ["eval", "--min-agreement", "101"], "argument --min-agreement: must be in [0, 100]"),
+]
+
+
+@pytest.mark.parametrize("script, argv, words", BAD_VALUES)
+def test_bad_values_exit_2_with_the_reason_last(script: str, argv: list, words: str, tmp_path,
+                                                capsys) -> None:  # noqa: ANN001
+    missing = str(tmp_path / "missing.pth.tar")
+    argv = [a.replace("{missing}", missing) for a in argv]
+    assert _main(script)(argv) == EXIT_BAD_INPUT
+    out, err = capsys.readouterr()
+    assert words.replace("{missing}", missing) in err.strip().splitlines()[-1], err
+    assert "Traceback" not in err and os.listdir(tmp_path) == []
