@@ -1,11 +1,11 @@
 """Command line of ``convert-ckpt``: parse arguments, call :mod:`converters.convert`, print one line.
 
-Cream checkpoints (``--model``, default auto-detection): exit status 0 converted, 1 refused (bad input
-or output; the one-line reason names the file), 2 usage error, 3 internal error (``--debug`` shows
-the traceback). Any other pair (``--torch MODULE:CALLABLE --paddle MODULE:CALLABLE``, both
-directions, :mod:`converters.generic`): 0 converted, 2 bad input or usage (a callable that does not
-exist, models that cannot be matched, a checkpoint of another model, a bad ``--map``), 3 internal
-error. Nothing is written unless the whole conversion succeeded.
+Exit status (:mod:`cream_arch.cli_errors`), for Cream checkpoints (``--model``, default
+auto-detection) and any other pair (``--torch MODULE:CALLABLE --paddle MODULE:CALLABLE``, both
+directions, :mod:`converters.generic`) alike: 0 converted; 2 refused, bad input or usage (a bad or
+foreign checkpoint, an output on an input, a callable that does not exist, models that cannot be
+matched, a bad ``--map``; the one-line reason names the file); 3 internal error (``--debug`` shows
+the traceback); 130 interrupted. Nothing is written unless the whole conversion succeeded.
 """
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ import sys
 import warnings
 from typing import List, Optional
 
-from cream_arch.errors import CheckpointError
+from cream_arch.cli_errors import (EXIT_INTERNAL, EXIT_OK, UsageError, exit_help, input_shape,
+                                   module_callable, run_cli)
+from cream_arch.errors import CheckpointError, OutputError
 from cream_arch.space import model_names
 
 from .generic import GenericInputError
@@ -29,7 +31,7 @@ PROG = "convert-ckpt"
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     p = argparse.ArgumentParser(
-        prog=PROG,
+        prog=PROG, epilog=exit_help() + "; 3 internal error (a bug; --debug shows it)",
         description="Convert a Cream checkpoint between PyTorch (.pth.tar) and Paddle (.pdparams), "
                     "exactly or not at all. The direction follows SRC's extension (.pdparams: to "
                     "PyTorch) unless --reverse is given. A JSON sidecar DST.json records model, "
@@ -53,11 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="native: weight conversion (default); x2paddle: trace the reference model "
                         "into a Paddle inference model with x2paddle, as a third opinion")
     g = p.add_argument_group("any model pair (instead of --model)")
-    g.add_argument("--torch", metavar="MODULE:CALLABLE",
+    g.add_argument("--torch", metavar="MODULE:CALLABLE", type=module_callable,
                    help="builds the torch model, e.g. torchvision.models:resnet18")
-    g.add_argument("--paddle", metavar="MODULE:CALLABLE",
+    g.add_argument("--paddle", metavar="MODULE:CALLABLE", type=module_callable,
                    help="builds the Paddle model, e.g. paddle.vision.models:resnet18")
-    g.add_argument("--input-shape", metavar="N,C,H,W",
+    g.add_argument("--input-shape", metavar="N,C,H,W", type=input_shape(2),
                    help="example input the layers are matched at (default 1,3,224,224)")
     g.add_argument("--map", metavar="FILE",
                    help="a layer matching (JSON or .yaml, as in the sidecar's 'matching') to "
@@ -117,42 +119,35 @@ def _run(args: argparse.Namespace) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run ``convert-ckpt``; returns the exit status."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        problem = _generic_usage(args)
-        if problem:
-            parser.error(problem)
-    except SystemExit as e:  # argparse already printed usage and the reason
-        return int(e.code or 0)
-    generic = bool(args.torch)
+    """Run ``convert-ckpt``; returns the exit status (:mod:`cream_arch.cli_errors`)."""
+    return run_cli(build_parser(), argv, _convert)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """Convert and print one line; a project error (bad input, exit 2) goes up to :func:`run_cli`,
+    any other exception is a bug: one line and :data:`EXIT_INTERNAL` (``--debug``: the traceback)."""
+    problem = _generic_usage(args)
+    if problem:
+        raise UsageError(problem)
     try:
         with warnings.catch_warnings():  # library chatter (Paddle's ccache note, ...) is not for users
             warnings.simplefilter("ignore")
-            line = _run_generic(args) if generic else _run(args)
-        print(line)
-        return 0
-    except CheckpointError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2 if generic else 1
-    except GenericInputError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
-        return 130
+            line = _run_generic(args) if args.torch else _run(args)
+    except (CheckpointError, GenericInputError, OutputError, KeyboardInterrupt):
+        raise
     except Exception as e:  # noqa: BLE001 - a bug must still not dump a traceback on users
         if args.debug:
             raise
         return _internal(args, e)
+    print(line)
+    return EXIT_OK
 
 
 def _internal(args: argparse.Namespace, e: BaseException) -> int:
     msg = str(e).splitlines()[0] if str(e) else ""
     print(f"{PROG}: internal error on {os.fspath(args.src)}: {type(e).__name__}: {msg[:200]} "
           "(rerun with --debug for details; nothing was written)", file=sys.stderr)
-    return 3
+    return EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

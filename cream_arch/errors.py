@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["CheckpointError", "ConfigError", "OutputError", "EXIT_OUTPUT"]
+__all__ = ["CheckpointError", "ConfigError", "OutputError"]
 
-#: Exit status of every tool when an output cannot be placed or written (an output on an input,
-#: a read-only or full folder): a usage-level problem the user fixes by choosing another place.
-EXIT_OUTPUT = 2
+# Exit codes of the tools for these errors (all: 2, bad input): cream_arch/cli_errors.py.
 
 
 class CheckpointError(ValueError):

@@ -22,7 +22,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-__all__ = ["check_against_official", "run_demo", "main"]
+from cream_arch.cli_errors import exit_help, int_at_least, run_cli
+from cream_arch.errors import CheckpointError
+
+__all__ = ["check_against_official", "run_demo", "build_parser", "main"]
 
 #: fp32 CPU, same ops in a different torch/timm version (see tests/test_torch_reference.py).
 GOLDEN_LOGITS_ATOL = 1e-5
@@ -67,11 +70,11 @@ def check_against_official() -> List[Dict[str, Any]]:
 def run_demo(ckpt: Optional[str] = None, model: str = "auto", out: str = "out/demo",
              batch: int = 2, x2paddle: bool = True, train_demo: bool = False,
              train_epochs: Optional[int] = None) -> int:
-    """Run the whole main job; returns the process exit code (0 iff every check passed)."""
+    """Run the whole main job; returns the process exit code (0 iff every check passed, 1 if one
+    failed); a bad checkpoint raises :class:`~cream_arch.errors.CheckpointError` (exit 2)."""
     from tabulate import tabulate
 
     from converters.convert import convert_checkpoint
-    from cream_arch.errors import CheckpointError
     from cream_torch_ref.models import seeded_official_checkpoint
 
     out_dir = Path(out)
@@ -93,11 +96,7 @@ def run_demo(ckpt: Optional[str] = None, model: str = "auto", out: str = "out/de
     pdparams = str(out_dir / (Path(ckpt).name.split(".")[0] + ".pdparams"))
 
     _say("\n== 3. convert-ckpt ==")
-    try:
-        conv = convert_checkpoint(ckpt, pdparams, model=model, weights="ema", force=True)
-    except CheckpointError as e:
-        print(f"cream-demo: {e}", file=sys.stderr)
-        return 2
+    conv = convert_checkpoint(ckpt, pdparams, model=model, weights="ema", force=True)  # bad: exit 2
     name = conv.model if hasattr(conv, "model") else model
     _say(f"{ckpt} -> {pdparams} ({name})")
 
@@ -174,23 +173,35 @@ def _evaluate(name: str, ckpt: str, pdparams: str, out_dir: Path) -> bool:
     return ok and agree.ok
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Parse arguments and run :func:`run_demo`."""
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cream-demo`` command line."""
+    from cream_arch import model_names
+
     p = argparse.ArgumentParser(prog="cream-demo", description=__doc__,
+                                epilog=exit_help("a check failed"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="an official-format .pth.tar (default: a seeded one)")
-    p.add_argument("--model", default="auto", help="cream-N, or auto (recognised from the weights)")
+    p.add_argument("--model", default="auto", choices=["auto", *model_names()], metavar="NAME",
+                   help="cream-N, or auto (recognised from the weights)")
     p.add_argument("--out", default=os.path.join("out", "demo"), help="output folder")
-    p.add_argument("--batch", type=int, default=2, help="parity batch size")
+    p.add_argument("--batch", type=int_at_least(1), default=2, help="parity batch size")
     p.add_argument("--no-x2paddle", action="store_true", help="skip the x2paddle third opinion")
     p.add_argument("--train-demo", action="store_true",
                    help="also retrain Cream-14 on the bundled digits (minutes) and compare both "
                         "frameworks after conversion")
-    p.add_argument("--train-epochs", type=int, default=None, help="epochs for --train-demo")
-    args = p.parse_args(argv)
+    p.add_argument("--train-epochs", type=int_at_least(1), default=None,
+                   help="epochs for --train-demo")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Parse arguments and run :func:`run_demo` (exit codes: :mod:`cream_arch.cli_errors`)."""
+    return run_cli(build_parser(), argv, _run)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.ckpt is not None and not os.path.isfile(args.ckpt):
-        print(f"cream-demo: {args.ckpt}: no such file", file=sys.stderr)
-        return 2
+        raise CheckpointError(args.ckpt, "no such file")
     return run_demo(args.ckpt, args.model, args.out, args.batch, not args.no_x2paddle,
                     args.train_demo, args.train_epochs)
 

@@ -17,6 +17,7 @@ import sys
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from cream_arch import child_spec, model_names
+from cream_arch.cli_errors import exit_help, int_at_least
 from cream_arch.errors import CheckpointError
 from cream_arch.outputs import commit_files
 from cream_data import (EVAL_LAYOUTS, BadDataError, EvalLoader, EvalResult, ImageDataset,
@@ -25,7 +26,7 @@ from cream_data.eval_journal import (PARTIAL_SUFFIX, RESUME_SUFFIX, PredictionJo
                                      ResumeError, file_sha256, run_fingerprint)
 from cream_data.loader import DEFAULT_BATCH_SIZE, OMP_ENV
 
-from cream_cli.common import FRAMEWORKS, UsageError, guard_outputs, run_guarded
+from cream_cli.common import FRAMEWORKS, UsageError, guard_outputs, run_cli
 
 __all__ = ["FRAMEWORKS", "TORCH_SUFFIXES", "PADDLE_SUFFIXES", "OMP_ENV", "MIN_IMG_SIZE",
            "MAX_IMG_SIZE", "build_parser", "load_model", "run_eval", "summary_table", "main"]
@@ -56,7 +57,7 @@ def _img_size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``cream-eval`` command line."""
-    p = argparse.ArgumentParser(prog="cream-eval", description=__doc__,
+    p = argparse.ArgumentParser(prog="cream-eval", description=__doc__, epilog=exit_help(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--framework", required=True, choices=FRAMEWORKS, help="which implementation runs")
     p.add_argument("--model", required=True, choices=model_names(), metavar="NAME",
@@ -72,15 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", default="auto", choices=EVAL_LAYOUTS,
                    help="data layout (default: auto = tar / flat folder / list file / wnid folders "
                         "/ class folders)")
-    p.add_argument("--num-classes", type=int, default=None, metavar="N",
+    p.add_argument("--num-classes", type=int_at_least(1), default=None, metavar="N",
                    help="classifier width (default 1000, or the number of class folders)")
     p.add_argument("--img-size", type=_img_size, default=None, metavar="PX",
                    help="crop size (default: the model's official test resolution; "
                         f"{MIN_IMG_SIZE}..{MAX_IMG_SIZE})")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--batch-size", type=int_at_least(1), default=DEFAULT_BATCH_SIZE, metavar="N")
+    p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N",
                    help=f"decoding processes (default: one per core, here {default_workers()}; 0 = none)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
+    p.add_argument("--threads", type=int_at_least(1), default=None, metavar="N",
                    help="CPU threads of the model (default: the framework's, one per core)")
     p.add_argument("--mode", default="auto", metavar="MODE",
                    help="forward mode: auto, eager (both), static, inference (paddle)")
@@ -260,12 +261,11 @@ def _report(args: argparse.Namespace, result: EvalResult, dataset: ImageDataset)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``cream-eval``; returns the exit status (0 ok, 1 bad input or data, 2 usage, a label
-    file that does not fit the data, or an output that must not or cannot be written; README
-    "What happens when things go wrong")."""
+    """Run ``cream-eval``; returns the exit status (0 ok, 2 bad input, data, labels, usage or an
+    output that must not or cannot be written; README "What happens when things go wrong")."""
     for key, value in OMP_ENV.items():  # only effective before the framework's first import
         os.environ.setdefault(key, value)
-    return run_guarded(build_parser(), argv, _run, hint=_skip_bad_hint)
+    return run_cli(build_parser(), argv, _run, hint=_skip_bad_hint)
 
 
 def _skip_bad_hint(args: argparse.Namespace, error: Exception) -> Optional[str]:

@@ -7,6 +7,7 @@ import sys
 from typing import Dict, List, Optional
 
 from cream_arch import CHILD_NETS, model_flops_params
+from cream_arch.cli_errors import exit_help, run_cli
 
 __all__ = ["model_table", "main"]
 
@@ -23,10 +24,13 @@ def model_table() -> List[Dict[str, object]]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Print the model table (or JSON with ``--json``)."""
-    p = argparse.ArgumentParser(prog="cream-models", description=__doc__)
+    """Print the model table (or JSON with ``--json``); exit codes: :mod:`cream_arch.cli_errors`."""
+    p = argparse.ArgumentParser(prog="cream-models", description=__doc__, epilog=exit_help())
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = p.parse_args(argv)
+    return run_cli(p, argv, _print_table)
+
+
+def _print_table(args: argparse.Namespace) -> int:
     rows = model_table()
     if args.json:
         json.dump(rows, sys.stdout, indent=1)

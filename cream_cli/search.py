@@ -42,13 +42,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cream_arch.cli_errors import exit_help, int_at_least
 from cream_arch.atomic import atomic_write
 from cream_arch.outputs import commit_files
 from cream_arch.errors import CheckpointError
 from cream_arch.search_config import SearchConfig, load_search_config
 
-from cream_cli.common import (FRAMEWORKS, UsageError, check_counts, guard_outputs, run_guarded,
-                              set_threads)
+from cream_cli.common import FRAMEWORKS, UsageError, guard_outputs, run_cli, set_threads
 
 __all__ = ["FRAMEWORKS", "SearchOptions", "SearchOutcome", "build_parser", "run_search", "main",
            "checkpoint_path", "BEST_ARCH", "LOG_NAME"]
@@ -583,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     from cream_data import LAYOUTS
 
     p = argparse.ArgumentParser(prog="cream-search", description=__doc__,
+                                epilog=exit_help("the loss became NaN or inf"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--framework", required=True, choices=FRAMEWORKS, help="which implementation searches")
     p.add_argument("--data", required=True, metavar="PATH",
@@ -592,21 +593,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="YAML in the official layout overriding the defaults")
     p.add_argument("--output", metavar="DIR", help="log, checkpoints and the answer "
                                                    "(default: output/search-<framework>)")
-    p.add_argument("--epochs", type=int, metavar="N")
-    p.add_argument("--batch-size", type=int, metavar="N", help="images per step and process")
-    p.add_argument("--num-classes", type=int, metavar="N",
+    p.add_argument("--epochs", type=int_at_least(1), metavar="N")
+    p.add_argument("--batch-size", type=int_at_least(1), metavar="N", help="images per step and process")
+    p.add_argument("--num-classes", type=int_at_least(1), metavar="N",
                    help="classifier width (default: the config's, 1000)")
-    p.add_argument("--image-size", type=int, metavar="PX", help="training crop size (default 224)")
+    p.add_argument("--image-size", type=int_at_least(1), metavar="PX", help="training crop size (default 224)")
     p.add_argument("--flops-min", type=float, metavar="MFLOPS", help="SUPERNET.FLOPS_MINIMUM")
     p.add_argument("--flops-max", type=float, metavar="MFLOPS", help="SUPERNET.FLOPS_MAXIMUM")
     p.add_argument("--lr", type=float, metavar="LR")
     p.add_argument("--meta-lr", type=float, metavar="LR")
-    p.add_argument("--meta-sta-epoch", type=int, metavar="N", help="SUPERNET.META_STA_EPOCH")
-    p.add_argument("--update-iter", type=int, metavar="N", help="SUPERNET.UPDATE_ITER")
+    p.add_argument("--meta-sta-epoch", type=int_at_least(-1), metavar="N", help="SUPERNET.META_STA_EPOCH")
+    p.add_argument("--update-iter", type=int_at_least(1), metavar="N", help="SUPERNET.UPDATE_ITER")
     p.add_argument("--pick-method", choices=("meta", "top1"))
     p.add_argument("--how-to-prob", choices=("even", "pre_prob", "teacher"))
     p.add_argument("--seed", type=int, metavar="N")
-    p.add_argument("--log-interval", type=int, metavar="N")
+    p.add_argument("--log-interval", type=int_at_least(1), metavar="N")
     p.add_argument("--fix-meta-value", action="store_true", default=None,
                    help="fix the official select_teacher bug (meta value of the picked entry)")
     p.add_argument("--sync-meta-step", action="store_true", default=None,
@@ -614,13 +615,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="FILE|auto",
                    help="continue a search: 'auto' = the last checkpoint in --output")
     p.add_argument("--force", action="store_true", help="start afresh in an --output that has a search")
-    p.add_argument("--checkpoint-interval", type=int, metavar="N",
+    p.add_argument("--checkpoint-interval", type=int_at_least(1), metavar="N",
                    help="also checkpoint every N iterations (default: RECOVERY_INTERVAL; every epoch "
                         "end always)")
-    p.add_argument("--max-iters", type=int, metavar="N", help="stop after N iterations (smoke runs)")
-    p.add_argument("--val-batches", type=int, metavar="N", help="evaluate at most N batches per epoch")
-    p.add_argument("--workers", type=int, metavar="N", help="augmentation processes (0: none)")
-    p.add_argument("--threads", type=int, metavar="N", help="intra-op threads of the framework")
+    p.add_argument("--max-iters", type=int_at_least(1), metavar="N", help="stop after N iterations (smoke runs)")
+    p.add_argument("--val-batches", type=int_at_least(1), metavar="N", help="evaluate at most N batches per epoch")
+    p.add_argument("--workers", type=int_at_least(0), metavar="N", help="augmentation processes (0: none)")
+    p.add_argument("--threads", type=int_at_least(1), metavar="N", help="intra-op threads of the framework")
     p.add_argument("--json", metavar="FILE", help="write the outcome as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -641,18 +642,13 @@ def _data_roots(data: str) -> List[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``cream-search``; returns the exit status (0 ok, 1 bad input, 2 usage or an output
-    that must not or cannot be written)."""
-    return run_guarded(build_parser(), argv, _run)
+    """Run ``cream-search``; returns the exit status (0 ok, 1 the loss became NaN/inf, 2 bad input
+    or usage: see :mod:`cream_arch.cli_errors`)."""
+    return run_cli(build_parser(), argv, _run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    """The work of ``cream-search`` after parsing (errors become one line in :func:`run_guarded`)."""
-    check_counts(args, ("epochs", "batch_size", "num_classes", "image_size", "max_iters",
-                        "checkpoint_interval", "val_batches", "threads", "update_iter",
-                        "log_interval"), ("workers",))
-    if args.meta_sta_epoch is not None and args.meta_sta_epoch < -1:
-        raise UsageError(f"--meta-sta-epoch must be -1 or more, got {args.meta_sta_epoch}")
+    """The work of ``cream-search`` after parsing (errors become one line in :func:`run_cli`)."""
     cfg = load_search_config(args.config, **{field: getattr(args, opt)
                                              for opt, field in _OVERRIDES.items()})
     output = args.output or os.path.join("output", f"search-{args.framework}")

@@ -29,13 +29,13 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cream_arch.cli_errors import exit_help, int_at_least
 from cream_arch import model_names
 from cream_arch.configs import RetrainConfig, config_path, load_retrain_config
 from cream_arch.errors import CheckpointError
 from cream_data import LAYOUTS, ImageDataset, open_dataset, open_train_val
 
-from cream_cli.common import (FRAMEWORKS, UsageError, check_counts, guard_outputs, run_guarded,
-                              set_threads)
+from cream_cli.common import FRAMEWORKS, UsageError, guard_outputs, run_cli, set_threads
 
 __all__ = ["FRAMEWORKS", "build_parser", "run_train", "write_digits_dataset",
            "run_digits_demo", "main"]
@@ -49,6 +49,7 @@ DIGITS_SIZE = 64
 def build_parser() -> argparse.ArgumentParser:
     """The ``cream-train`` command line."""
     p = argparse.ArgumentParser(prog="cream-train", description=__doc__,
+                                epilog=exit_help("the loss became NaN or inf"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--framework", required=True, choices=FRAMEWORKS, help="which implementation trains")
     p.add_argument("--model", required=True, choices=model_names(), metavar="NAME",
@@ -58,12 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-data", metavar="PATH", help="evaluation set (default: DATA/val if present)")
     p.add_argument("--layout", default="auto", choices=LAYOUTS, help="data layout (default: auto)")
     p.add_argument("--config", metavar="FILE", help="YAML overriding the official recipe")
-    p.add_argument("--epochs", type=int, metavar="N")
-    p.add_argument("--batch-size", type=int, metavar="N", help="images per step and process")
+    p.add_argument("--epochs", type=int_at_least(1), metavar="N")
+    p.add_argument("--batch-size", type=int_at_least(1), metavar="N", help="images per step and process")
     p.add_argument("--lr", type=float, metavar="LR")
-    p.add_argument("--num-classes", type=int, metavar="N",
+    p.add_argument("--num-classes", type=int_at_least(1), metavar="N",
                    help="classifier width (default 1000, or the number of class folders)")
-    p.add_argument("--img-size", type=int, metavar="PX", help="default: the model's resolution")
+    p.add_argument("--img-size", type=int_at_least(1), metavar="PX", help="default: the model's resolution")
     p.add_argument("--drop-path-rate", type=float, metavar="P")
     p.add_argument("--eval-interval", type=int, metavar="N", help="evaluate every N epochs (0: at the end)")
     p.add_argument("--seed", type=int, metavar="N")
@@ -71,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default: output/<model>-<framework>)")
     p.add_argument("--resume", metavar="FILE", help="continue from a checkpoint of this tool")
     p.add_argument("--force", action="store_true", help="start afresh in an --output that has a run")
-    p.add_argument("--workers", type=int, metavar="N", help="augmentation processes (0: none)")
-    p.add_argument("--max-steps", type=int, metavar="N", help="at most N steps per epoch (smoke runs)")
-    p.add_argument("--threads", type=int, metavar="N", help="intra-op threads of the framework")
+    p.add_argument("--workers", type=int_at_least(0), metavar="N", help="augmentation processes (0: none)")
+    p.add_argument("--max-steps", type=int_at_least(1), metavar="N", help="at most N steps per epoch (smoke runs)")
+    p.add_argument("--threads", type=int_at_least(1), metavar="N", help="intra-op threads of the framework")
     p.add_argument("--json", metavar="FILE", help="write the run's summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -126,15 +127,13 @@ def _summary_table(result: Any) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``cream-train``; returns the exit status (0 ok, 1 bad input, 2 usage or an output
-    that must not or cannot be written)."""
-    return run_guarded(build_parser(), argv, _run)
+    """Run ``cream-train``; returns the exit status (0 ok, 1 the loss became NaN/inf, 2 bad input
+    or usage: see :mod:`cream_arch.cli_errors`)."""
+    return run_cli(build_parser(), argv, _run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    """The work of ``cream-train`` after parsing (errors become one line in :func:`run_guarded`)."""
-    check_counts(args, ("epochs", "batch_size", "num_classes", "img_size", "max_steps", "threads"),
-                 ("workers",))
+    """The work of ``cream-train`` after parsing (errors become one line in :func:`run_cli`)."""
     train_set, val_set = open_train_val(args.data, args.val_data, args.layout, args.num_classes)
     cfg = load_retrain_config(
         args.model, args.config, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

@@ -66,8 +66,6 @@ def run_fingerprint(dataset: ImageDataset, **settings: Any) -> Dict[str, Any]:
 class ResumeError(BadDataError):
     """``--resume`` impossible: nothing to resume, or a run with other settings (one line)."""
 
-    exit_status = 2
-
 
 @dataclass
 class BatchRecord:

@@ -27,6 +27,8 @@ import os
 import tarfile
 from typing import Dict, List, Tuple
 
+from cream_arch.cli_errors import EXIT_BAD_INPUT
+
 from .errors import BadDataError
 from .imagenet import IMAGENET_NUM_CLASSES, wnid_to_index
 
@@ -39,14 +41,13 @@ DEVKIT_META = "data/meta.mat"
 DEVKIT_GROUND_TRUTH = "data/ILSVRC2012_validation_ground_truth.txt"
 #: File stem of val image number ``i`` (from 1).
 VAL_ID_FORMAT = "ILSVRC2012_val_{:08d}"
-#: ``cream-eval`` exit status for a label file that does not fit (bad input, as for usage errors).
-LABEL_ERROR_EXIT = 2
+#: ``cream-eval`` exit status for a label file that does not fit: bad input, as every bad input
+#: (:mod:`cream_arch.cli_errors`).
+LABEL_ERROR_EXIT = EXIT_BAD_INPUT
 
 
 class LabelFileError(BadDataError):
     """A label file that is missing, unreadable or does not belong to the data (one line)."""
-
-    exit_status = LABEL_ERROR_EXIT
 
 
 def val_image_id(name: str) -> str:

@@ -10,8 +10,8 @@ Subcommands:
   (:mod:`parity.search_step`).
 * ``parity train-step``: k retraining steps in both frameworks (:mod:`parity.train_step`).
 
-Exit status: 0 pass, 1 divergence beyond tolerance, 2 bad input or a subcommand that is not
-available.
+Exit status (every subcommand, :mod:`cream_arch.cli_errors`): 0 pass, 1 divergence beyond
+tolerance, 2 bad input or usage (or a subcommand that is not available), 130 interrupted.
 """
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ import sys
 from typing import Callable, List, Optional
 
 from cream_arch import model_names
+from cream_arch.cli_errors import (EXIT_BAD_INPUT, UsageError, exit_help, input_shape, int_at_least,
+                                   module_callable, run_body, safe_streams)
+from cream_arch.errors import CheckpointError, OutputError
 
 from .runner import STAGES  # cheap: torch and Paddle are imported when a run starts
 
@@ -40,16 +43,17 @@ def add_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                     "checkpoint, or a seeded one), feed identical inputs, and compare every module "
                     "output (eval and train mode, fp64 and fp32), BN statistics, losses, all "
                     "gradients, k optimizer steps, the LR schedules and the x2paddle-traced logits. "
-                    "Exit 0 iff every comparison is within its named tolerance.")
+                    "Exit 0 iff every comparison is within its named tolerance, 1 on a divergence, "
+                    "2 on bad input or usage, 130 if interrupted.")
     p.add_argument("--model", choices=model_names(), metavar="NAME",
                    help=f"preset: a released Cream child net ({', '.join(model_names())}); or "
                         "give --torch and --paddle for any other pair")
     g = p.add_argument_group("any model pair (instead of --model)")
-    g.add_argument("--torch", metavar="MODULE:CALLABLE",
+    g.add_argument("--torch", metavar="MODULE:CALLABLE", type=module_callable,
                    help="builds the torch model, e.g. torchvision.models:resnet18")
-    g.add_argument("--paddle", metavar="MODULE:CALLABLE",
+    g.add_argument("--paddle", metavar="MODULE:CALLABLE", type=module_callable,
                    help="builds the Paddle model, e.g. paddle.vision.models:resnet18")
-    g.add_argument("--input-shape", metavar="N,C,H,W",
+    g.add_argument("--input-shape", metavar="N,C,H,W", type=input_shape(4, 4),
                    help="input batch shape (default 2,3,224,224)")
     g.add_argument("--map", metavar="FILE",
                    help="use this layer matching (the matching.json a run wrote, possibly edited) "
@@ -59,9 +63,10 @@ def add_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                         "--torch/--paddle: a torch state dict (plain or {'state_dict': ...}), "
                         "loaded safely; default: a "
                         "seeded official-format checkpoint generated in the report folder")
-    p.add_argument("--batch", type=int, default=2, metavar="N", help="batch size (default 2)")
+    p.add_argument("--batch", type=int_at_least(1), default=2, metavar="N",
+                   help="batch size (default 2)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="input/target seed (default 0)")
-    p.add_argument("--resolution", type=int, metavar="PX",
+    p.add_argument("--resolution", type=int_at_least(32, "five stride-2 stages"), metavar="PX",
                    help="input size (default: the model's test resolution)")
     p.add_argument("--report", metavar="DIR",
                    help="folder for parity.json, parity.png, the converted weights and the "
@@ -69,13 +74,14 @@ def add_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
     p.add_argument("--json", metavar="FILE", help="write the JSON here instead of DIR/parity.json")
     p.add_argument("--no-x2paddle", action="store_true",
                    help="skip the x2paddle third opinion (saves the tracing time)")
-    p.add_argument("--stages", metavar="LIST", default=",".join(STAGES),
+    p.add_argument("--stages", metavar="LIST", default=STAGES, type=stage_list,
                    help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
     p.add_argument("--precision", choices=("both", "fp64", "fp32"), default="both",
                    help="fp64 = semantic check, fp32 = deployed precision (default both)")
-    p.add_argument("--steps", type=int, default=3, metavar="K",
+    p.add_argument("--steps", type=int_at_least(3, "the comparison needs k >= 3 steps"), default=3,
+                   metavar="K",
                    help="optimizer steps to compare (default 3, at least 3)")
-    p.add_argument("--threads", type=int, default=1, metavar="N",
+    p.add_argument("--threads", type=int_at_least(1), default=1, metavar="N",
                    help="torch CPU threads (default 1: fastest at small batches)")
     p.add_argument("--inject-fault", metavar="FAULT",
                    help="break the Paddle model on purpose to see the run fail and name the place: "
@@ -100,91 +106,81 @@ def _generic_fault_names() -> str:
     return "; ".join(f"{k}: {', '.join(v)}" for k, v in pairs.items())
 
 
-def _fail(msg: str) -> int:
-    print(f"parity run: error: {msg}", file=sys.stderr)
-    return 2
+def stage_list(text: str) -> tuple:
+    """``type=`` of ``--stages``: a comma-separated subset of :data:`STAGES`, in run order."""
+    wanted = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in wanted if t not in STAGES]
+    if bad or not wanted:
+        raise argparse.ArgumentTypeError(f"unknown {', '.join(bad) or '(empty)'}; choose from "
+                                         f"{', '.join(STAGES)}")
+    return tuple(t for t in STAGES if t in wanted)
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Handler of ``parity run``: 0 pass, 1 divergence, 2 bad input."""
-    from cream_arch.errors import CheckpointError
+    """Handler of ``parity run``: 0 pass, 1 divergence, 2 bad input, 130 interrupted."""
+    return run_body(None, args, _run_command, prog="parity run")
 
+
+def _check_inputs(args: argparse.Namespace, report: str, json_path: str) -> None:
+    """:class:`UsageError`/``CheckpointError`` for what a file system check finds wrong."""
+    if args.ckpt is not None and not os.path.isfile(args.ckpt):
+        raise CheckpointError(args.ckpt, "no such file" if not os.path.exists(args.ckpt)
+                              else "is not a file")
+    if os.path.exists(report) and not os.path.isdir(report):
+        raise OutputError(report, "exists and is not a folder (--report)")
+    if os.path.isdir(json_path):
+        raise OutputError(json_path, "is a folder (--json)")
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """The work of ``parity run``; bad input raises (one line from :func:`run_body`)."""
     if args.torch or args.paddle or args.input_shape or args.map:
         if args.model:
-            return _fail("give either --model NAME or --torch/--paddle, not both")
+            raise UsageError("give either --model NAME or --torch/--paddle, not both")
         from .generic_cli import run_generic
 
         return run_generic(args)
     if not args.model:
-        return _fail("give --model NAME (a Cream preset) or --torch MODULE:CALLABLE and "
-                     "--paddle MODULE:CALLABLE")
-
+        raise UsageError("give --model NAME (a Cream preset) or --torch MODULE:CALLABLE and "
+                         "--paddle MODULE:CALLABLE")
     report = args.report or os.path.join("out", "parity", args.model)
     json_path = args.json or os.path.join(report, "parity.json")
     plot_path = os.path.join(report, "parity.png")
-    if args.batch < 1:
-        return _fail(f"--batch must be >= 1, got {args.batch}")
-    if args.steps < 3:
-        return _fail(f"--steps must be >= 3 (the comparison needs k >= 3 steps), got {args.steps}")
-    if args.resolution is not None and args.resolution < 32:
-        return _fail(f"--resolution must be >= 32 (five stride-2 stages), got {args.resolution}")
-    if args.ckpt is not None and not os.path.isfile(args.ckpt):
-        return _fail(f"{args.ckpt}: no such file" if not os.path.exists(args.ckpt)
-                     else f"{args.ckpt}: is not a file")
-    if os.path.exists(report) and not os.path.isdir(report):
-        return _fail(f"{report}: exists and is not a folder (--report)")
-    if os.path.isdir(json_path):
-        return _fail(f"{json_path}: is a folder (--json)")
+    _check_inputs(args, report, json_path)
     mutate = None
     if args.inject_fault is not None:
         from .faults import FAULTS
 
         if args.inject_fault not in FAULTS:
-            return _fail(f"unknown fault {args.inject_fault!r}; choose from {', '.join(FAULTS)}")
+            raise UsageError(f"unknown fault {args.inject_fault!r}; choose from {', '.join(FAULTS)}")
         fault = FAULTS[args.inject_fault]
         mutate = fault.apply
         print(f"injecting fault {fault.name!r} into the Paddle model: {fault.description} "
               f"(expect the first divergence at {fault.module})")
-    from cream_arch.outputs import OutputError, prepare_outputs
-    try:  # real paths: never on the checkpoint or in its folder's place; writable; before the work
-        prepare_outputs({"--json": json_path, "plot": plot_path}, [args.ckpt], {"--report": report},
-                        log=lambda msg: print(f"parity run: note: {msg}", file=sys.stderr))
-    except OutputError as e:
-        return _fail(str(e))
+    from cream_arch.outputs import prepare_outputs
 
+    # real paths: never on the checkpoint or in its folder's place; writable; before the work
+    prepare_outputs({"--json": json_path, "plot": plot_path}, [args.ckpt], {"--report": report},
+                    log=lambda msg: print(f"parity run: note: {msg}", file=sys.stderr))
     from .report import format_first_divergence, format_table, write_json, write_plot
     from .runner import PRECISIONS, ParityConfig, run_parity
 
-    wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
-    bad = [s for s in wanted if s not in STAGES]
-    if bad or not wanted:
-        return _fail(f"--stages: unknown {', '.join(bad) or '(empty)'}; choose from "
-                     f"{', '.join(STAGES)}")
-    stages = tuple(s for s in STAGES if s in wanted and not (s == "x2paddle" and args.no_x2paddle))
+    stages = tuple(s for s in args.stages if not (s == "x2paddle" and args.no_x2paddle))
     precisions = PRECISIONS if args.precision == "both" else (args.precision,)
     cfg = ParityConfig(model=args.model, ckpt=args.ckpt, batch=args.batch, seed=args.seed,
                        resolution=args.resolution, report_dir=report, stages=stages,
                        precisions=precisions, optim_steps=args.steps, threads=args.threads,
                        progress=not args.no_progress)
-    try:
-        result = run_parity(cfg, mutate_paddle=mutate)
-    except CheckpointError as e:
-        return _fail(str(e))
-    except KeyboardInterrupt:
-        print("parity run: interrupted", file=sys.stderr)
-        return 130
+    result = run_parity(cfg, mutate_paddle=mutate)
     print(format_table(result))
     print()
     t = result.timings
     print(f"{len(result.comparisons)} comparisons in {t.get('total', 0):.1f} s "
           f"(model {args.model}, batch {args.batch}, {result.info.get('resolution')} px, "
           f"weights: {result.info.get('weights', '?')})")
-    try:
-        write_json(result, json_path,
-                   {"injected_fault": args.inject_fault} if args.inject_fault else None)
-        write_plot(result, plot_path)
-    except OutputError as e:  # a full or failing disk after the work: one line, exit 2
-        return _fail(str(e))
+    write_json(result, json_path,  # a full or failing disk after the work: OutputError, exit 2
+               {"injected_fault": args.inject_fault} if args.inject_fault else None)
+    write_plot(result, plot_path)
     print(f"JSON: {json_path}\nplot: {plot_path}")
     print(format_first_divergence(result))
     return 0 if result.ok else 1
@@ -194,7 +190,7 @@ def _unavailable(name: str, module: str, exc: BaseException) -> Callable[[argpar
     def handler(args: argparse.Namespace) -> int:
         print(f"parity {name}: not available: {module} could not be imported "
               f"({type(exc).__name__}: {exc})", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     return handler
 
 
@@ -202,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``parity`` parser with ``run`` and every plugin subcommand that imports."""
     parser = argparse.ArgumentParser(
         prog="parity", description="Prove the Paddle port of Cream computes what the PyTorch "
-                                   "reference computes.")
+                                   "reference computes.",
+        epilog=exit_help("a divergence beyond tolerance") + " (every subcommand)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_run_parser(sub)
     for name, module in _PLUGINS:
@@ -227,12 +224,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     Called with an argument list (tests, other code), it returns the exit status.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    safe_streams()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse printed the usage and the reason (exit 2), or --help (0)
+        return int(e.code or 0)
     handler = getattr(args, "func", None)  # plugins register their handler as ``func``
     if handler is None:
         parser.print_help()
-        return 2
-    code = int(handler(args) or 0)
+        return EXIT_BAD_INPUT
+    # every handler ends with the same convention (most already do: this catches the rest)
+    code = run_body(None, args, handler, prog=f"parity {args.command}")
     if argv is None and ("torch" in sys.modules or "paddle" in sys.modules):
         import logging
 

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from cream_arch import child_spec, model_names
-from cream_arch.errors import CheckpointError, OutputError
+from cream_arch.cli_errors import float_in, int_at_least, run_body, run_cli
 from cream_arch.outputs import prepare_outputs
 from cream_data import (EVAL_LAYOUTS, BadDataError, BadItem, EvalAccumulator, EvalLoader, EvalResult,
                         iterate_normalized, open_eval_data, progress_bar,
@@ -255,51 +255,44 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paddle-weights", metavar="FILE",
                    help="converted .pdparams to use (default: convert --ckpt into a temporary folder)")
     p.add_argument("--layout", default="auto", choices=EVAL_LAYOUTS)
-    p.add_argument("--num-classes", type=int, default=None, metavar="N")
+    p.add_argument("--num-classes", type=int_at_least(1), default=None, metavar="N")
     p.add_argument("--img-size", type=int, default=None, metavar="PX")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N")
-    p.add_argument("--workers", type=int, default=None, metavar="N")
+    p.add_argument("--batch-size", type=int_at_least(1), default=DEFAULT_BATCH_SIZE, metavar="N")
+    p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N")
     p.add_argument("--paddle-mode", default="auto", help="auto, eager, static or inference")
     p.add_argument("--raw-weights", action="store_true", help="raw instead of EMA weights")
     p.add_argument("--skip-bad", action="store_true", help="skip bad files, listing them")
     p.add_argument("--max-logit-diff", type=float, default=None, metavar="X",
                    help=f"absolute logit bound instead of the default EVAL_LOGITS "
                         f"({EVAL_LOGITS.describe()} of the largest |logit|)")
-    p.add_argument("--min-agreement", type=float, default=MIN_TOP1_AGREEMENT, metavar="PCT",
+    p.add_argument("--min-agreement", type=float_in(0.0, 100.0, high_open=False),
+                   default=MIN_TOP1_AGREEMENT, metavar="PCT",
                    help=f"required top-1 agreement in percent (default {MIN_TOP1_AGREEMENT:g})")
     p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
     p.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Handler of ``parity eval``: 0 pass, 1 beyond tolerance, 2 bad input."""
+    """Handler of ``parity eval``: 0 pass, 1 beyond tolerance, 2 bad input, 130 interrupted."""
+    return run_body(None, args, _run, prog="parity eval")
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The work of ``parity eval``; bad input (data, checkpoint, output) raises a ``ValueError``."""
     for key, value in OMP_ENV.items():  # two frameworks' thread pools in one process: never spin
         os.environ.setdefault(key, value)
-    prog = "parity eval"
-    try:
-        prepare_outputs({"--json": args.json},
-                        [args.ckpt, args.data, args.paddle_weights, args.labels])
-        tol = EVAL_LOGITS if args.max_logit_diff is None else Tolerance(
-            args.max_logit_diff, 0.0, "set with --max-logit-diff")
-        res = eval_parity(args.model, args.ckpt, args.data, paddle_weights=args.paddle_weights,
-                          layout=args.layout, num_classes=args.num_classes, img_size=args.img_size,
-                          batch_size=args.batch_size, workers=args.workers, skip_bad=args.skip_bad,
-                          use_ema=not args.raw_weights, paddle_mode=args.paddle_mode,
-                          logit_tolerance=tol, min_agreement=args.min_agreement,
-                          progress=not args.no_progress, labels=args.labels)
-    except (BadDataError, CheckpointError, ValueError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    prepare_outputs({"--json": args.json}, [args.ckpt, args.data, args.paddle_weights, args.labels])
+    tol = EVAL_LOGITS if args.max_logit_diff is None else Tolerance(
+        args.max_logit_diff, 0.0, "set with --max-logit-diff")
+    res = eval_parity(args.model, args.ckpt, args.data, paddle_weights=args.paddle_weights,
+                      layout=args.layout, num_classes=args.num_classes, img_size=args.img_size,
+                      batch_size=args.batch_size, workers=args.workers, skip_bad=args.skip_bad,
+                      use_ema=not args.raw_weights, paddle_mode=args.paddle_mode,
+                      logit_tolerance=tol, min_agreement=args.min_agreement,
+                      progress=not args.no_progress, labels=args.labels)
     print(format_report(res))
     if args.json:
-        try:
-            write_json(args.json, res.to_dict())
-        except OutputError as e:  # a full or failing disk after the work
-            print(f"{prog}: error: {e}", file=sys.stderr)
-            return 2
+        write_json(args.json, res.to_dict())  # a full or failing disk after the work: exit 2
         print(f"wrote {args.json}")
     return 0 if res.ok else 1
 
@@ -318,7 +311,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="parity eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_cli(parser, argv, _run)
 
 
 if __name__ == "__main__":

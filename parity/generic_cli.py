@@ -14,11 +14,12 @@ import argparse
 import importlib
 import os
 import re
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
+
+from cream_arch.cli_errors import UsageError
 
 __all__ = ["PairError", "ModelPair", "resolve_callable", "parse_input_shape", "build_pair",
            "run_generic", "DEFAULT_INPUT_SHAPE", "INPUT_SEED", "WEIGHTS_SEED"]
@@ -162,11 +163,6 @@ def build_pair(torch_spec: str, paddle_spec: str,
     return ModelPair(label, tm, pm, matching, x, weights)
 
 
-def _fail(msg: str) -> int:
-    print(f"parity run: error: {msg}", file=sys.stderr)
-    return 2
-
-
 def _outputs(args: argparse.Namespace, label: str) -> Dict[str, str]:
     report = args.report or os.path.join("out", "parity", label)
     return {"report": report, "json": args.json or os.path.join(report, "parity.json"),
@@ -175,23 +171,21 @@ def _outputs(args: argparse.Namespace, label: str) -> Dict[str, str]:
 
 
 def run_generic(args: argparse.Namespace) -> int:
-    """Handler of ``parity run --torch ... --paddle ...``: 0 equivalent, 1 not, 2 bad input."""
+    """``parity run --torch ... --paddle ...``: 0 equivalent, 1 not; bad input raises a
+    ``ValueError`` (:class:`PairError`, ...) that :func:`parity.cli.run_command` prints (exit 2)."""
     if not args.torch or not args.paddle:
-        return _fail("give both --torch MODULE:CALLABLE and --paddle MODULE:CALLABLE")
-    try:
-        shape = parse_input_shape(args.input_shape)
-        label = (f"{args.torch.rpartition(':')[2]}-vs-{args.paddle.rpartition(':')[2]}")
-        out = _outputs(args, label)
-        if os.path.exists(out["report"]) and not os.path.isdir(out["report"]):
-            raise PairError(f"{out['report']}: exists and is not a folder (--report)")
-        for key in ("json", "plot", "matching"):
-            for src in (args.ckpt, args.map):
-                if src and os.path.exists(out[key]) and os.path.samefile(out[key], src):
-                    raise PairError(f"{out[key]}: is an input file; refusing to overwrite it")
-        mutate = _fault(args)
-        pair = build_pair(args.torch, args.paddle, shape, args.ckpt, args.map)
-    except PairError as e:
-        return _fail(str(e))
+        raise UsageError("give both --torch MODULE:CALLABLE and --paddle MODULE:CALLABLE")
+    shape = parse_input_shape(args.input_shape)
+    label = (f"{args.torch.rpartition(':')[2]}-vs-{args.paddle.rpartition(':')[2]}")
+    out = _outputs(args, label)
+    if os.path.exists(out["report"]) and not os.path.isdir(out["report"]):
+        raise PairError(f"{out['report']}: exists and is not a folder (--report)")
+    for key in ("json", "plot", "matching"):
+        for src in (args.ckpt, args.map):
+            if src and os.path.exists(out[key]) and os.path.samefile(out[key], src):
+                raise PairError(f"{out[key]}: is an input file; refusing to overwrite it")
+    mutate = _fault(args)
+    pair = build_pair(args.torch, args.paddle, shape, args.ckpt, args.map)
     from cream_arch.atomic import atomic_write
     from converters.matching import save_matching
 

@@ -192,8 +192,13 @@ BAD_INPUTS = {
                           "paddle.vision.models:mobilenet_v2"], "cannot be matched"),
     "wrong-checkpoint": (["--torch", "torchvision.models:resnet18", "--paddle",
                           "paddle.vision.models:resnet18", "--ckpt", "{ckpt}"], "does not fit"),
-    "bad-shape": (["--torch", "torchvision.models:resnet18", "--paddle",
-                   "paddle.vision.models:resnet18", "--input-shape", "1,3,64"], "N,C,H,W"),
+}
+
+#: Options an argparse validator refuses before any work: exit 2, the usage, then the reason.
+BAD_OPTIONS = {
+    "bad-shape": (["--input-shape", "1,3,64"], "argument --input-shape: expected 4 positive"),
+    "bad-callable": (["--paddle", "paddle.vision.models.resnet18"],
+                     "argument --paddle: expected MODULE:CALLABLE"),
 }
 
 
@@ -210,6 +215,18 @@ def test_cli_bad_input_is_one_line_exit_2_nothing_written(case: str, tmp_path, c
     assert code == 2
     assert len(err) == 1 and err[0].startswith("parity run: error:") and words in err[0], err
     assert not rep.exists()
+
+
+@pytest.mark.parametrize("case", list(BAD_OPTIONS))
+def test_cli_bad_option_exits_2_before_any_work(case: str, tmp_path, capsys) -> None:  # noqa: ANN001
+    extra, words = BAD_OPTIONS[case]
+    args = ["--torch", "torchvision.models:resnet18", "--paddle", "paddle.vision.models:resnet18"]
+    rep = tmp_path / "report"
+    code = _cli(args + extra + ["--report", str(rep)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[0].startswith("usage: parity run") and words in err[-1], err
+    assert "Traceback" not in "\n".join(err) and not rep.exists()
 
 
 def test_seeded_weights_are_deterministic(pairs) -> None:  # noqa: ANN001

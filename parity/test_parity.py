@@ -102,8 +102,12 @@ def test_cli_bad_checkpoint_is_one_line_error(tmp_path: Path,
     assert len(lines) == 1 and str(bad) in lines[0] and lines[0].startswith("parity run: error:")
     assert not (tmp_path / "rep" / "parity.json").exists()
     assert bad.read_bytes() == b"not a checkpoint at all"
-    assert main(["run", "--model", "cream-14", "--stages", "eval,bogus"]) == 2
-    assert "bogus" in capsys.readouterr().err
+    for argv, words in ((["--stages", "eval,bogus"], "--stages: unknown bogus"),
+                        (["--batch", "0"], "--batch: must be at least 1, got 0"),
+                        (["--steps", "2"], "--steps: must be at least 3 (the comparison"),
+                        (["--resolution", "16"], "--resolution: must be at least 32")):
+        assert main(["run", "--model", "cream-14", *argv]) == 2  # argparse: before any work
+        assert words in capsys.readouterr().err
 
 
 def test_seeded_inputs_are_the_same_in_both_frameworks() -> None:

@@ -314,7 +314,7 @@ def test_cli_forward_reverse_json(work: Path, capsys: pytest.CaptureFixture) -> 
     line = capsys.readouterr().out.strip()
     assert line.count("\n") == 0 and "back.pth.tar" in line and NAME in line
     _assert_bitwise(read_checkpoint(work)["state_dict_ema"], read_checkpoint(back)["state_dict"])
-    assert main([out["dst"], "--weights", "model", "-o", str(work.parent / "z.pth.tar")]) == 1
+    assert main([out["dst"], "--weights", "model", "-o", str(work.parent / "z.pth.tar")]) == 2
     assert "--weights applies" in capsys.readouterr().err
 
 

@@ -256,7 +256,7 @@ def test_refused_cleanly(case: str, tmp_path: Path, good, capsys: pytest.Capture
     before = _snapshot(d)
     rc = main([str(src), *extra])
     out, err = capsys.readouterr()
-    assert rc == 1, (rc, err)
+    assert rc == 2, (rc, err)
     assert out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -282,7 +282,7 @@ def test_refused_in_a_subprocess(case: str, tmp_path: Path, good) -> None:
     before = _snapshot(d)
     proc = subprocess.run([sys.executable, "-m", "converters.cli", str(src), *extra],
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and str(src) in proc.stderr
     assert _snapshot(d) == before and not marker.exists()
@@ -305,7 +305,7 @@ def test_bfloat16_checkpoint_refused(tmp_path: Path, capsys: pytest.CaptureFixtu
     sd = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in _state().items()}
     src = tmp_path / "bf16.pth"
     _save(sd, src)
-    assert main([str(src)]) == 1
+    assert main([str(src)]) == 2
     err = capsys.readouterr().err
     assert str(src) in err and "bfloat16" in err and len(err.strip().splitlines()) == 1
     assert sorted(os.listdir(tmp_path)) == ["bf16.pth"]

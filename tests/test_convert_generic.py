@@ -107,7 +107,6 @@ def test_the_sidecar_matching_works_as_map_and_gives_the_same_file(resnet18_file
     ("torchvision.models:resnet19", "paddle.vision.models:resnet18", "has no attribute 'resnet19'"),
     ("no_such_module:resnet18", "paddle.vision.models:resnet18", "cannot import module"),
     ("torchvision.models:__name__", "paddle.vision.models:resnet18", "is not callable"),
-    ("torchvision.models", "paddle.vision.models:resnet18", "expected MODULE:CALLABLE"),
     ("torchvision.models:resnet18", "torchvision.models:resnet18", "not a paddle.Layer"),
     ("torchvision.models:resnet18", "paddle.vision.models:resnet34", "cannot pair the stateful"),
     ("torchvision.models:mobilenet_v2", "paddle.vision.models:mobilenet_v2",
@@ -153,6 +152,10 @@ def test_a_bad_map_is_refused(resnet18_file, tmp_path, capsys):
     (["--torch", "torchvision.models:resnet18"], "give both --torch and --paddle"),
     (["--torch", "a:b", "--paddle", "c:d", "--model", "cream-14"], "--model apply to Cream"),
     (["--input-shape", "1,3,8,8"], "give both"),
+    (["--torch", "torchvision.models", "--paddle", "paddle.vision.models:resnet18"],
+     "argument --torch: expected MODULE:CALLABLE"),  # an argparse validator: usage, then the reason
+    (["--torch", "a:b", "--paddle", "c:d", "--input-shape", "1,3,0,8"],
+     "argument --input-shape: expected 2 or more positive integers"),
 ])
 def test_generic_usage_errors(resnet18_file, tmp_path, capsys, argv, message):
     assert main([str(resnet18_file), "-o", str(tmp_path / "o.pdparams"), *argv]) == 2

@@ -68,11 +68,11 @@ def test_cli_engine_x2paddle(official_cream14: Path, tmp_path: Path, capsys: pyt
     x = seeded_input(1, 64, seed=12)
     ref_model = cream_torch_ref.create_model(NAME, checkpoint=official_cream14)
     assert _float32_agrees(ref_model, x, run_x2paddle(str(out), x))
-    assert main([str(official_cream14), "--engine", "x2paddle", "-o", str(out)]) == 1
+    assert main([str(official_cream14), "--engine", "x2paddle", "-o", str(out)]) == 2
     assert "already exists; pass --force" in capsys.readouterr().err
     keep = tmp_path / "mine"
     keep.mkdir()
     (keep / "notes.txt").write_text("do not delete")
-    assert main([str(official_cream14), "--engine", "x2paddle", "-o", str(keep), "--force"]) == 1
+    assert main([str(official_cream14), "--engine", "x2paddle", "-o", str(keep), "--force"]) == 2
     assert "no x2paddle export" in capsys.readouterr().err
     assert (keep / "notes.txt").read_text() == "do not delete"

@@ -207,7 +207,7 @@ def test_cli_bad_data_stops_with_one_line(work, tmp_path, capsys):
     rc, js, pred = _run(["--framework", "torch", "--model", MODEL, "--weights", work["ckpt"],
                          "--data", tmp_path / "val"], tmp_path)
     err = capsys.readouterr().err
-    assert rc == 1 and not js.exists() and not pred.exists()
+    assert rc == 2 and not js.exists() and not pred.exists()
     lines = err.strip().splitlines()
     assert lines[0].startswith("cream-eval: error: ") and str(tmp_path / "val") in lines[0]
     assert "--skip-bad" in lines[1] and "Traceback" not in err
@@ -230,19 +230,19 @@ def test_cli_skip_bad_counts_what_it_skipped(work, tmp_path, capsys):
 
 def test_cli_bad_weights_and_outputs(work, tmp_path, capsys):
     base = ["--model", MODEL, "--data", str(work["inet"]), "--no-progress"]
-    assert cream_eval(["--framework", "paddle", "--weights", str(work["ckpt"]), *base]) == 1
+    assert cream_eval(["--framework", "paddle", "--weights", str(work["ckpt"]), *base]) == 2
     assert "convert it first" in capsys.readouterr().err
     assert cream_eval(["--framework", "torch", "--weights", str(tmp_path / "none.pth.tar"),
-                       *base]) == 1
+                       *base]) == 2
     assert "does not exist" in capsys.readouterr().err
     junk = tmp_path / "junk.pth.tar"
     junk.write_bytes(b"not a checkpoint")
-    assert cream_eval(["--framework", "torch", "--weights", str(junk), *base]) == 1
+    assert cream_eval(["--framework", "torch", "--weights", str(junk), *base]) == 2
     err = capsys.readouterr().err
     assert str(junk) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     before = work["ckpt"].read_bytes()
     assert cream_eval(["--framework", "torch", "--weights", str(work["ckpt"]), *base,
-                       "--json", str(work["ckpt"])]) == 2  # an output problem: EXIT_OUTPUT
+                       "--json", str(work["ckpt"])]) == 2  # an output problem: bad input
     assert "would overwrite an input" in capsys.readouterr().err
     assert work["ckpt"].read_bytes() == before
     assert cream_eval(["--framework", "torch", "--model", "cream-9"]) == 2

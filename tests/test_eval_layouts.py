@@ -231,13 +231,13 @@ def _not_image(src: Path, dst: Path) -> Path:
 @pytest.mark.parametrize("make,bad_count", [(_truncated, 2), (_not_image, 2)])
 def test_bad_archive_error_or_skipped(synthetic_val, cream14_weights, tmp_path, capsys, make,
                                       bad_count):
-    """Without --skip-bad: one line naming the archive member, exit 1, nothing written. With it:
+    """Without --skip-bad: one line naming the archive member, exit 2, nothing written. With it:
     the rest is evaluated and the bad items are listed in the summary and the JSON."""
     bad = make(synthetic_val.tar, tmp_path / "bad.tar")
     labels = write_loc_csv(tmp_path / "LOC.csv", {**synthetic_val.wnids,
                                                    "ILSVRC2012_val_00000013": "n01440764"})
     rc, js, pred = _eval(cream14_weights, bad, labels, tmp_path)
-    assert rc == 1 and not js.exists() and not pred.exists()
+    assert rc == 2 and not js.exists() and not pred.exists()
     _one_line_error(capsys, str(bad))
     rc, js, pred = _eval(cream14_weights, bad, labels, tmp_path, "--skip-bad")
     assert rc == 0

@@ -195,7 +195,7 @@ def test_resume_refuses(synthetic_val, cream14_weights, tmp_path, monkeypatch, c
 
 def test_stopped_by_a_bad_image_then_resumed_skipping(synthetic_val, cream14_weights, tmp_path,
                                                       capsys):
-    """A bad image in the second batch stops the run (exit 1, one line, no predictions file) but
+    """A bad image in the second batch stops the run (exit 2, one line, no predictions file) but
     keeps the first batch; ``--resume --skip-bad`` then equals a fresh ``--skip-bad`` run."""
     import shutil
 
@@ -213,7 +213,7 @@ def test_stopped_by_a_bad_image_then_resumed_skipping(synthetic_val, cream14_wei
     out.mkdir()
     assert cream_eval([*args(ref), "--skip-bad"]) == 0
     capsys.readouterr()
-    assert cream_eval(args(out)) == 1
+    assert cream_eval(args(out)) == 2
     err = capsys.readouterr().err
     assert "ILSVRC2012_val_00000007.JPEG" in err and "--resume --skip-bad" in err
     assert not (out / "p.csv").exists() and not (out / "r.json").exists()

@@ -283,7 +283,7 @@ def test_eval_odd_names_and_a_loop_with_skip_bad(ev, tmp_path, capsys) -> None:
 
     args = ["--framework", "torch", "--model", MODEL, "--weights", str(ev["ckpt"]), "--data",
             str(data), "--workers", "0", "--no-progress", "--json", str(js), "--predictions", str(pred)]
-    assert main(args) == 1  # the loop, without --skip-bad
+    assert main(args) == 2  # the loop, without --skip-bad
     _one_line_error(capsys.readouterr().err, "cream-eval", "loop.JPEG", "symbolic link")
     assert main([*args, "--skip-bad"]) == 0, capsys.readouterr().err
     rows = pred.read_bytes().splitlines()
@@ -416,7 +416,7 @@ def test_train_resume_with_other_settings_is_refused(photos, trained, tmp_path, 
     shutil.copytree(trained, out)
     kept = _snapshot(out)
     assert _train(photos, out, "--resume", str(out / "last.pth.tar"), "--seed", "7",
-                  "--lr", "0.5") == 1
+                  "--lr", "0.5") == 2
     _one_line_error(capsys.readouterr().err, "cream-train", "--seed 7", "--lr 0.5")
     assert _snapshot(out) == kept
 

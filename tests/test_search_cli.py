@@ -116,17 +116,17 @@ def test_resume_is_exact(data: Path, tmp_path: Path) -> None:
 
 def test_bad_input(data: Path, tmp_path: Path, capsys) -> None:
     assert main(["--framework", "torch", "--data", str(tmp_path / "nothing"), "--output",
-                 str(tmp_path / "o"), *ARGS]) == 1
+                 str(tmp_path / "o"), *ARGS]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nothing" in err
     cfg = tmp_path / "c.yaml"
     cfg.write_text("SUPERNET:\n  PICK: meta\n")
     assert main(["--framework", "paddle", "--data", str(data), "--config", str(cfg), "--output",
-                 str(tmp_path / "o"), *ARGS]) == 1
+                 str(tmp_path / "o"), *ARGS]) == 2
     err = capsys.readouterr().err
     assert "c.yaml: unknown key SUPERNET.PICK" in err and "Traceback" not in err
     assert main(["--framework", "torch", "--data", str(data), "--output", str(tmp_path / "o2"),
-                 *ARGS, "--num-classes", "3"]) == 1
+                 *ARGS, "--num-classes", "3"]) == 2
     assert "4 class folders" in capsys.readouterr().err
     assert not (tmp_path / "o2" / BEST_ARCH).exists()
 
