@@ -52,7 +52,7 @@ import numpy as np
 
 from cream_arch.atomic import atomic_write
 from cream_arch.digest import is_digest, sample_positions
-from cream_arch.errors import OutputError
+from cream_arch.cli_errors import UsageError, int_at_least, run_body, run_cli
 from cream_arch.search_config import SearchConfig
 from cream_arch.search_space import plan_supernet, search_for_layer
 from cream_arch.official_init import OFFICIAL_INIT, official_init_state
@@ -867,11 +867,11 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "both"), default="fp32",
                    help="'both' adds a float64 Paddle-vs-torch run, the semantic check (default fp32)")
     p.add_argument("--json", metavar="FILE", help="write every comparison as JSON here")
-    p.add_argument("--noise-members", type=int, default=NOISE_MEMBERS, metavar="N",
+    p.add_argument("--noise-members", type=int_at_least(0), default=NOISE_MEMBERS, metavar="N",
                    help=f"perturbed torch fp32 runs measuring the fp32 noise of every quantity "
                         f"(default {NOISE_MEMBERS}; each fp32 bound is at least NOISE_FACTOR "
                         f"{NOISE_FACTOR:g} x the noise; 0 = the fixed bounds alone)")
-    p.add_argument("--threads", type=int, default=1, metavar="N",
+    p.add_argument("--threads", type=int_at_least(1), default=1, metavar="N",
                    help="torch CPU threads (default 1: on a busy machine more threads spin and run "
                         "the meta step many times slower)")
     p.add_argument("--inject-fault", choices=sorted(FAULTS), metavar="FAULT",
@@ -879,41 +879,28 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                        f"{n} ({f.description})" for n, f in FAULTS.items()).replace("%", "%%"))
 
 
-def _fail(msg: str) -> int:
-    print(f"parity search-step: error: {msg}", file=sys.stderr)
-    return 2
-
-
 def run(args: argparse.Namespace) -> int:
-    """Handler of ``parity search-step``: 0 pass, 1 divergence, 2 bad input."""
+    """Handler of ``parity search-step``: 0 pass, 1 divergence, 2 bad input, 130 interrupted."""
+    return run_body(None, args, _run, prog="parity search-step")
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The work of ``parity search-step``; bad input (golden file, options, output) raises."""
     if args.json:  # the shared guard: real paths, never onto the golden file, folder writable
-        try:
-            prepare_outputs({"--json": args.json}, [args.golden])
-        except OutputError as e:
-            return _fail(str(e))
+        prepare_outputs({"--json": args.json}, [args.golden])
     if args.precision == "both" and args.framework != "both":
-        return _fail("--precision both needs --framework both (fp64 compares the two frameworks)")
+        raise UsageError("--precision both needs --framework both (fp64 compares the two frameworks)")
     if args.inject_fault and args.framework == "torch":
-        return _fail("--inject-fault breaks the Paddle run; use --framework paddle or both")
-    if args.threads < 1:
-        return _fail(f"--threads must be >= 1, got {args.threads}")
-    if args.noise_members < 0:
-        return _fail(f"--noise-members must be >= 0, got {args.noise_members}")
+        raise UsageError("--inject-fault breaks the Paddle run; use --framework paddle or both")
     import torch
 
     torch.set_num_threads(args.threads)
-    try:
-        g = load_golden(args.golden)
-        if args.inject_fault:
-            f = FAULTS[args.inject_fault]
-            print(f"injecting fault {f.name!r} into the Paddle run: {f.description}")
-        result = run_search_step(g, args.framework, args.precision, args.inject_fault,
-                                 args.noise_members)
-    except GoldenError as e:
-        return _fail(str(e))
-    except KeyboardInterrupt:
-        print("parity search-step: interrupted", file=sys.stderr)
-        return 130
+    g = load_golden(args.golden)
+    if args.inject_fault:
+        f = FAULTS[args.inject_fault]
+        print(f"injecting fault {f.name!r} into the Paddle run: {f.description}")
+    result = run_search_step(g, args.framework, args.precision, args.inject_fault,
+                             args.noise_members)
     print(format_table(result))
     bad = [r for r in result.rows if not r.ok]
     for r in bad[:10]:
@@ -930,10 +917,8 @@ def run(args: argparse.Namespace) -> int:
               f"noise measured by {result.noise.members} runs of torch (perturbed fp32 and fp64) "
               "where larger (parity/noise.py)")
     if args.json:
-        try:
-            atomic_write(args.json, lambda fh: json.dump(result.as_dict(), fh, indent=1), mode="w")
-        except OutputError as e:  # a full or failing disk after the work
-            return _fail(str(e))
+        # a full or failing disk after the work: an OutputError, one line, exit 2
+        atomic_write(args.json, lambda fh: json.dump(result.as_dict(), fh, indent=1), mode="w")
         print(f"JSON: {args.json}")
     print("PASS" if result.ok else "FAIL")
     return 0 if result.ok else 1
@@ -953,7 +938,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="parity search-step", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run_cli(parser, argv, _run)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -62,7 +61,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from cream_arch import model_names
-from cream_arch.errors import OutputError
+from cream_arch.cli_errors import float_in, int_at_least, run_body
 from cream_arch.outputs import prepare_outputs
 
 from .compare import (BN_STATS_FP32, BN_STATS_FP64, GRAD_CONTEXT_FLOOR, GRAD_FP32, GRAD_FP64,
@@ -700,12 +699,12 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="cream-14", choices=model_names(), metavar="NAME",
                    help="child net (default cream-14)")
-    p.add_argument("--steps", type=int, default=10, metavar="K", help="steps (default 10, >= 10 "
+    p.add_argument("--steps", type=int_at_least(1), default=10, metavar="K", help="steps (default 10, >= 10 "
                                                                       "for the acceptance check)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="default 8")
-    p.add_argument("--img-size", type=int, metavar="PX", help="default: the model's resolution")
-    p.add_argument("--num-classes", type=int, default=1000, metavar="N")
-    p.add_argument("--drop-path-rate", type=float, default=0.2, metavar="P",
+    p.add_argument("--batch-size", type=int_at_least(1), default=8, metavar="N", help="default 8")
+    p.add_argument("--img-size", type=int_at_least(32, "five stride-2 stages"), metavar="PX", help="default: the model's resolution")
+    p.add_argument("--num-classes", type=int_at_least(1), default=1000, metavar="N")
+    p.add_argument("--drop-path-rate", type=float_in(0.0, 1.0), default=0.2, metavar="P",
                    help="stochastic depth to exercise (default 0.2; the official retrain used 0)")
     p.add_argument("--seed", type=int, default=0, metavar="S")
     p.add_argument("--precision", choices=("fp32", "fp64", "both"), default="both",
@@ -716,8 +715,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                         "(default both)")
     p.add_argument("--inject-fault", choices=sorted(FAULTS), metavar="NAME",
                    help=f"break the Paddle side on purpose: {', '.join(sorted(FAULTS))}")
-    p.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads (default 1)")
-    p.add_argument("--noise-members", type=int, default=NOISE_MEMBERS, metavar="N",
+    p.add_argument("--threads", type=int_at_least(1), default=1, metavar="N", help="torch threads (default 1)")
+    p.add_argument("--noise-members", type=int_at_least(1, "the free run's noise"),
+                   default=NOISE_MEMBERS, metavar="N",
                    help=f"free run: perturbed torch fp32 runs measuring the noise (default "
                         f"{NOISE_MEMBERS})")
     p.add_argument("--json", metavar="FILE", help="write every comparison as JSON")
@@ -726,23 +726,14 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
 
 def command(args: argparse.Namespace) -> int:
-    """Handler of ``parity train-step``: 0 all within tolerance, 1 divergence, 2 bad input."""
-    prog = "parity train-step"
-    for name in ("steps", "batch_size", "num_classes", "threads", "noise_members"):
-        if getattr(args, name) < 1:
-            print(f"{prog}: error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
-            return 2
-    if args.img_size is not None and args.img_size < 32:
-        print(f"{prog}: error: --img-size must be >= 32 (five stride-2 stages)", file=sys.stderr)
-        return 2
-    if not 0.0 <= args.drop_path_rate < 1.0:
-        print(f"{prog}: error: --drop-path-rate must be in [0, 1)", file=sys.stderr)
-        return 2
-    try:  # the output guard of every tool: a folder, an existing writable folder, before the work
-        prepare_outputs({"--json": args.json})
-    except OutputError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+    """Handler of ``parity train-step``: 0 all within tolerance, 1 divergence (or an inconclusive
+    free run), 2 bad input, 130 interrupted."""
+    return run_body(None, args, _command, prog="parity train-step")
+
+
+def _command(args: argparse.Namespace) -> int:
+    """The work of ``parity train-step``; bad input (options, output) raises a ``ValueError``."""
+    prepare_outputs({"--json": args.json})  # the output guard of every tool, before the work
     precisions = _PRECISIONS if args.precision == "both" else (args.precision,)
     cfg = TrainStepConfig(model=args.model, steps=args.steps, batch_size=args.batch_size,
                           img_size=args.img_size, num_classes=args.num_classes,
@@ -750,14 +741,18 @@ def command(args: argparse.Namespace) -> int:
                           precisions=precisions, fault=args.inject_fault, threads=args.threads,
                           noise_members=args.noise_members,
                           modes=MODES if args.mode == "both" else (args.mode,))
-    try:
-        result = run_train_step_parity(cfg, progress=not args.no_progress)
-    except ValueError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    result = run_train_step_parity(cfg, progress=not args.no_progress)
+    _print_result(args, cfg, result)
+    if args.json:
+        from cream_data.report import write_json
+        write_json(args.json, result.to_dict())  # a full or failing disk after the work: exit 2
+        print(f"JSON: {args.json}")
+    return 0 if result.ok else 1
+
+
+def _print_result(args: argparse.Namespace, cfg: TrainStepConfig, result: TrainStepResult) -> None:
+    """The steps' table, the tolerances, the verdict, the first divergence and the free run's
+    judged steps."""
     print(format_steps(result))
     print("tolerances (see parity/compare.py and parity/train_step.py):")
     print("\n".join(_tolerance_lines(result)))
@@ -785,12 +780,3 @@ def command(args: argparse.Namespace) -> int:
                   "inside the predictable horizon (try another --seed or a larger --batch)")
     if cfg.fault:
         print(f"injected fault: {FAULTS[cfg.fault]}")
-    if args.json:
-        from cream_data.report import write_json
-        try:
-            write_json(args.json, result.to_dict())
-        except OutputError as e:  # a full or failing disk after the work
-            print(f"{prog}: error: {e}", file=sys.stderr)
-            return 2
-        print(f"JSON: {args.json}")
-    return 0 if result.ok else 1

@@ -274,7 +274,7 @@ def test_parity_cli_exit_codes(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bad.pt" in err and "missing key(s)" in err
     assert main(["--golden", str(GOLDEN / "warmup_step.pt"), "--json", str(GOLDEN / "warmup_step.pt")]) == 2
-    assert "refusing to overwrite" in capsys.readouterr().err
+    assert "would overwrite an input" in capsys.readouterr().err
     evil = tmp_path / "evil.pt"
     evil.write_bytes(b"\x80\x04cos\nsystem\n.")
     p = subprocess.run([sys.executable, "-m", "parity.search_step", "--golden", str(evil)],
