@@ -17,7 +17,7 @@ import warnings
 from typing import List, Optional
 
 from cream_arch.cli_errors import (EXIT_INTERNAL, EXIT_OK, UsageError, exit_help, input_shape,
-                                   module_callable, run_cli)
+                                   json_kwargs, module_callable, run_cli)
 from cream_arch.errors import CheckpointError, OutputError
 from cream_arch.space import model_names
 
@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="builds the torch model, e.g. torchvision.models:resnet18")
     g.add_argument("--paddle", metavar="MODULE:CALLABLE", type=module_callable,
                    help="builds the Paddle model, e.g. paddle.vision.models:resnet18")
+    g.add_argument("--torch-kwargs", metavar="JSON", type=json_kwargs,
+                   help="keyword arguments for the torch callable, e.g. '{\"num_classes\": 10}' "
+                        "for a fine-tuned model (data, never executed)")
+    g.add_argument("--paddle-kwargs", metavar="JSON", type=json_kwargs,
+                   help="keyword arguments for the Paddle callable (as --torch-kwargs)")
     g.add_argument("--input-shape", metavar="N,C,H,W", type=input_shape(2),
                    help="example input the layers are matched at (default 1,3,224,224)")
     g.add_argument("--map", metavar="FILE",
@@ -76,6 +81,8 @@ _CREAM_ONLY = (("model", "auto", "--model"), ("weights", "ema", "--weights"),
 def _generic_usage(args: argparse.Namespace) -> Optional[str]:
     """Why the options do not make a generic conversion (None: they do, or are not one)."""
     generic = [o for o, v in (("--torch", args.torch), ("--paddle", args.paddle),
+                              ("--torch-kwargs", args.torch_kwargs),
+                              ("--paddle-kwargs", args.paddle_kwargs),
                               ("--input-shape", args.input_shape), ("--map", args.map)) if v]
     if not generic:
         return None
@@ -93,7 +100,8 @@ def _run_generic(args: argparse.Namespace) -> str:
     back = args.reverse or args.src.lower().endswith(".pdparams")
     res = (pdparams_to_torch_generic if back else convert_generic)(
         args.src, args.torch, args.paddle, args.output, input_shape=parse_shape(args.input_shape),
-        map_file=args.map, force=args.force)
+        map_file=args.map, force=args.force, torch_kwargs=args.torch_kwargs,
+        paddle_kwargs=args.paddle_kwargs)
     return json.dumps(res.as_dict(), indent=2) if args.json else res.summary()
 
 

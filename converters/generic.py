@@ -19,7 +19,7 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -102,8 +102,10 @@ def parse_shape(text: Optional[str]) -> Tuple[int, ...]:
     return shape
 
 
-def build_model(spec: str, option: str, framework: str) -> Any:
-    """Call the factory ``spec`` names; its result must be a ``torch.nn.Module`` / ``paddle.nn.Layer``."""
+def build_model(spec: str, option: str, framework: str,
+                kwargs: Optional[Mapping[str, Any]] = None) -> Any:
+    """Call the factory ``spec`` names with ``kwargs`` (e.g. ``num_classes`` of a fine-tuned model);
+    its result must be a ``torch.nn.Module`` / ``paddle.nn.Layer``."""
     factory = resolve_factory(spec, option)
     if framework == "torch":
         import torch
@@ -112,7 +114,7 @@ def build_model(spec: str, option: str, framework: str) -> Any:
         import paddle
         base = paddle.nn.Layer
     try:
-        model = factory()
+        model = factory(**dict(kwargs or {}))
     except Exception as e:  # noqa: BLE001 - any failure of user code is bad input here
         raise GenericInputError(f"{option} {spec}: calling it failed ({type(e).__name__}: "
                                 f"{_first_line(e)})") from None
@@ -155,11 +157,13 @@ def _check_files(src: str, dst: str, force: bool, map_file: Optional[str]) -> No
     _check_destination(src, dst, force, [map_file] if map_file is not None else [])
 
 
-def _pair(torch_spec: str, paddle_spec: str, shape: Sequence[int], map_file: Optional[str]
+def _pair(torch_spec: str, paddle_spec: str, shape: Sequence[int], map_file: Optional[str],
+          kwargs: "Tuple[Optional[Mapping[str, Any]], Optional[Mapping[str, Any]]]" = (None, None)
           ) -> Tuple[Any, Any, Matching]:
-    """Both models and their matching; GenericInputError if they cannot be matched."""
-    torch_model = build_model(torch_spec, "--torch", "torch")
-    paddle_model = build_model(paddle_spec, "--paddle", "paddle")
+    """Both models (built with ``kwargs`` = torch's, Paddle's) and their matching;
+    GenericInputError if they cannot be matched."""
+    torch_model = build_model(torch_spec, "--torch", "torch", kwargs[0])
+    paddle_model = build_model(paddle_spec, "--paddle", "paddle", kwargs[1])
     try:
         return torch_model, paddle_model, _matching(torch_model, paddle_model, shape, map_file)
     except MatchError as e:
@@ -169,7 +173,8 @@ def _pair(torch_spec: str, paddle_spec: str, shape: Sequence[int], map_file: Opt
 def convert_generic(src: "os.PathLike[str] | str", torch_spec: str, paddle_spec: str,
                     dst: "Optional[os.PathLike[str] | str]" = None, *,
                     input_shape: Optional[Sequence[int]] = None, map_file: Optional[str] = None,
-                    force: bool = False) -> GenericConversion:
+                    force: bool = False, torch_kwargs: Optional[Mapping[str, Any]] = None,
+                    paddle_kwargs: Optional[Mapping[str, Any]] = None) -> GenericConversion:
     """Convert the torch checkpoint ``src`` of the model ``torch_spec`` builds into a ``.pdparams`` for
     the model ``paddle_spec`` builds, through their layer matching. Raises GenericInputError (bad
     callable, unmatched models, checkpoint not of this model, bad map) or CheckpointError (unreadable
@@ -180,7 +185,8 @@ def convert_generic(src: "os.PathLike[str] | str", torch_spec: str, paddle_spec:
     shape = tuple(input_shape) if input_shape is not None else DEFAULT_EXAMPLE_SHAPE
     _check_files(src, dst, force, map_file)
     src_hash = _BackgroundHash(src)
-    torch_model, paddle_model, matching = _pair(torch_spec, paddle_spec, shape, map_file)
+    kwargs = (torch_kwargs, paddle_kwargs)
+    torch_model, paddle_model, matching = _pair(torch_spec, paddle_spec, shape, map_file, kwargs)
     source, entry = _read_torch_state(src)
     try:
         state = torch_to_paddle_state(source, matching, paddle_model)
@@ -189,7 +195,7 @@ def convert_generic(src: "os.PathLike[str] | str", torch_spec: str, paddle_spec:
                                 f"{paddle_spec}): {e}") from None
     counters = {k: int(source[k]) for k in matching.dropped if k in source}
     side = _sidecar("torch->paddle", src, src_hash.result(), torch_spec, paddle_spec, shape,
-                    map_file, entry, len(state), matching, counters)
+                    map_file, entry, len(state), matching, counters, kwargs)
 
     from cream_paddle.checkpoint import save_checkpoint
 
@@ -207,7 +213,9 @@ def convert_generic(src: "os.PathLike[str] | str", torch_spec: str, paddle_spec:
 
 def _sidecar(direction: str, src: str, src_sha: str, torch_spec: str, paddle_spec: str,
              shape: Sequence[int], map_file: Optional[str], entry: str, keys: int,
-             matching: Matching, counters: Dict[str, int]) -> Dict[str, Any]:
+             matching: Matching, counters: Dict[str, int],
+             kwargs: "Tuple[Optional[Mapping[str, Any]], Optional[Mapping[str, Any]]]"
+             ) -> Dict[str, Any]:
     values = set(counters.values())
     return {
         "tool": "convert-ckpt",
@@ -215,6 +223,8 @@ def _sidecar(direction: str, src: str, src_sha: str, torch_spec: str, paddle_spe
         "direction": direction,
         "torch": torch_spec,
         "paddle": paddle_spec,
+        "torch_kwargs": dict(kwargs[0] or {}),
+        "paddle_kwargs": dict(kwargs[1] or {}),
         "example_input_shape": list(shape),
         "map_file": os.path.basename(map_file) if map_file else None,
         "weights": entry,
@@ -240,7 +250,9 @@ def _recorded_counters(src: str, src_sha: str) -> Dict[str, int]:
 def pdparams_to_torch_generic(src: "os.PathLike[str] | str", torch_spec: str, paddle_spec: str,
                               dst: "Optional[os.PathLike[str] | str]" = None, *,
                               input_shape: Optional[Sequence[int]] = None,
-                              map_file: Optional[str] = None, force: bool = False
+                              map_file: Optional[str] = None, force: bool = False,
+                              torch_kwargs: Optional[Mapping[str, Any]] = None,
+                              paddle_kwargs: Optional[Mapping[str, Any]] = None
                               ) -> GenericConversion:
     """The way back: the ``.pdparams`` ``src`` of the model ``paddle_spec`` builds as a plain torch
     ``state_dict`` file for the model ``torch_spec`` builds (``torch.load(weights_only=True)``
@@ -251,7 +263,8 @@ def pdparams_to_torch_generic(src: "os.PathLike[str] | str", torch_spec: str, pa
     shape = tuple(input_shape) if input_shape is not None else DEFAULT_EXAMPLE_SHAPE
     _check_files(src, dst, force, map_file)
     src_sha = sha256_file(src)
-    torch_model, paddle_model, matching = _pair(torch_spec, paddle_spec, shape, map_file)
+    kwargs = (torch_kwargs, paddle_kwargs)
+    torch_model, paddle_model, matching = _pair(torch_spec, paddle_spec, shape, map_file, kwargs)
 
     from cream_paddle.checkpoint import load_checkpoint as load_pdparams  # numpy only, safe
 
@@ -264,7 +277,7 @@ def pdparams_to_torch_generic(src: "os.PathLike[str] | str", torch_spec: str, pa
         raise GenericInputError(f"{src}: does not fit {paddle_spec} (through the matching with "
                                 f"{torch_spec}): {e}") from None
     side = _sidecar("paddle->torch", src, src_sha, torch_spec, paddle_spec, shape, map_file,
-                    ck.source, len(state), matching, counters if recorded else {})
+                    ck.source, len(state), matching, counters if recorded else {}, kwargs)
 
     import torch
 

@@ -17,14 +17,16 @@ Kept free of any deep-learning import: the lowest layer every command line may i
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from .errors import OutputError
 
 __all__ = ["EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_INTERNAL",
            "UsageError", "exit_help", "BAD_INPUT_ERRORS", "CHECK_FAILED_ERRORS", "error", "run_cli",
-           "run_body", "safe_streams", "int_at_least", "float_in", "module_callable", "input_shape"]
+           "run_body", "safe_streams", "int_at_least", "float_in", "module_callable", "input_shape",
+           "json_kwargs"]
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -174,3 +176,19 @@ def input_shape(min_rank: int = 2, max_rank: int = 8) -> Callable[[str], str]:
         return text
     parse.__name__ = "shape"
     return parse
+
+
+def json_kwargs(text: str) -> Dict[str, Any]:
+    """``type=`` for keyword arguments given as a JSON object, e.g. ``{"num_classes": 10}``
+    (data only: nothing in it is ever executed)."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"num_classes\": 10}}', "
+                                         f"got {text!r}")
+    return value
+
+
+json_kwargs.__name__ = "JSON object"

@@ -195,3 +195,38 @@ def test_a_pdparams_of_another_model_is_refused(resnet18_file, tmp_path, capsys)
     assert _convert(tmp_path / "m.pdparams", *_specs("mobilenet_v2"), tmp_path / "x.pth") == 2
     assert "does not fit paddle.vision.models:mobilenet_v2" in capsys.readouterr().err
     assert not (tmp_path / "x.pth").exists()
+
+
+def test_a_fine_tuned_model_converts_with_constructor_kwargs(tmp_path, capsys):
+    """A torchvision resnet18 fine-tuned to 10 classes: the default constructors refuse its
+    checkpoint; ``--torch-kwargs``/``--paddle-kwargs`` build the right models and it converts."""
+    model = tvm.resnet18(num_classes=10)
+    seed_and_calibrate(model, WEIGHTS_SEED, bundled_photos(SIZE))
+    src = tmp_path / "ft.pth"
+    torch.save(model.state_dict(), src)
+    t, p = _specs("resnet18")
+    assert _convert(src, t, p, tmp_path / "default.pdparams") == 2
+    assert "fc.weight" in capsys.readouterr().err
+    ten = json.dumps({"num_classes": 10})
+    dst = tmp_path / "ft.pdparams"
+    assert _convert(src, t, p, dst, "--torch-kwargs", ten, "--paddle-kwargs", ten) == 0
+    side = json.loads((tmp_path / "ft.pdparams.json").read_text())
+    assert side["torch_kwargs"] == side["paddle_kwargs"] == {"num_classes": 10}
+    pmodel = paddle.vision.models.resnet18(num_classes=10)
+    missing, unexpected = pmodel.set_state_dict(paddle.load(str(dst)))
+    assert not missing and not unexpected
+    pmodel.eval()
+    x = bundled_photos(SIZE, count=2)
+    with torch.no_grad():
+        want = model.eval()(torch.from_numpy(x)).numpy()
+    got = pmodel(paddle.to_tensor(x)).numpy()
+    assert want.shape == (2, 10)
+    assert np.abs(got - want).max() <= LOGITS_FP32.atol + LOGITS_FP32.rtol * float(np.abs(want).max())
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "{not json", "10"])
+def test_kwargs_must_be_a_json_object(resnet18_file, tmp_path, capsys, text):
+    assert _convert(resnet18_file, *_specs("resnet18"), tmp_path / "o.pdparams",
+                    "--torch-kwargs", text) == 2
+    err = capsys.readouterr().err
+    assert "--torch-kwargs" in err and "Traceback" not in err and os.listdir(tmp_path) == []
