@@ -51,6 +51,9 @@ def add_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                    help="builds the Paddle model, e.g. paddle.vision.models:resnet18")
     g.add_argument("--input-shape", metavar="N,C,H,W",
                    help="input batch shape (default 2,3,224,224)")
+    g.add_argument("--noise-members", type=int, default=None, metavar="N",
+                   help="perturbed torch fp32 runs measuring the fp32 noise the fp32 stages are "
+                        "judged against (default 2; 0: the named bounds alone)")
     g.add_argument("--map", metavar="FILE",
                    help="use this layer matching (the matching.json a run wrote, possibly edited) "
                         "instead of matching the trees automatically")

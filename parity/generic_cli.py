@@ -178,6 +178,12 @@ def run_generic(args: argparse.Namespace) -> int:
     """Handler of ``parity run --torch ... --paddle ...``: 0 equivalent, 1 not, 2 bad input."""
     if not args.torch or not args.paddle:
         return _fail("give both --torch MODULE:CALLABLE and --paddle MODULE:CALLABLE")
+    from .generic_noise import GENERIC_NOISE_MEMBERS
+
+    members = getattr(args, "noise_members", None)
+    members = GENERIC_NOISE_MEMBERS if members is None else members
+    if members < 0:
+        return _fail(f"--noise-members must be >= 0, got {members}")
     try:
         shape = parse_input_shape(args.input_shape)
         label = (f"{args.torch.rpartition(':')[2]}-vs-{args.paddle.rpartition(':')[2]}")
@@ -199,7 +205,8 @@ def run_generic(args: argparse.Namespace) -> int:
 
     precisions = ("fp64", "fp32") if args.precision == "both" else (args.precision,)
     result = compare(pair.torch_model, pair.paddle_model, pair.inputs, matching=pair.matching,
-                     precisions=precisions, label=pair.label, mutate_paddle=mutate)
+                     precisions=precisions, label=pair.label, mutate_paddle=mutate,
+                     noise_members=members)
     result.info["weights"] = pair.weights
     print(result.table())
     print(f"\n{len(result.comparisons)} comparisons in {result.timings.get('total', 0):.1f} s "
