@@ -115,10 +115,24 @@ class GenericResult(ParityResult):
         return self.as_dict()
 
     def table(self) -> str:
-        """The terminal table by stage and category (:func:`parity.report.format_table`)."""
-        from .report import format_table
+        """The terminal table by stage and category (:func:`parity.report.summary_rows`), with
+        the largest error / measured fp32 noise of each group (float32 stages)."""
+        from tabulate import tabulate
 
-        return format_table(self)
+        from .report import summary_rows
+
+        ratio: Dict[Tuple[str, str], float] = {}
+        for c in self.comparisons:
+            if math.isfinite(c.noise_ratio):
+                k = (c.stage, c.category)
+                ratio[k] = max(ratio.get(k, 0.0), c.noise_ratio)
+        rows = summary_rows(self)
+        for r in rows:
+            v = ratio.get((r[0], r[1]))
+            r.insert(8, f"{v:.3g}" if v is not None else "")
+        headers = ["stage", "category", "n", "failed", "worst tensor", "max abs", "max rel",
+                   "tolerance", "max error/noise", ""]
+        return tabulate(rows, headers=headers, tablefmt="simple")
 
     def plot(self, path: str) -> None:
         """Write the error-along-depth PNG (:func:`parity.report.write_plot`)."""
@@ -463,8 +477,9 @@ def _judge_fp32_by_noise(result: GenericResult, grads: List[Comparison], torch_m
     if count > 0:
         noise, in_noise = _measure_noise(torch_model, xs, target, t_eval, t, kinds,
                                          ported.pairs, count)
-    fp32 = [c for c in result.comparisons if c.stage.endswith("fp32")] + grads
-    gn.apply_noise(fp32, noise)
+    if count > 0:  # 0: the named bounds alone
+        gn.apply_noise([c for c in result.comparisons if c.stage.endswith("fp32")] + grads,
+                       noise)
     crossings = gn.kink_crossings(t, p, kinds, ported.pairs, KINKS, in_noise)
     info: Dict[str, Any] = {"members": count, "factor": NOISE_FACTOR,
                             "crossings": [{"module": m, "call": c, "elements": int(mask.sum()),
@@ -479,7 +494,8 @@ def _judge_fp32_by_noise(result: GenericResult, grads: List[Comparison], torch_m
                             _torch_ce, _dropout_to_inference)
         again, _ = _backward(twin, p, ported.pairs, ported.matching, "backward/fp32", "fp32",
                              ported.truth, ported.alias, ported.fused, ported.containers)
-        gn.apply_noise(again, noise)
+        if count > 0:
+            gn.apply_noise(again, noise)
         accepted = 0
         for c, tc in zip(grads, again):
             if not c.ok and tc.ok and (tc.category, tc.name) == (c.category, c.name):

@@ -378,3 +378,30 @@ def test_injected_fault_fails_the_fp32_stages_under_the_noise_model(pairs, fault
     assert first.module == fault.torch_module, (first.stage, first.name, first.module)
     assert first.noise_ratio > result.info["noise"]["factor"] or first.note.startswith(("missing",
                                                                                       "shape"))
+
+
+def test_apply_noise_raises_a_bound_to_the_noise_never_beyond() -> None:
+    """A fixed-bound failure within NOISE_FACTOR x its noise passes; beyond, or without a noise
+    measurement, or missing in the port, it stays failing; rows of one name keep their own noise."""
+    import math
+
+    from parity.compare import Comparison
+    from parity.generic_noise import apply_noise, noise_keys
+    from parity.noise import NOISE_FACTOR
+
+    def row(err: float, note: str = "") -> Comparison:  # fixed bound 1e-6 (excess = err / 1e-6)
+        return Comparison("out_grad", "backward/fp32", "d/d relu", 0, max_abs=err,
+                          excess=err / 1e-6, ok=err <= 1e-6, note=note)
+
+    rows = [row(1e-7), row(3e-5), row(3e-5), row(math.inf, "missing in the port")]
+    keys = noise_keys(rows)
+    assert [k[3] for k in keys] == [0, 1, 2, 3]
+    noise = {keys[0]: 1e-7, keys[1]: 1e-6, keys[2]: 1e-7, keys[3]: 1.0}
+    apply_noise(rows, noise)
+    assert [r.ok for r in rows] == [True, True, False, False]
+    assert rows[1].noise_ratio == pytest.approx(30) and rows[1].excess == pytest.approx(
+        30 / NOISE_FACTOR)
+    assert rows[2].noise_ratio == pytest.approx(300) and rows[2].excess > 1
+    lone = row(3e-5)
+    apply_noise([lone], {})
+    assert not lone.ok and math.isnan(lone.noise)
