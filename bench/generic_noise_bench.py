@@ -85,7 +85,8 @@ def main() -> int:
     shape = [int(v) for v in args.shape.split(",")]
     rows: List[Dict[str, Any]] = []
     for name in args.pairs:
-        pair = build_pair(f"torchvision.models:{name}", f"paddle.vision.models:{name}", tuple(shape))
+        pair = build_pair(f"torchvision.models:{name}", f"paddle.vision.models:{name}",
+                          tuple(shape))
         for seed in range(args.seed_start, args.seed_start + args.seeds):
             row = run_one(pair, name, seed, shape, members)
             rows.append(row)

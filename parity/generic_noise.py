@@ -35,13 +35,16 @@ from .capture import Capture, capture_torch
 from .compare import LAYER_TRAIN_FP32, Comparison
 from .noise import NOISE_FACTOR, NOISE_THREADS, Perturbation, ensemble, max_abs_diff
 
-__all__ = ["GENERIC_NOISE_MEMBERS", "NoiseKey", "noise_keys", "apply_noise", "perturbed_torch",
-           "kink_crossings", "kink_twin", "Crossing"]
+__all__ = ["GENERIC_NOISE_MEMBERS", "NoiseKey", "noise_keys", "record", "apply_noise",
+           "perturbed_torch", "with_threads", "members", "identity_matching", "Crossing",
+           "kink_crossings", "input_noise", "kink_twin"]
 
 #: Perturbed torch fp32 runs per generic comparison. Two (plus the fp64 run, counted as one more
-#: member): each costs one torch eval pass and one train pass with backward, i.e. roughly a third
-#: of a torch+Paddle fp32 stage each (bench/generic_noise_bench.py); the measured false-alarm rate
-#: is 0 with it (parity/README.md "Tolerances").
+#: member: three estimates of each tensor's spread, the second member on 2 threads). Each costs one
+#: torch eval pass and one train pass with backward: the 1-thread member about as much as the
+#: port's whole fp32 stage (torch and Paddle), the 2-thread one 2-8x more on a loaded 2-core
+#: machine. Measured false-alarm rate with it: 0 of 20 runs (bench/generic_noise_bench.py,
+#: parity/README.md), largest error/noise of a correct port 5.1, 6x below NOISE_FACTOR.
 GENERIC_NOISE_MEMBERS: int = 2
 
 NoiseKey = Tuple[str, str, str, int]  # (stage, category, name, occurrence)
@@ -124,7 +127,8 @@ def identity_matching(tm: Any) -> Any:
 
 # --- kink crossings -----------------------------------------------------------------------------
 
-Crossing = Tuple[str, int, np.ndarray, np.ndarray, bool]  # module, call, mask, port values, explained
+#: (torch module, call, element mask, the port's values there, explained by the noise)
+Crossing = Tuple[str, int, np.ndarray, np.ndarray, bool]
 
 
 def kink_crossings(t: Capture, p: Capture, kinds: Mapping[str, str], pairs: Mapping[str, str],
