@@ -43,8 +43,9 @@ __all__ = ["GENERIC_NOISE_MEMBERS", "NoiseKey", "noise_keys", "record", "apply_n
 #: member: three estimates of each tensor's spread, the second member on 2 threads). Each costs one
 #: torch eval pass and one train pass with backward: the 1-thread member about as much as the
 #: port's whole fp32 stage (torch and Paddle), the 2-thread one 2-8x more on a loaded 2-core
-#: machine. Measured false-alarm rate with it: 0 of 20 runs (bench/generic_noise_bench.py,
-#: parity/README.md), largest error/noise of a correct port 5.1, 6x below NOISE_FACTOR.
+#: machine. Measured false-alarm rate with it: 0 of 20 runs at 64 px and 0 of 6 at 224 px
+#: (bench/generic_noise_bench.py, parity/README.md); largest error/noise of a correct port 7.2,
+#: 4.4x below NOISE_FACTOR.
 GENERIC_NOISE_MEMBERS: int = 2
 
 NoiseKey = Tuple[str, str, str, int]  # (stage, category, name, occurrence)
