@@ -23,7 +23,7 @@ from typing import Callable, List, Optional
 
 from cream_arch import model_names
 from cream_arch.cli_errors import (EXIT_BAD_INPUT, UsageError, exit_help, input_shape, int_at_least,
-                                   module_callable, run_body, safe_streams)
+                                   json_kwargs, module_callable, run_body, safe_streams)
 from cream_arch.errors import CheckpointError, OutputError
 
 from .runner import STAGES  # cheap: torch and Paddle are imported when a run starts
@@ -53,8 +53,16 @@ def add_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                    help="builds the torch model, e.g. torchvision.models:resnet18")
     g.add_argument("--paddle", metavar="MODULE:CALLABLE", type=module_callable,
                    help="builds the Paddle model, e.g. paddle.vision.models:resnet18")
+    g.add_argument("--torch-kwargs", metavar="JSON", type=json_kwargs,
+                   help="keyword arguments for the torch callable, e.g. '{\"num_classes\": 10}' "
+                        "(data, never executed)")
+    g.add_argument("--paddle-kwargs", metavar="JSON", type=json_kwargs,
+                   help="keyword arguments for the Paddle callable (as --torch-kwargs)")
     g.add_argument("--input-shape", metavar="N,C,H,W", type=input_shape(4, 4),
                    help="input batch shape (default 2,3,224,224)")
+    g.add_argument("--noise-members", type=int_at_least(0), default=None, metavar="N",
+                   help="perturbed torch fp32 runs measuring the fp32 noise the fp32 stages are "
+                        "judged against (default 2; 0: the named bounds alone)")
     g.add_argument("--map", metavar="FILE",
                    help="use this layer matching (the matching.json a run wrote, possibly edited) "
                         "instead of matching the trees automatically")
@@ -132,11 +140,22 @@ def _check_inputs(args: argparse.Namespace, report: str, json_path: str) -> None
         raise OutputError(json_path, "is a folder (--json)")
 
 
+#: Options of the Cream preset that a generic run does not use (name, default, option).
+_CREAM_ONLY = (("batch", 2, "--batch"), ("seed", 0, "--seed"), ("resolution", None, "--resolution"),
+               ("steps", 3, "--steps"), ("threads", 1, "--threads"),
+               ("no_x2paddle", False, "--no-x2paddle"), ("stages", STAGES, "--stages"))
+
+
 def _run_command(args: argparse.Namespace) -> int:
     """The work of ``parity run``; bad input raises (one line from :func:`run_body`)."""
-    if args.torch or args.paddle or args.input_shape or args.map:
+    if (args.torch or args.paddle or args.input_shape or args.map or args.torch_kwargs
+            or args.paddle_kwargs):
         if args.model:
             raise UsageError("give either --model NAME or --torch/--paddle, not both")
+        ignored = [opt for name, default, opt in _CREAM_ONLY if getattr(args, name) != default]
+        if ignored:  # never ignore an option silently
+            raise UsageError(f"{', '.join(ignored)} apply to --model runs only; with --torch/"
+                             "--paddle give the batch in --input-shape N,C,H,W")
         from .generic_cli import run_generic
 
         return run_generic(args)

@@ -11,17 +11,16 @@ and the report folder gets ``matching.json`` (editable, for ``--map``), ``parity
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
-import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 from cream_arch.cli_errors import UsageError
+from cream_arch.outputs import prepare_outputs
 
-__all__ = ["PairError", "ModelPair", "resolve_callable", "parse_input_shape", "build_pair",
+__all__ = ["PairError", "ModelPair", "parse_input_shape", "build_pair",
            "run_generic", "DEFAULT_INPUT_SHAPE", "INPUT_SEED", "WEIGHTS_SEED"]
 
 #: The issue's default input: a batch of 2 ImageNet-sized images.
@@ -48,25 +47,6 @@ class ModelPair:
     weights: str
 
 
-def resolve_callable(spec: str, option: str) -> Callable[..., Any]:
-    """``'package.module:name'`` -> the callable it names, or :class:`PairError`."""
-    if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", spec or ""):
-        raise PairError(f"{option} {spec!r}: expected MODULE:CALLABLE, e.g. "
-                        "torchvision.models:resnet18")
-    mod_name, _, attr = spec.partition(":")
-    try:
-        obj: Any = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise PairError(f"{option} {spec}: cannot import module {mod_name!r} ({e})") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise PairError(f"{option} {spec}: module {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise PairError(f"{option} {spec}: {attr!r} is not callable")
-    return obj
-
-
 def parse_input_shape(text: Optional[str]) -> Tuple[int, ...]:
     """``'N,C,H,W'`` -> a tuple of 4 positive ints (None: :data:`DEFAULT_INPUT_SHAPE`)."""
     if text is None:
@@ -78,17 +58,6 @@ def parse_input_shape(text: Optional[str]) -> Tuple[int, ...]:
     if len(shape) != 4 or min(shape) < 1:
         raise PairError(f"--input-shape {text!r}: expected four positive integers N,C,H,W")
     return shape
-
-
-def _build(fn: Callable[..., Any], spec: str, option: str, base: Any, what: str) -> Any:
-    try:
-        model = fn()
-    except Exception as e:  # noqa: BLE001 - any failure of user code is bad input here
-        raise PairError(f"{option} {spec}: calling it failed ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
-    if not isinstance(model, base):
-        raise PairError(f"{option} {spec}: returned a {type(model).__name__}, not a {what}")
-    return model
 
 
 def _load_ckpt(path: str, torch_model: Any) -> None:
@@ -118,22 +87,25 @@ def _seed_weights(torch_model: Any, shape: Tuple[int, ...]) -> str:
 
 def build_pair(torch_spec: str, paddle_spec: str,
                input_shape: Tuple[int, ...] = DEFAULT_INPUT_SHAPE, ckpt: Optional[str] = None,
-               map_file: Optional[str] = None) -> ModelPair:
-    """Build, match and load both models; every problem is a :class:`PairError` (one line)."""
-    tf = resolve_callable(torch_spec, "--torch")
-    pf = resolve_callable(paddle_spec, "--paddle")
+               map_file: Optional[str] = None,
+               torch_kwargs: Optional[Mapping[str, Any]] = None,
+               paddle_kwargs: Optional[Mapping[str, Any]] = None) -> ModelPair:
+    """Build (the callables called with their ``*_kwargs``, as ``convert-ckpt`` does), match and
+    load both models; every problem is a one-line ``ValueError`` (:class:`PairError`, or
+    :class:`converters.generic.GenericInputError` for a callable that cannot be built)."""
     for path, opt in ((ckpt, "--ckpt"), (map_file, "--map")):
         if path is not None and not os.path.isfile(path):
             raise PairError(f"{path}: no such file ({opt})")
     import paddle
     import torch
 
+    from converters.generic import build_model
     from converters.matching import MatchError, load_matching, match_models, torch_to_paddle_state
 
     torch.manual_seed(WEIGHTS_SEED)
     paddle.seed(WEIGHTS_SEED)
-    tm = _build(tf, torch_spec, "--torch", torch.nn.Module, "torch.nn.Module").eval()
-    pm = _build(pf, paddle_spec, "--paddle", paddle.nn.Layer, "paddle.nn.Layer")
+    tm = build_model(torch_spec, "--torch", "torch", torch_kwargs).eval()
+    pm = build_model(paddle_spec, "--paddle", "paddle", paddle_kwargs)
     pm.eval()
     x = np.random.RandomState(INPUT_SEED).standard_normal(input_shape).astype(np.float32)
     try:
@@ -175,17 +147,20 @@ def run_generic(args: argparse.Namespace) -> int:
     ``ValueError`` (:class:`PairError`, ...) that :func:`parity.cli.run_command` prints (exit 2)."""
     if not args.torch or not args.paddle:
         raise UsageError("give both --torch MODULE:CALLABLE and --paddle MODULE:CALLABLE")
+    from .generic_noise import GENERIC_NOISE_MEMBERS
+
+    members = getattr(args, "noise_members", None)
+    members = GENERIC_NOISE_MEMBERS if members is None else members
     shape = parse_input_shape(args.input_shape)
     label = (f"{args.torch.rpartition(':')[2]}-vs-{args.paddle.rpartition(':')[2]}")
     out = _outputs(args, label)
-    if os.path.exists(out["report"]) and not os.path.isdir(out["report"]):
-        raise PairError(f"{out['report']}: exists and is not a folder (--report)")
-    for key in ("json", "plot", "matching"):
-        for src in (args.ckpt, args.map):
-            if src and os.path.exists(out[key]) and os.path.samefile(out[key], src):
-                raise PairError(f"{out[key]}: is an input file; refusing to overwrite it")
     mutate = _fault(args)
-    pair = build_pair(args.torch, args.paddle, shape, args.ckpt, args.map)
+    pair = build_pair(args.torch, args.paddle, shape, args.ckpt, args.map,
+                      args.torch_kwargs, args.paddle_kwargs)
+    # the output guard of every tool, once the inputs are known good and before the work: real
+    # paths, never onto an input, outputs distinct, folders created and writable
+    prepare_outputs({"--json": out["json"], "plot": out["plot"], "matching": out["matching"]},
+                    [args.ckpt, args.map], {"--report": out["report"]})
     from cream_arch.atomic import atomic_write
     from converters.matching import save_matching
 
@@ -193,7 +168,8 @@ def run_generic(args: argparse.Namespace) -> int:
 
     precisions = ("fp64", "fp32") if args.precision == "both" else (args.precision,)
     result = compare(pair.torch_model, pair.paddle_model, pair.inputs, matching=pair.matching,
-                     precisions=precisions, label=pair.label, mutate_paddle=mutate)
+                     precisions=precisions, label=pair.label, mutate_paddle=mutate,
+                     noise_members=members)
     result.info["weights"] = pair.weights
     print(result.table())
     print(f"\n{len(result.comparisons)} comparisons in {result.timings.get('total', 0):.1f} s "
