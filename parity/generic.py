@@ -44,7 +44,7 @@ from .layer_config import CONVENTIONS, ConfigDiff, diff_configs, fused_activatio
 from .runner import ParityConfig, ParityResult, align_bn_constants_to_paddle
 
 __all__ = ["GenericResult", "compare", "SGD_LR", "SGD_MOMENTUM", "SGD_WEIGHT_DECAY", "SGD_STEPS",
-           "TARGET_SEED", "no_fp64_kernel"]
+           "TARGET_SEED", "no_fp64_kernel", "reference_problem"]
 
 #: The optimizer compared: SGD with momentum (both frameworks' own implementations).
 SGD_LR: float = 0.1
@@ -199,7 +199,7 @@ def format_verdict(r: GenericResult) -> str:
 # models per precision
 
 
-def _reference_problem(torch_model: Any, x: np.ndarray) -> Optional[str]:
+def reference_problem(torch_model: Any, x: np.ndarray) -> Optional[str]:
     """Why the torch model alone cannot run a float32 train-mode forward and backward on ``x``
     (e.g. BatchNorm with one value per channel), or None; on a copy, so no statistics move."""
     import torch
@@ -699,7 +699,7 @@ def compare(torch_model: Any, paddle_model: Any, inputs: np.ndarray, *,
                                     f"({result.info['no_fp64']}); compared in float32 only")
                 truths.clear()
                 continue
-            problem = _reference_problem(torch_model, x)
+            problem = reference_problem(torch_model, x)
             if problem is not None:  # not the port: the reference itself cannot run on this input
                 raise ValueError(f"input {list(x.shape)}: the torch model itself fails in train "
                                  f"mode ({problem}); give another --input-shape") from None

@@ -117,6 +117,12 @@ def build_pair(torch_spec: str, paddle_spec: str,
     except Exception as e:  # noqa: BLE001 - the models cannot even run on this input
         raise PairError(f"the models cannot run on input {list(input_shape)}: "
                         f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    from .generic import reference_problem
+
+    problem = reference_problem(tm, x)  # before any output exists: the input is the problem
+    if problem is not None:
+        raise PairError(f"input {list(input_shape)}: the torch model itself fails in train mode "
+                        f"({problem}); give another --input-shape")
     if ckpt is not None:
         _load_ckpt(ckpt, tm)
         weights = f"{ckpt} (torch state dict)"

@@ -379,7 +379,7 @@ def test_cli_noise_members_in_json_and_negative_is_usage_error(tmp_path, capsys)
     assert float(row["noise"]) > 0 and float(row["noise_ratio"]) >= 0
     capsys.readouterr()
     assert _cli(base + ["--noise-members", "-1", "--report", str(tmp_path / "bad")]) == 2
-    assert "--noise-members must be >= 0" in capsys.readouterr().err
+    assert "--noise-members: must be at least 0" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 
