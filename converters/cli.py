@@ -17,11 +17,11 @@ import warnings
 from typing import List, Optional
 
 from cream_arch.cli_errors import (EXIT_INTERNAL, EXIT_OK, UsageError, exit_help, input_shape,
-                                   json_kwargs, module_callable, run_cli)
+                                   run_cli)
 from cream_arch.errors import CheckpointError, OutputError
 from cream_arch.space import model_names
 
-from .generic import GenericInputError
+from .generic import GenericInputError, add_model_pair_arguments
 
 __all__ = ["main", "build_parser"]
 
@@ -55,15 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="native: weight conversion (default); x2paddle: trace the reference model "
                         "into a Paddle inference model with x2paddle, as a third opinion")
     g = p.add_argument_group("any model pair (instead of --model)")
-    g.add_argument("--torch", metavar="MODULE:CALLABLE", type=module_callable,
-                   help="builds the torch model, e.g. torchvision.models:resnet18")
-    g.add_argument("--paddle", metavar="MODULE:CALLABLE", type=module_callable,
-                   help="builds the Paddle model, e.g. paddle.vision.models:resnet18")
-    g.add_argument("--torch-kwargs", metavar="JSON", type=json_kwargs,
-                   help="keyword arguments for the torch callable, e.g. '{\"num_classes\": 10}' "
-                        "for a fine-tuned model (data, never executed)")
-    g.add_argument("--paddle-kwargs", metavar="JSON", type=json_kwargs,
-                   help="keyword arguments for the Paddle callable (as --torch-kwargs)")
+    add_model_pair_arguments(g)
     g.add_argument("--input-shape", metavar="N,C,H,W", type=input_shape(2),
                    help="example input the layers are matched at (default 1,3,224,224)")
     g.add_argument("--map", metavar="FILE",

@@ -32,7 +32,8 @@ from .convert import (_BackgroundHash, _check_destination, _check_source, _Hashi
 from .matching import (MatchError, Matching, load_matching, match_models, paddle_to_torch_state,
                        torch_to_paddle_state)
 
-__all__ = ["GenericInputError", "GenericConversion", "DEFAULT_EXAMPLE_SHAPE", "resolve_factory", "parse_shape",
+__all__ = ["add_model_pair_arguments", "GenericInputError", "GenericConversion", "DEFAULT_EXAMPLE_SHAPE",
+           "resolve_factory", "parse_shape",
            "build_model", "convert_generic", "pdparams_to_torch_generic"]
 
 #: Example input the layers are matched at (one forward pass each side; no values compared).
@@ -67,6 +68,22 @@ class GenericConversion:
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
+
+
+def add_model_pair_arguments(group: Any) -> None:
+    """``--torch``/``--paddle MODULE:CALLABLE`` and their ``--*-kwargs`` (JSON) on an argparse
+    group: one definition for every command that takes any model pair."""
+    from cream_arch.cli_errors import json_kwargs, module_callable
+
+    group.add_argument("--torch", metavar="MODULE:CALLABLE", type=module_callable,
+                       help="builds the torch model, e.g. torchvision.models:resnet18")
+    group.add_argument("--paddle", metavar="MODULE:CALLABLE", type=module_callable,
+                       help="builds the Paddle model, e.g. paddle.vision.models:resnet18")
+    group.add_argument("--torch-kwargs", metavar="JSON", type=json_kwargs,
+                       help="keyword arguments for the torch callable, e.g. "
+                            "'{\"num_classes\": 10}' for a fine-tuned model (data, never executed)")
+    group.add_argument("--paddle-kwargs", metavar="JSON", type=json_kwargs,
+                       help="keyword arguments for the Paddle callable (as --torch-kwargs)")
 
 
 def resolve_factory(spec: str, option: str) -> Callable[..., Any]:

@@ -23,8 +23,10 @@ from typing import Callable, List, Optional
 
 from cream_arch import model_names
 from cream_arch.cli_errors import (EXIT_BAD_INPUT, UsageError, exit_help, input_shape, int_at_least,
-                                   json_kwargs, module_callable, run_body, safe_streams)
+                                   run_body, safe_streams)
 from cream_arch.errors import CheckpointError, OutputError
+
+from converters.generic import add_model_pair_arguments  # cheap: no framework import
 
 from .runner import STAGES  # cheap: torch and Paddle are imported when a run starts
 
@@ -49,15 +51,7 @@ def add_run_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
                    help=f"preset: a released Cream child net ({', '.join(model_names())}); or "
                         "give --torch and --paddle for any other pair")
     g = p.add_argument_group("any model pair (instead of --model)")
-    g.add_argument("--torch", metavar="MODULE:CALLABLE", type=module_callable,
-                   help="builds the torch model, e.g. torchvision.models:resnet18")
-    g.add_argument("--paddle", metavar="MODULE:CALLABLE", type=module_callable,
-                   help="builds the Paddle model, e.g. paddle.vision.models:resnet18")
-    g.add_argument("--torch-kwargs", metavar="JSON", type=json_kwargs,
-                   help="keyword arguments for the torch callable, e.g. '{\"num_classes\": 10}' "
-                        "(data, never executed)")
-    g.add_argument("--paddle-kwargs", metavar="JSON", type=json_kwargs,
-                   help="keyword arguments for the Paddle callable (as --torch-kwargs)")
+    add_model_pair_arguments(g)
     g.add_argument("--input-shape", metavar="N,C,H,W", type=input_shape(4, 4),
                    help="input batch shape (default 2,3,224,224)")
     g.add_argument("--noise-members", type=int_at_least(0), default=None, metavar="N",

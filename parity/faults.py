@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict
 
-__all__ = ["Fault", "FAULTS", "get_sublayer"]
+__all__ = ["Fault", "FAULTS", "get_sublayer", "set_sublayer"]
 
 
 def get_sublayer(model: Any, path: str) -> Any:
@@ -22,7 +22,8 @@ def get_sublayer(model: Any, path: str) -> Any:
     return layer
 
 
-def _set_sublayer(model: Any, path: str, new: Any) -> None:
+def set_sublayer(model: Any, path: str, new: Any) -> None:
+    """Put ``new`` at the dotted ``path`` of ``model`` (list indices as digits)."""
     parent_path, _, leaf = path.rpartition(".")
     parent = get_sublayer(model, parent_path) if parent_path else model
     if leaf.isdigit():
@@ -37,7 +38,7 @@ def _paddle_default_hardsigmoid(model: Any) -> None:
 
     for name, layer in list(model.named_sublayers()):
         if name.endswith(".se.gate"):
-            _set_sublayer(model, name, paddle.nn.Hardsigmoid())
+            set_sublayer(model, name, paddle.nn.Hardsigmoid())
 
 
 def _bn_epsilon(model: Any) -> None:
@@ -75,7 +76,7 @@ def _missing_activation(model: Any) -> None:
     """The Swish after one BatchNorm dropped (``Identity`` where the reference has SiLU)."""
     import paddle
 
-    _set_sublayer(model, "blocks.4.0.bn1.act", paddle.nn.Identity())
+    set_sublayer(model, "blocks.4.0.bn1.act", paddle.nn.Identity())
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Tuple
 
 import numpy as np
 
-from .faults import get_sublayer
+from .faults import get_sublayer, set_sublayer
 
 __all__ = ["GenericFault", "GENERIC_FAULTS", "exact_hardsigmoid", "make_exact_hardsigmoid"]
 
@@ -41,22 +41,13 @@ def make_exact_hardsigmoid() -> Any:
     return Hardsigmoid()
 
 
-def _set(model: Any, path: str, new: Any) -> None:
-    parent_path, _, leaf = path.rpartition(".")
-    parent = get_sublayer(model, parent_path) if parent_path else model
-    if leaf.isdigit():
-        parent[int(leaf)] = new
-    else:
-        setattr(parent, leaf, new)
-
-
 def exact_hardsigmoid(model: Any) -> None:
     """Replace every ``paddle.nn.Hardsigmoid`` of ``model`` by :func:`make_exact_hardsigmoid`."""
     import paddle
 
     for name, layer in list(model.named_sublayers()):
         if type(layer) is paddle.nn.Hardsigmoid:
-            _set(model, name, make_exact_hardsigmoid())
+            set_sublayer(model, name, make_exact_hardsigmoid())
 
 
 def _bn_epsilon(path: str, eps: float) -> Callable[[Any], None]:
@@ -111,7 +102,7 @@ def _default_hardsigmoid_at(path: str) -> Callable[[Any], None]:
         import paddle
 
         exact_hardsigmoid(model)
-        _set(model, path, paddle.nn.Hardsigmoid())
+        set_sublayer(model, path, paddle.nn.Hardsigmoid())
     return apply
 
 
