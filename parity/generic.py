@@ -40,7 +40,7 @@ from .compare import GRAD_CONTEXT_FLOOR, Comparison, compare_arrays, compare_nam
 from .generic_noise import GENERIC_NOISE_MEMBERS
 from .noise import NOISE_FACTOR, max_abs_diff
 from . import generic_noise as gn
-from .layer_config import CONVENTIONS, ConfigDiff, diff_configs, fused_activation, layer_kind
+from .layer_config import CONVENTIONS, ConfigDiff, diff_configs, fused_activation, class_key
 from .runner import ParityConfig, ParityResult, align_bn_constants_to_paddle
 
 __all__ = ["GenericResult", "compare", "SGD_LR", "SGD_MOMENTUM", "SGD_WEIGHT_DECAY", "SGD_STEPS",
@@ -574,7 +574,7 @@ def _run_precision(torch_model: Any, paddle_model: Any, x: np.ndarray, target: n
     players = dict(pm.named_sublayers())
     fused = {lm.torch: fused_activation(players[lm.paddle]) for lm in matching.layers
              if lm.paddle in players and fused_activation(players[lm.paddle])}
-    kinds = {n: layer_kind(m) for n, m in tm.named_modules()}
+    kinds = {n: class_key(m) for n, m in tm.named_modules()}
     xs = x.astype(np.float64 if precision == "fp64" else np.float32)
     fp32 = precision == "fp32"
     t = capture_torch(tm, xs, buffers_only=True)

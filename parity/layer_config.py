@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["Field", "FIELDS", "CONVENTIONS", "ConfigDiff", "layer_kind", "layer_config",
+__all__ = ["Field", "FIELDS", "CONVENTIONS", "ConfigDiff", "class_key", "layer_config",
            "fused_activation", "NOT_USED",
            "diff_configs", "TORCH_HARDSIGMOID", "PADDLE_HARDSIGMOID"]
 
@@ -167,8 +167,10 @@ FIELDS: Mapping[str, Tuple[Field, ...]] = {
 _ALIASES: Mapping[str, Tuple[str, ...]] = {"batchnorm": ("batchnorm1d", "batchnorm2d")}
 
 
-def layer_kind(layer: Any) -> str:
-    """The class name lower-cased (``Conv2d`` and ``Conv2D`` are both ``conv2d``)."""
+def class_key(layer: Any) -> str:
+    """The key of a layer's configuration table: its class name lower-cased (``Conv2d`` and
+    ``Conv2D`` are both ``conv2d``); not :func:`cream_arch.rules.layer_kind`, the canonical kind
+    the state-dict rules and the matching use."""
     return type(layer).__name__.lower()
 
 
@@ -182,7 +184,7 @@ def layer_config(layer: Any, side: str, kind: Optional[str] = None) -> Dict[str,
     """The configuration of one layer (``side``: 'torch' or 'paddle') in the shared vocabulary
     (``kind``: read it as this kind, default its own)."""
     out: Dict[str, Any] = {}
-    for f in FIELDS.get(kind or layer_kind(layer), ()):
+    for f in FIELDS.get(kind or class_key(layer), ()):
         try:
             out[f.name] = (f.torch if side == "torch" else f.paddle)(layer)
         except AttributeError as e:
@@ -231,7 +233,7 @@ def diff_configs(torch_model: Any, paddle_model: Any, pairs: Sequence[Tuple[str,
         tl, pl = tmods.get(tp), pmods.get(pp)
         if tl is None or pl is None:
             continue
-        tk, pk = layer_kind(tl), layer_kind(pl)
+        tk, pk = class_key(tl), class_key(pl)
         if tk in _ALIASES.get(pk, ()):
             pk = tk
         if tk != pk and (tk in FIELDS or pk in FIELDS):
