@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from typing import Any, Dict, List, Optional
 
-__all__ = ["twin_names", "survey_one", "main", "MIN_SIDE", "TORCH_KWARGS", "torch_inception_v3"]
+__all__ = ["twin_names", "survey_one", "main", "MIN_SIDE", "TORCH_KWARGS"]
 
 #: Models that need a larger input than the survey's default: torchvision's Inception v3 needs at
 #: least 75 px; paddle.vision's AlexNet has no adaptive pooling before its classifier, so only
@@ -31,13 +31,6 @@ MIN_SIDE: Dict[str, int] = {"inception_v3": 96, "alexnet": 224, "googlenet": 224
 #: torchvision's Inception v3 has an auxiliary classifier by default, paddle.vision's has none.
 TORCH_KWARGS: Dict[str, Dict[str, Any]] = {"inception_v3": {"aux_logits": False,
                                                             "init_weights": False}}
-
-
-def torch_inception_v3() -> Any:
-    """torchvision's Inception v3 without the auxiliary head (see :data:`TORCH_KWARGS`)."""
-    import torchvision.models as tm
-
-    return tm.inception_v3(**TORCH_KWARGS["inception_v3"])
 
 
 def twin_names() -> List[str]:
@@ -57,19 +50,18 @@ def _how(matching: Any) -> str:
 def survey_one(name: str, shape: List[int]) -> Dict[str, Any]:
     """One pair, in this process: the row of the table as a dict."""
     from parity.generic import compare
-    from parity.generic_cli import PairError, build_pair
+    from parity.generic_cli import build_pair
 
     side = max(shape[2], MIN_SIDE.get(name, 0))
     shape = [shape[0], shape[1], side, side]
     row: Dict[str, Any] = {"pair": name, "input": shape}
     t0 = time.perf_counter()
-    torch_spec = f"torchvision.models:{name}"
     if name in TORCH_KWARGS:
-        torch_spec = f"bench.zoo_survey:torch_{name}"
         row["torch_kwargs"] = TORCH_KWARGS[name]
-    try:
-        pair = build_pair(torch_spec, f"paddle.vision.models:{name}", tuple(shape))
-    except PairError as e:
+    try:  # as `parity run --torch torchvision.models:NAME --torch-kwargs JSON --paddle ...`
+        pair = build_pair(f"torchvision.models:{name}", f"paddle.vision.models:{name}",
+                          tuple(shape), torch_kwargs=TORCH_KWARGS.get(name))
+    except ValueError as e:  # PairError, or a constructor that cannot be built: one line
         row.update(verdict="NOT MATCHED", reason=str(e), seconds=round(time.perf_counter() - t0, 1))
         return row
     m = pair.matching
