@@ -33,7 +33,7 @@ import numpy as np
 
 from .capture import Capture, capture_torch
 from .compare import LAYER_TRAIN_FP32, Comparison
-from .noise import NOISE_FACTOR, NOISE_THREADS, Perturbation, ensemble, max_abs_diff
+from .noise import NOISE_FACTOR, NOISE_THREADS, Perturbation, ensemble, judge_with_noise, max_abs_diff
 
 __all__ = ["GENERIC_NOISE_MEMBERS", "NoiseKey", "noise_keys", "record", "apply_noise",
            "perturbed_torch", "with_threads", "members", "identity_matching", "Crossing",
@@ -78,18 +78,7 @@ def apply_noise(comps: Sequence[Comparison], noise: Mapping[NoiseKey, float],
         n = noise.get(k, math.nan)
         if math.isfinite(c.ref_fp32_error):
             n = c.ref_fp32_error if not math.isfinite(n) else max(n, c.ref_fp32_error)
-        if not math.isfinite(n):
-            continue
-        c.noise = n
-        c.noise_ratio = c.max_abs / n if n > 0 else (0.0 if c.max_abs == 0 else math.inf)
-        if c.ok or not math.isfinite(c.max_abs) or c.note.startswith(("missing", "shape")):
-            continue
-        fixed = c.max_abs / c.excess if c.excess > 0 and math.isfinite(c.excess) else 0.0
-        bound = max(fixed, factor * n)
-        c.excess = c.max_abs / bound if bound > 0 else math.inf
-        c.ok = bool(c.excess <= 1.0)
-        if c.ok:
-            c.note = f"within NOISE_FACTOR x measured noise (error/noise {c.noise_ratio:.3g})"
+        judge_with_noise(c, n, factor)
 
 
 def perturbed_torch(torch_model: Any, p: Perturbation) -> Any:

@@ -36,11 +36,11 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["NOISE_MEMBERS", "NOISE_FACTOR", "NOISE_THREADS", "Perturbation", "ensemble",
+__all__ = ["judge_with_noise", "NOISE_MEMBERS", "NOISE_FACTOR", "NOISE_THREADS", "Perturbation", "ensemble",
            "NoiseAccumulator", "NoiseModel", "NoiseVerdict", "measure_noise", "max_abs_diff"]
 
 #: Perturbed fp32 runs per measurement (plus the fp64 run where there is one); each costs one
@@ -207,3 +207,22 @@ def measure_noise(run_reference: Callable[[Perturbation], Mapping[str, np.ndarra
     if truth is not None:
         acc.add(-1, truth, ref)
     return acc.model, ref
+
+
+def judge_with_noise(comparison: "object", noise: float, factor: float = NOISE_FACTOR) -> None:
+    """Record ``noise`` and error/noise on a :class:`parity.compare.Comparison`; a failing one
+    passes if it is within ``factor`` x its measured noise (its named bound stays a floor). The
+    one rule of `parity train-step` and the generic engine."""
+    c: Any = comparison
+    if not math.isfinite(noise):
+        return
+    c.noise = noise
+    c.noise_ratio = c.max_abs / noise if noise > 0 else (0.0 if c.max_abs == 0 else math.inf)
+    if c.ok or not math.isfinite(c.max_abs) or c.note.startswith(("missing", "shape")):
+        return
+    fixed = c.max_abs / c.excess if c.excess > 0 and math.isfinite(c.excess) else 0.0
+    bound = max(fixed, factor * noise)
+    c.excess = c.max_abs / bound if bound > 0 else math.inf
+    c.ok = bool(c.excess <= 1.0)
+    if c.ok:
+        c.note = f"within NOISE_FACTOR x measured noise (error/noise {c.noise_ratio:.3g})"

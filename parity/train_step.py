@@ -67,7 +67,8 @@ from cream_arch.outputs import prepare_outputs
 from .compare import (BN_STATS_FP32, BN_STATS_FP64, GRAD_CONTEXT_FLOOR, GRAD_FP32, GRAD_FP64,
                       LOSS_FP32, LR_VALUES, OPTIM_PARAMS_FP32, OPTIM_PARAMS_FP64, STRICT_FP64,
                       Comparison, Tolerance, compare_arrays, compare_named)
-from .noise import NOISE_FACTOR, NOISE_MEMBERS, NOISE_THREADS, NoiseAccumulator, NoiseModel, Perturbation, ensemble
+from .noise import (NOISE_FACTOR, NOISE_MEMBERS, NOISE_THREADS, NoiseAccumulator, NoiseModel,
+                    Perturbation, ensemble, judge_with_noise)
 
 __all__ = ["TrainStepConfig", "TrainStepResult", "FAULTS", "MODES", "FREE_HORIZON", "MIN_JUDGED_STEPS",
            "EMA_FP32", "EMA_FP64",
@@ -583,19 +584,7 @@ def _apply_noise(comps: List[Comparison], noise: NoiseModel) -> None:
     """Raise each comparison's bound to ``NOISE_FACTOR`` x its measured noise where that is larger,
     and record the noise and the ratio error / noise on it."""
     for c in comps:
-        n = noise.of(c.name)
-        if not math.isfinite(n):
-            continue
-        c.noise = n
-        c.noise_ratio = c.max_abs / n if n > 0 else (0.0 if c.max_abs == 0 else math.inf)
-        if c.ok or not math.isfinite(c.max_abs) or c.note.startswith(("missing", "shape")):
-            continue
-        fixed = c.max_abs / c.excess if c.excess > 0 and math.isfinite(c.excess) else 0.0
-        bound = max(fixed, noise.factor * n)
-        c.excess = c.max_abs / bound if bound > 0 else math.inf
-        c.ok = bool(c.excess <= 1.0)
-        if c.ok:
-            c.note = f"within NOISE_FACTOR x measured noise (error/noise {c.noise_ratio:.3g})"
+        judge_with_noise(c, noise.of(c.name), noise.factor)
 
 
 def _noise_spread(comps: List[Comparison]) -> float:
