@@ -41,7 +41,7 @@ from .generic_noise import GENERIC_NOISE_MEMBERS
 from .noise import NOISE_FACTOR, max_abs_diff
 from . import generic_noise as gn
 from .layer_config import CONVENTIONS, ConfigDiff, diff_configs, fused_activation, class_key
-from .runner import ParityConfig, ParityResult, align_bn_constants_to_paddle
+from .runner import ParityConfig, ParityResult, align_bn_constants_to_paddle, param_and_input_grads
 
 __all__ = ["GenericResult", "compare", "SGD_LR", "SGD_MOMENTUM", "SGD_WEIGHT_DECAY", "SGD_STEPS",
            "TARGET_SEED", "no_fp64_kernel", "reference_problem"]
@@ -417,17 +417,9 @@ def _backward(t: Capture, p: Capture, pairs: Mapping[str, str], matching: Any, s
                            truth=tl[k] if k < len(tl) else None)
         out.append(c)
         curve.append((n, c.max_abs / c.ref_scale if c.ref_scale else 0.0, c.excess))
-    n_out = len(t.out_grads)
     got = _map_paddle(p.param_grads, matching, list(t.param_grads))
-    order = {k: first_at.get(_owner(k), n_out) + 0.5 for k in t.param_grads}
-    out += compare_named(got, t.param_grads, category="param_grad", stage=stage,
-                         precision=precision, order=order,
-                         modules={k: _owner(k) for k in t.param_grads}, scale=ctx,
-                         truth=truth.param_grads if truth is not None else None)
-    out.append(compare_arrays(p.input_grad, t.input_grad, category="input_grad", stage=stage,
-                              name="d/d input", order=n_out + 1, precision=precision,
-                              module="input",
-                              truth=truth.input_grad if truth is not None else None))
+    out += param_and_input_grads(got, p.input_grad, t, truth, stage, precision, first_at, ctx,
+                                 "input")
     return out, curve
 
 

@@ -51,11 +51,10 @@ def parse_input_shape(text: Optional[str]) -> Tuple[int, ...]:
     """``'N,C,H,W'`` -> a tuple of 4 positive ints (None: :data:`DEFAULT_INPUT_SHAPE`)."""
     if text is None:
         return DEFAULT_INPUT_SHAPE
-    try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 4 or min(shape) < 1:
+    from converters.generic import parse_shape
+
+    shape = parse_shape(text)  # positive integers, or a one-line error
+    if len(shape) != 4:
         raise PairError(f"--input-shape {text!r}: expected four positive integers N,C,H,W")
     return shape
 

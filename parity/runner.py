@@ -30,7 +30,7 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from .compare import (GRAD_CONTEXT_FLOOR, Comparison, compare_arrays, compare_na
                       first_divergence)
 
 __all__ = ["ParityConfig", "ParityResult", "run_parity", "align_bn_constants_to_paddle",
+           "param_and_input_grads",
            "make_seeded_checkpoint", "STAGES", "PRECISIONS"]
 
 #: Stage groups a run can be limited to (``ParityConfig.stages``).
@@ -356,18 +357,29 @@ def _compare_backward(t: Capture, p: Capture, models: _Models, stage: str, preci
                            truth=tl[k] if k < len(tl) else None)
         out.append(c)
         curve.append((n, c.max_abs / c.ref_scale if c.ref_scale else 0.0, c.excess))
-    n_out = len(t.out_grads)
     pg = _to_torch_names(p.param_grads, models.torch_model, t.param_grads)
-    order = {k: first_at.get(_owner(k), n_out) + 0.5 for k in t.param_grads}
-    out += compare_named(pg, t.param_grads, category="param_grad", stage=stage,
-                         precision=precision, order=order,
-                         modules={k: _owner(k) for k in t.param_grads}, scale=ctx,
-                         truth=truth.param_grads if truth is not None else None)
-    out.append(compare_arrays(p.input_grad, t.input_grad, category="input_grad", stage=stage,
-                              name="d/d input", order=n_out + 1, precision=precision,
-                              module="conv_stem",
-                              truth=truth.input_grad if truth is not None else None))
+    out += param_and_input_grads(pg, p.input_grad, t, truth, stage, precision, first_at, ctx,
+                                 "conv_stem")
     return out, curve
+
+
+def param_and_input_grads(port_param_grads: Mapping[str, np.ndarray], port_input_grad: Any,
+                          t: Any, truth: Any, stage: str, precision: str,
+                          first_at: Mapping[str, int], ctx: Optional[float],
+                          input_module: str) -> List[Comparison]:
+    """Every parameter gradient (in torch names, ordered after the module that owns it) and the
+    input gradient (blamed on ``input_module``), compared with the reference capture ``t``."""
+    n_out = len(t.out_grads)
+    order = {k: first_at.get(_owner(k), n_out) + 0.5 for k in t.param_grads}
+    out = compare_named(port_param_grads, t.param_grads, category="param_grad", stage=stage,
+                        precision=precision, order=order,
+                        modules={k: _owner(k) for k in t.param_grads}, scale=ctx,
+                        truth=truth.param_grads if truth is not None else None)
+    out.append(compare_arrays(port_input_grad, t.input_grad, category="input_grad", stage=stage,
+                              name="d/d input", order=n_out + 1, precision=precision,
+                              module=input_module,
+                              truth=truth.input_grad if truth is not None else None))
+    return out
 
 
 def _bn_stats(t: Capture, p: Capture, models: _Models, stage: str, precision: str,
