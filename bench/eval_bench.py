@@ -65,7 +65,7 @@ def _make_images(folder: Path, n: int) -> Path:
     """``n`` JPEGs of a typical ImageNet size in one class folder, cycling through the photos."""
     from PIL import Image
 
-    import cream_data as cd
+    import cream_core.data as cd
 
     cls = folder / "val" / cd.imagenet_wnids()[0]
     cls.mkdir(parents=True)
@@ -78,7 +78,7 @@ def _make_images(folder: Path, n: int) -> Path:
 
 def _photos(res: int) -> np.ndarray:
     """The bundled photos, preprocessed as the official evaluation does."""
-    import cream_data as cd
+    import cream_core.data as cd
 
     t = cd.EvalTransform(res)
     return cd.normalize(np.stack([t(p) for p in cd.sample_files()]))
@@ -94,8 +94,8 @@ import warnings
 warnings.filterwarnings("ignore")
 from converters.convert import convert_checkpoint
 import numpy as np
-import cream_data as cd
-from cream_arch import child_spec
+import cream_core.data as cd
+from cream_core.arch import child_spec
 from cream_torch_ref.models import seeded_official_checkpoint
 t = cd.EvalTransform(child_spec({name!r}).resolution)
 photos = cd.normalize(np.stack([t(p) for p in cd.sample_files()[:CALIBRATION_PHOTOS]]))
@@ -111,7 +111,7 @@ convert_checkpoint({str(folder / "model.pth.tar")!r}, {str(folder / "model.pdpar
 # --- one configuration (child process) -------------------------------------------------------------
 
 def _forward(spec: Dict[str, Any]):
-    from cream_arch import child_spec
+    from cream_core.arch import child_spec
 
     res = child_spec(spec["model"]).resolution
     if spec["framework"] == "torch":
@@ -134,7 +134,7 @@ def _cpu() -> float:
 
 def run_model_only(spec: Dict[str, Any]) -> Dict[str, Any]:
     """Median images/s (wall and CPU) of the forward on a fixed batch; logits on the photos."""
-    from cream_arch import seeded_input
+    from cream_core.arch import seeded_input
 
     _, forward, res = _forward(spec)
     x = seeded_input(spec["batch"], res, seed=0)
@@ -153,7 +153,7 @@ def run_model_only(spec: Dict[str, Any]) -> Dict[str, Any]:
 
 def run_end_to_end(spec: Dict[str, Any]) -> Dict[str, Any]:
     """cream-eval's path: decode in workers + forward; images/s and cores busy."""
-    import cream_data as cd
+    import cream_core.data as cd
 
     if spec["framework"] == "torch":
         import cream_torch_ref
@@ -165,7 +165,7 @@ def run_end_to_end(spec: Dict[str, Any]) -> Dict[str, Any]:
         from cream_paddle.evaluate import evaluate
 
         net = cream_paddle.create_model(spec["model"], checkpoint=spec["pdparams"])
-    from cream_arch import child_spec
+    from cream_core.arch import child_spec
 
     loader = cd.EvalLoader(cd.open_dataset(spec["data"]), child_spec(spec["model"]).resolution,
                            batch_size=spec["batch"], workers=spec["workers"])
@@ -182,8 +182,8 @@ def run_end_to_end(spec: Dict[str, Any]) -> Dict[str, Any]:
 def run_bound(spec: Dict[str, Any]) -> Dict[str, Any]:
     """One core's seconds per image: the official transform (decode + exact resize + crop) of the
     files, and the model on one thread at the benchmark's batch size (median of ``reps``)."""
-    import cream_data as cd
-    from cream_arch import seeded_input
+    import cream_core.data as cd
+    from cream_core.arch import seeded_input
 
     spec = {**spec, "threads": 1}
     _, forward, res = _forward(spec)
@@ -276,7 +276,7 @@ def _configs(cores: int) -> List[Tuple[str, str, str, int]]:
 def bench(models: List[str], images: int, batch: int, reps: int, rounds: int, workers: int,
           tmp: Path) -> Tuple[Dict[str, Any], List[List[str]]]:
     """Run every configuration ``rounds`` times round-robin; returns the report and table rows."""
-    import cream_data as cd
+    import cream_core.data as cd
 
     cores = cd.default_workers()
     data = _make_images(tmp / "data", images)
@@ -331,7 +331,7 @@ def bench(models: List[str], images: int, batch: int, reps: int, rounds: int, wo
 
 def _val_inputs(tmp: Path, images: int) -> Dict[str, str]:
     """``images`` val-sized JPEGs as the val tar and the flat folder, with a LOC csv."""
-    from cream_data.synthetic_val import write_synthetic_val
+    from cream_core.data.synthetic_val import write_synthetic_val
 
     sv = write_synthetic_val(tmp / "val", n=images, seed=0, size=IMAGENET_TYPICAL_SIZE)
     shutil.rmtree(sv.folder)  # the val/<wnid>/ copy is not measured here
@@ -341,7 +341,7 @@ def _val_inputs(tmp: Path, images: int) -> Dict[str, str]:
 def bench_inputs(models: List[str], images: int, batch: int, reps: int, rounds: int,
                  tmp: Path) -> Tuple[Dict[str, Any], List[List[str]]]:
     """cream-eval on tar vs folder, 1 vs 2 processes, against the bound measured alongside."""
-    import cream_data as cd
+    import cream_core.data as cd
 
     cores = cd.default_workers()
     data = _val_inputs(tmp, images)
@@ -409,7 +409,7 @@ def main(argv: "List[str] | None" = None) -> int:
     if args.child:
         return _child(args.child)
 
-    import cream_data as cd
+    import cream_core.data as cd
     from tabulate import tabulate
 
     if args.omp_wait == "default":

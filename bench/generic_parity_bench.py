@@ -305,7 +305,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                       "padiff")})
     _print(res)
     if args.json:
-        from cream_arch.atomic import atomic_write_text
+        from cream_core.io.atomic import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(res, indent=1, default=str) + "\n")
         print(f"\nJSON: {args.json}")

@@ -151,7 +151,7 @@ def padiff_worker(args: argparse.Namespace) -> int:
     import cream_paddle.optim as PO
     import cream_torch_ref.losses as TL
     import cream_torch_ref.optim as TO
-    from cream_arch import child_spec, seeded_input
+    from cream_core.arch import child_spec, seeded_input
     from cream_torch_ref import create_model
 
     torch.set_num_threads(1)

@@ -43,10 +43,10 @@ def _worker(args: argparse.Namespace) -> Dict[str, Any]:
     """Time one meta and one plain iteration in ``args.framework`` (called in a fresh process)."""
     import numpy as np
 
-    from cream_arch.board import PrioritizedBoard
-    from cream_arch.search_config import SearchConfig
-    from cream_arch.search_space import search_for_layer, plan_supernet, validate_cand
-    from cream_arch.seeded import seeded_input, seeded_state
+    from cream_core.search.board import PrioritizedBoard
+    from cream_core.config.search import SearchConfig
+    from cream_core.arch.supernet import search_for_layer, plan_supernet, validate_cand
+    from cream_core.arch.seeded import seeded_input, seeded_state
 
     found = search_for_layer(0, args.flops_max)
     plan = plan_supernet(found.sta_num)
@@ -76,7 +76,7 @@ def _worker(args: argparse.Namespace) -> Dict[str, Any]:
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
         import paddle
 
-        from cream_arch.rules import apply_rules, paddle_layout
+        from cream_core.rules import apply_rules, paddle_layout
         from cream_paddle import search as S
         from cream_paddle.supernet import SuperNet
 

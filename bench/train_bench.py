@@ -53,8 +53,8 @@ def _worker(framework: str, model: str, px: int, batch: int, warmup: int, steps:
     warnings.filterwarnings("ignore")
     import numpy as np
 
-    from cream_arch.configs import load_retrain_config
-    from cream_data.train_masks import step_masks
+    from cream_core.config.retrain import load_retrain_config
+    from cream_core.training.masks import step_masks
 
     if framework == "torch":
         import torch

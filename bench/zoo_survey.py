@@ -119,7 +119,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(survey_one(args.one, shape), default=str))
         sys.stdout.flush()
         os._exit(0)  # skip the frameworks' slow teardown
-    from cream_arch.atomic import atomic_write
+    from cream_core.io.atomic import atomic_write
 
     names = args.names or twin_names()
     rows: List[Dict[str, Any]] = []

@@ -1,6 +1,6 @@
 """Command line of ``convert-ckpt``: parse arguments, call :mod:`converters.convert`, print one line.
 
-Exit status (:mod:`cream_arch.cli_errors`), for Cream checkpoints (``--model``, default
+Exit status (:mod:`cream_core.io.cli_errors`), for Cream checkpoints (``--model``, default
 auto-detection) and any other pair (``--torch MODULE:CALLABLE --paddle MODULE:CALLABLE``, both
 directions, :mod:`converters.generic`) alike: 0 converted; 2 refused, bad input or usage (a bad or
 foreign checkpoint, an output on an input, a callable that does not exist, models that cannot be
@@ -16,10 +16,10 @@ import sys
 import warnings
 from typing import List, Optional
 
-from cream_arch.cli_errors import (EXIT_INTERNAL, EXIT_OK, UsageError, exit_help, input_shape,
+from cream_core.io.cli_errors import (EXIT_INTERNAL, EXIT_OK, UsageError, exit_help, input_shape,
                                    run_cli)
-from cream_arch.errors import CheckpointError, OutputError
-from cream_arch.space import model_names
+from cream_core.io.errors import CheckpointError, OutputError
+from cream_core.arch.space import model_names
 
 from .generic import GenericInputError, add_model_pair_arguments
 
@@ -119,7 +119,7 @@ def _run(args: argparse.Namespace) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Run ``convert-ckpt``; returns the exit status (:mod:`cream_arch.cli_errors`)."""
+    """Run ``convert-ckpt``; returns the exit status (:mod:`cream_core.io.cli_errors`)."""
     return run_cli(build_parser(), argv, _convert)
 
 

@@ -2,8 +2,8 @@
 
 torch -> Paddle (:func:`convert_checkpoint`): read the checkpoint with the project's safe loader
 (:mod:`cream_torch_ref.checkpoint`, no code from the file runs), pick the EMA or raw weights,
-recognise the architecture from the shapes (:func:`cream_arch.detect.detect_arch`) or take the one
-named, build the Paddle model, map every entry with the rules of :mod:`cream_arch.rules` onto the
+recognise the architecture from the shapes (:func:`cream_core.arch.detect.detect_arch`) or take the one
+named, build the Paddle model, map every entry with the rules of :mod:`cream_core.rules` onto the
 model's keys, and write a ``.pdparams`` (what ``paddle.save`` writes) plus a JSON sidecar.
 
 Paddle -> torch (:func:`pdparams_to_pth`): the same in reverse, into the official training's
@@ -15,7 +15,7 @@ to 0 (the value of a fresh BatchNorm; unused with a fixed momentum). A ``.pth.ta
 Output safety: the destination and its sidecar are written to temporary files in the destination
 folder and moved into place with ``os.replace`` only after everything succeeded; an existing file is
 replaced only with ``force``; the destination may never be the source; the source is only read.
-Every failure is a :class:`~cream_arch.errors.CheckpointError` naming the file at fault.
+Every failure is a :class:`~cream_core.io.errors.CheckpointError` naming the file at fault.
 
 Heavy imports (torch, Paddle, timm) happen inside the functions, so that importing this module and
 parsing the command line stay cheap.
@@ -33,13 +33,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from cream_arch.detect import DetectedArch, detect_arch, detect_num_classes
-from cream_arch.errors import CheckpointError, OutputError
-from cream_arch.outputs import commit_files, prepare_outputs
-from cream_arch.search_space import SupernetArch, detect_supernet, plan_supernet
-from cream_arch.space import CHILD_NETS, child_spec
+from cream_core.arch.detect import DetectedArch, detect_arch, detect_num_classes
+from cream_core.io.errors import CheckpointError, OutputError
+from cream_core.io.outputs import commit_files, prepare_outputs
+from cream_core.arch.supernet import SupernetArch, detect_supernet, plan_supernet
+from cream_core.arch.space import CHILD_NETS, child_spec
 
-from cream_arch.rules import Mapped, RuleError, TargetKey, apply_rules
+from cream_core.rules import Mapped, RuleError, TargetKey, apply_rules
 
 __all__ = [
     "ConversionResult",
@@ -229,7 +229,7 @@ def _write_outputs(dst: str, write_main: Callable[[Any], Optional[str]],
     """Write ``dst`` and its sidecar as one crash-consistent set; returns the sha256 of ``dst``.
 
     ``write_main(f)`` writes the content to the open file and may return its sha256 (else the file
-    is re-read). :func:`cream_arch.outputs.commit_files` writes both to temporaries, then renames
+    is re-read). :func:`cream_core.io.outputs.commit_files` writes both to temporaries, then renames
     them under a folder lock with a journal: after a crash, or with a concurrent ``--force`` run,
     the sidecar's ``output_sha256`` always describes the file next to it.
     """
@@ -321,7 +321,7 @@ def convert_checkpoint(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike
         weights: ``'ema'`` (``state_dict_ema`` when present, as the official test) or ``'model'``.
         force: replace existing output files.
 
-    Raises :class:`~cream_arch.errors.CheckpointError` naming the file on any problem; then nothing
+    Raises :class:`~cream_core.io.errors.CheckpointError` naming the file on any problem; then nothing
     is written.
     """
     t0 = time.perf_counter()
@@ -355,7 +355,7 @@ def convert_checkpoint(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike
 
     from cream_paddle.childnet import ChildNet
 
-    from cream_arch.rules import paddle_layout
+    from cream_core.rules import paddle_layout
 
     with paddle.LazyGuard():  # the target's keys, shapes and dtypes; no weights allocated or drawn
         if supernet:
@@ -422,7 +422,7 @@ def pdparams_to_pth(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike[st
     The output holds ``state_dict`` (the converted weights), ``epoch``, ``arch``, ``args`` (None),
     ``optimizer`` (empty) and ``version``, in torch's legacy format by default (readable by the
     official torch 1.2 code). ``num_batches_tracked`` comes from the source's sidecar when it matches
-    the file (sha256), else 0. Raises :class:`~cream_arch.errors.CheckpointError` on any problem;
+    the file (sha256), else 0. Raises :class:`~cream_core.io.errors.CheckpointError` on any problem;
     then nothing is written.
     """
     t0 = time.perf_counter()
@@ -446,7 +446,7 @@ def pdparams_to_pth(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike[st
     from cream_torch_ref.checkpoint import save_official_checkpoint
     from cream_torch_ref.childnet import ChildNet
 
-    from cream_arch.rules import torch_layout
+    from cream_core.rules import torch_layout
 
     with torch.device("meta"):  # the target's keys, shapes and dtypes; no weights allocated
         if supernet:

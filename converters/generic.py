@@ -23,8 +23,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cream_arch.errors import CheckpointError
-from cream_arch.rules import RuleError
+from cream_core.io.errors import CheckpointError
+from cream_core.rules import RuleError
 
 from .convert import (_BackgroundHash, _check_destination, _check_source, _HashingFile,
                       _read_own_sidecar, _write_outputs, default_output, sha256_file, sidecar_path,
@@ -73,7 +73,7 @@ class GenericConversion:
 def add_model_pair_arguments(group: Any) -> None:
     """``--torch``/``--paddle MODULE:CALLABLE`` and their ``--*-kwargs`` (JSON) on an argparse
     group: one definition for every command that takes any model pair."""
-    from cream_arch.cli_errors import json_kwargs, module_callable
+    from cream_core.io.cli_errors import json_kwargs, module_callable
 
     group.add_argument("--torch", metavar="MODULE:CALLABLE", type=module_callable,
                        help="builds the torch model, e.g. torchvision.models:resnet18")

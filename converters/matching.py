@@ -4,8 +4,8 @@ The two trees of a port rarely share names (torchvision's ``features.4.block.2.f
 paddle.vision's ``blocks.3.mid_se.fc1``), but they compute the same layers in the same order. So:
 
 1. **name**: a layer holding state (parameters or persistent buffers) whose path exists on both sides
-   with a compatible kind (:func:`cream_arch.rules.layer_kind`) and the same entries and shapes after
-   the framework rules (:data:`cream_arch.rules.RULES`) is paired by name -- if these pairs keep the
+   with a compatible kind (:func:`cream_core.rules.layer_kind`) and the same entries and shapes after
+   the framework rules (:data:`cream_core.rules.RULES`) is paired by name -- if these pairs keep the
    execution order of both sides (a coincidental name elsewhere in the tree is not trusted);
 2. **order**: the other stateful layers, between two such anchors, are paired by execution order
    (forward pre-hooks, one run each side at the example input in eval mode), and every pair must agree
@@ -30,9 +30,9 @@ from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequ
 
 import numpy as np
 
-from cream_arch.atomic import atomic_write_text
-from cream_arch.rules import RULE_FAMILIES, RuleError, kinds_compatible, layer_kind, rule_for
-from cream_arch.statecheck import KeyReport
+from cream_core.io.atomic import atomic_write_text
+from cream_core.rules import RULE_FAMILIES, RuleError, kinds_compatible, layer_kind, rule_for
+from cream_core.io.statecheck import KeyReport
 
 __all__ = [
     "LayerMatch",

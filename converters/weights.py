@@ -3,8 +3,8 @@
 Parity and conversion tests need weights nobody has to download. Seeded values alone make a poor
 test network: eval-mode BatchNorm with running statistics unrelated to the activations never
 renormalises, the input-dependent part of the signal shrinks block by block, and the logits hardly
-depend on the input (as found for Cream; see :mod:`cream_arch.seeded`). So
-:func:`seed_and_calibrate` draws every entry with :func:`cream_arch.seeded.seeded_array` (the same
+depend on the input (as found for Cream; see :mod:`cream_core.arch.seeded`). So
+:func:`seed_and_calibrate` draws every entry with :func:`cream_core.arch.seeded.seeded_array` (the same
 per-key values the Cream checkpoints use: deterministic from ``(seed, key, shape)``), then sets each
 BatchNorm's running statistics to those of the input it sees on the given images -- the bundled
 photos (:func:`bundled_photos`), as a benchmark on photos needs.
@@ -15,17 +15,17 @@ from typing import Any, Optional
 
 import numpy as np
 
-from cream_arch.seeded import seeded_state
+from cream_core.arch.seeded import seeded_state
 
 __all__ = ["seed_and_calibrate", "bundled_photos"]
 
 
 def bundled_photos(height: int, width: Optional[int] = None, *, count: Optional[int] = None
                    ) -> np.ndarray:
-    """The bundled photos (``cream_data/samples``, sorted by name; the first ``count``) as an
+    """The bundled photos (``cream_core/data/samples``, sorted by name; the first ``count``) as an
     ``N x 3 x height x width`` float32 batch: the official eval crop (square, at the larger side,
     then centre-cropped to ``height x width``) and ImageNet normalisation."""
-    import cream_data as cd
+    import cream_core.data as cd
 
     width = height if width is None else width
     if min(height, width) < 1:

@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cream_arch.errors import CheckpointError
+from cream_core.io.errors import CheckpointError
 
 __all__ = ["X2PaddleExport", "export_with_x2paddle", "run_x2paddle", "load_predictor",
            "convert_with_x2paddle", "inference_files"]

@@ -1,13 +1,13 @@
 """What the command-line tools share: framework names, threads, the output guard; the error
-convention (exit codes, one-line errors, validators) is :mod:`cream_arch.cli_errors`."""
+convention (exit codes, one-line errors, validators) is :mod:`cream_core.io.cli_errors`."""
 from __future__ import annotations
 
 import os
 import sys
 from typing import Dict, Iterable, Optional
 
-from cream_arch.cli_errors import UsageError, run_cli, safe_streams
-from cream_arch.outputs import prepare_outputs
+from cream_core.io.cli_errors import UsageError, run_cli, safe_streams
+from cream_core.io.outputs import prepare_outputs
 
 __all__ = ["FRAMEWORKS", "UsageError", "set_threads", "run_cli", "guard_outputs", "safe_streams"]
 
@@ -38,6 +38,6 @@ def set_threads(framework: str, threads: Optional[int]) -> None:
 
 def guard_outputs(prog: str, files: Dict[str, Optional[str]], inputs: Iterable[Optional[str]],
                   folders: Optional[Dict[str, Optional[str]]] = None) -> None:
-    """:func:`cream_arch.outputs.prepare_outputs` for a tool, telling clean-ups on stderr."""
+    """:func:`cream_core.io.outputs.prepare_outputs` for a tool, telling clean-ups on stderr."""
     prepare_outputs(files, inputs, folders,
                     log=lambda msg: print(f"{prog}: note: {msg}", file=sys.stderr))

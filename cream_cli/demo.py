@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from cream_arch.cli_errors import exit_help, int_at_least, run_cli
-from cream_arch.errors import CheckpointError
+from cream_core.io.cli_errors import exit_help, int_at_least, run_cli
+from cream_core.io.errors import CheckpointError
 
 __all__ = ["check_against_official", "run_demo", "build_parser", "main"]
 
@@ -40,8 +40,8 @@ def check_against_official() -> List[Dict[str, Any]]:
     import numpy as np
     import torch
 
-    from cream_arch import child_spec, model_flops_params, seeded_child_state, seeded_input
-    from cream_arch.golden import golden_childnets, golden_logits
+    from cream_core.arch import child_spec, model_flops_params, seeded_child_state, seeded_input
+    from cream_core.arch.golden import golden_childnets, golden_logits
     from cream_torch_ref import create_model, list_models
 
     gold = golden_childnets()["models"]
@@ -71,7 +71,7 @@ def run_demo(ckpt: Optional[str] = None, model: str = "auto", out: str = "out/de
              batch: int = 2, x2paddle: bool = True, train_demo: bool = False,
              train_epochs: Optional[int] = None) -> int:
     """Run the whole main job; returns the process exit code (0 iff every check passed, 1 if one
-    failed); a bad checkpoint raises :class:`~cream_arch.errors.CheckpointError` (exit 2)."""
+    failed); a bad checkpoint raises :class:`~cream_core.io.errors.CheckpointError` (exit 2)."""
     from tabulate import tabulate
 
     from converters.convert import convert_checkpoint
@@ -143,8 +143,8 @@ def _evaluate(name: str, ckpt: str, pdparams: str, out_dir: Path) -> bool:
     import numpy as np
     from tabulate import tabulate
 
-    import cream_data as cd
-    from cream_arch import child_spec
+    import cream_core.data as cd
+    from cream_core.arch import child_spec
     from cream_cli.eval import run_eval
     from cream_torch_ref import create_model
     from cream_torch_ref.evaluate import forward_logits
@@ -175,7 +175,7 @@ def _evaluate(name: str, ckpt: str, pdparams: str, out_dir: Path) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``cream-demo`` command line."""
-    from cream_arch import model_names
+    from cream_core.arch import model_names
 
     p = argparse.ArgumentParser(prog="cream-demo", description=__doc__,
                                 epilog=exit_help("a check failed"),
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Parse arguments and run :func:`run_demo` (exit codes: :mod:`cream_arch.cli_errors`)."""
+    """Parse arguments and run :func:`run_demo` (exit codes: :mod:`cream_core.io.cli_errors`)."""
     return run_cli(build_parser(), argv, _run)
 
 

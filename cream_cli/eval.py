@@ -16,15 +16,15 @@ import os
 import sys
 from typing import Any, Dict, Mapping, Optional, Sequence
 
-from cream_arch import child_spec, model_names
-from cream_arch.cli_errors import exit_help, int_at_least
-from cream_arch.errors import CheckpointError
-from cream_arch.outputs import commit_files
-from cream_data import (EVAL_LAYOUTS, BadDataError, EvalLoader, EvalResult, ImageDataset,
+from cream_core.arch import child_spec, model_names
+from cream_core.io.cli_errors import exit_help, int_at_least
+from cream_core.io.errors import CheckpointError
+from cream_core.io.outputs import commit_files
+from cream_core.data import (EVAL_LAYOUTS, BadDataError, EvalLoader, EvalResult, ImageDataset,
                         default_workers, open_eval_data)
-from cream_data.eval_journal import (PARTIAL_SUFFIX, RESUME_SUFFIX, PredictionJournal,
+from cream_core.data.eval_journal import (PARTIAL_SUFFIX, RESUME_SUFFIX, PredictionJournal,
                                      ResumeError, file_sha256, run_fingerprint)
-from cream_data.loader import DEFAULT_BATCH_SIZE, OMP_ENV
+from cream_core.data.loader import DEFAULT_BATCH_SIZE, OMP_ENV
 
 from cream_cli.common import FRAMEWORKS, UsageError, guard_outputs, run_cli
 
@@ -143,7 +143,7 @@ def run_eval(framework: str, model: str, weights: str, data: str, *, layout: str
              ) -> "tuple[Optional[EvalResult], ImageDataset]":
     """Index ``data``, check the ``outputs`` (option -> file, plus the predictions journal's files)
     against the weights, the labels, the data and every image folder
-    (:func:`cream_arch.outputs.prepare_outputs`), load the model and evaluate it; returns the
+    (:func:`cream_core.io.outputs.prepare_outputs`), load the model and evaluate it; returns the
     result and the dataset.
 
     Under ``torchrun`` / ``paddle.distributed.launch`` each process evaluates its share and rank 0

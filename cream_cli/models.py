@@ -6,8 +6,8 @@ import json
 import sys
 from typing import Dict, List, Optional
 
-from cream_arch import CHILD_NETS, model_flops_params
-from cream_arch.cli_errors import exit_help, run_cli
+from cream_core.arch import CHILD_NETS, model_flops_params
+from cream_core.io.cli_errors import exit_help, run_cli
 
 __all__ = ["model_table", "main"]
 
@@ -24,7 +24,7 @@ def model_table() -> List[Dict[str, object]]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Print the model table (or JSON with ``--json``); exit codes: :mod:`cream_arch.cli_errors`."""
+    """Print the model table (or JSON with ``--json``); exit codes: :mod:`cream_core.io.cli_errors`."""
     p = argparse.ArgumentParser(prog="cream-models", description=__doc__, epilog=exit_help())
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return run_cli(p, argv, _print_table)

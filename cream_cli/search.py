@@ -1,6 +1,6 @@
 """``cream-search``: train a Cream supernet with the official search algorithm, in PyTorch or Paddle.
 
-Defaults are the official search settings (``cream_arch/configs/search.yaml``: the official
+Defaults are the official search settings (``cream_core/config/search.yaml``: the official
 ``train.yaml`` over ``lib/config.py``: Nesterov SGD lr 1.0 with the per-iteration linear decay, meta
 lr 1e-4, weight decay 1e-4, label smoothing 0.1, FLOPs 0..600, board of 10, meta pick, PRE_PROB
 sampling, meta-matching every 200 iterations from epoch 21, batch 128 per process, 120 epochs).
@@ -42,11 +42,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cream_arch.cli_errors import exit_help, int_at_least
-from cream_arch.atomic import atomic_write
-from cream_arch.outputs import commit_files
-from cream_arch.errors import CheckpointError
-from cream_arch.search_config import SearchConfig, load_search_config
+from cream_core.io.cli_errors import exit_help, int_at_least
+from cream_core.io.atomic import atomic_write
+from cream_core.io.outputs import commit_files
+from cream_core.io.errors import CheckpointError
+from cream_core.config.search import SearchConfig, load_search_config
 
 from cream_cli.common import FRAMEWORKS, UsageError, guard_outputs, run_cli, set_threads
 
@@ -135,7 +135,7 @@ class _TorchBackend(_Backend):
             self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
 
     def build(self) -> Any:
-        from cream_arch.search_space import flops_table
+        from cream_core.arch.supernet import flops_table
         from cream_torch_ref import search as S
         from cream_torch_ref.supernet import create_supernet
 
@@ -203,7 +203,7 @@ class _PaddleBackend(_Backend):
             self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
 
     def build(self) -> Any:
-        from cream_arch.search_space import flops_table
+        from cream_core.arch.supernet import flops_table
         from cream_paddle import search as S
         from cream_paddle.supernet import create_supernet
 
@@ -346,7 +346,7 @@ class _Log:
                 with open(self.path, "a", encoding="utf-8", errors="surrogateescape") as f:
                     f.write(line + "\n")
             except OSError as e:
-                from cream_arch.outputs import OutputError, os_problem
+                from cream_core.io.outputs import OutputError, os_problem
                 raise OutputError(self.path, f"could not be written ({os_problem(e)})") from None
 
 
@@ -357,7 +357,7 @@ def _board_lines(board: Any) -> List[str]:
 
 # --- the loop ----------------------------------------------------------------------------------------
 def _resolve_data(opts: SearchOptions, cfg: SearchConfig) -> Tuple[Any, Any]:
-    from cream_data import BadDataError, open_train_val
+    from cream_core.data import BadDataError, open_train_val
 
     train_set, val_set = open_train_val(opts.data, opts.val_data, opts.layout, cfg.num_classes)
     if train_set.num_classes != cfg.num_classes:
@@ -402,9 +402,9 @@ def _differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> List[str]:
 def run_search(cfg: SearchConfig, opts: SearchOptions, log: Optional[Callable[[str], None]] = None
                ) -> SearchOutcome:
     """Train the supernet with the official search and write the outputs (see the module docstring)."""
-    from cream_data import EvalLoader, normalize
-    from cream_data.train_loader import TrainLoader
-    from cream_data.train_transforms import TrainTransform
+    from cream_core.data import EvalLoader, normalize
+    from cream_core.data.train_loader import TrainLoader
+    from cream_core.data.train_transforms import TrainTransform
 
     t_run = time.perf_counter()
     if opts.framework not in FRAMEWORKS:
@@ -538,7 +538,7 @@ def run_search(cfg: SearchConfig, opts: SearchOptions, log: Optional[Callable[[s
                                           "before META_STA_EPOCH)"
         best_info = {"prec1": best_seen["prec1"], "flops": best_seen["flops"]}
     if main_rank and best is not None:
-        from cream_arch.search_space import child_state_from_supernet, decoded_arch_list
+        from cream_core.arch.supernet import child_state_from_supernet, decoded_arch_list
 
         arch_file = os.path.join(opts.output, BEST_ARCH)
         child_file = os.path.join(opts.output, "best_child" + _SUFFIX[opts.framework])
@@ -580,7 +580,7 @@ def _evaluate(searcher: Any, loader: Any, cand: Sequence[Sequence[int]], max_bat
 # --- command line --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The ``cream-search`` command line."""
-    from cream_data import LAYOUTS
+    from cream_core.data import LAYOUTS
 
     p = argparse.ArgumentParser(prog="cream-search", description=__doc__,
                                 epilog=exit_help("the loss became NaN or inf"),
@@ -643,7 +643,7 @@ def _data_roots(data: str) -> List[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``cream-search``; returns the exit status (0 ok, 1 the loss became NaN/inf, 2 bad input
-    or usage: see :mod:`cream_arch.cli_errors`)."""
+    or usage: see :mod:`cream_core.io.cli_errors`)."""
     return run_cli(build_parser(), argv, _run)
 
 
@@ -675,7 +675,7 @@ def _run(args: argparse.Namespace) -> int:
         for k, v in outcome.files.items():
             print(f"{k}: {v}")
         if args.json:
-            from cream_data import write_json
+            from cream_core.data import write_json
             write_json(args.json, asdict(outcome))
     return 0
 

@@ -1,6 +1,6 @@
 """``cream-train``: retrain a Cream child net in PyTorch or Paddle with the official recipe.
 
-Defaults are the official retraining configs (``cream_arch/configs/retrain.yaml``: RMSpropTF lr 0.064
+Defaults are the official retraining configs (``cream_core/config/retrain.yaml``: RMSpropTF lr 0.064
 eps 1e-3, step decay 0.973 every 2.4 epochs after 3 warm-up epochs from 1e-6, weight decay 1e-5,
 EMA 0.9999, dropout 0.2, label smoothing 0.1, RandAugment rand-m9-mstd0.5, random erasing 0.2
 pixel, batch 128); ``--config FILE`` (same keys) and the options below override them.
@@ -29,11 +29,11 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cream_arch.cli_errors import exit_help, int_at_least
-from cream_arch import model_names
-from cream_arch.configs import RetrainConfig, config_path, load_retrain_config
-from cream_arch.errors import CheckpointError
-from cream_data import LAYOUTS, ImageDataset, open_dataset, open_train_val
+from cream_core.io.cli_errors import exit_help, int_at_least
+from cream_core.arch import model_names
+from cream_core.config.retrain import RetrainConfig, config_path, load_retrain_config
+from cream_core.io.errors import CheckpointError
+from cream_core.data import LAYOUTS, ImageDataset, open_dataset, open_train_val
 
 from cream_cli.common import FRAMEWORKS, UsageError, guard_outputs, run_cli, set_threads
 
@@ -103,7 +103,7 @@ def run_train(framework: str, cfg: RetrainConfig, train_set: ImageDataset,
               val_set: Optional[ImageDataset], output: Optional[str], *,
               resume: Optional[str] = None, workers: Optional[int] = None, progress: bool = True,
               max_steps: Optional[int] = None, shards: int = 1, log: Any = print) -> Any:
-    """Train with ``framework``'s backend; returns the :class:`cream_data.train_loop.TrainResult`."""
+    """Train with ``framework``'s backend; returns the :class:`cream_core.training.loop.TrainResult`."""
     if resume is not None and not os.path.isfile(resume):
         raise CheckpointError(resume, "no such checkpoint file" if not os.path.exists(resume)
                               else "not a file")
@@ -128,7 +128,7 @@ def _summary_table(result: Any) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``cream-train``; returns the exit status (0 ok, 1 the loss became NaN/inf, 2 bad input
-    or usage: see :mod:`cream_arch.cli_errors`)."""
+    or usage: see :mod:`cream_core.io.cli_errors`)."""
     return run_cli(build_parser(), argv, _run)
 
 
@@ -143,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
     output = args.output or os.path.join("output", f"{args.model}-{args.framework}")
     if os.path.exists(output) and not os.path.isdir(output):
         raise UsageError(f"--output {output} exists and is not a folder")
-    from cream_data.train_loop import checkpoint_names
+    from cream_core.training.loop import checkpoint_names
     guard_outputs("cream-train", {f"--output ({os.path.basename(p)})": p
                                   for p in checkpoint_names(output, suffix).values()}
                   | {"--json": args.json},
@@ -162,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
         print(_summary_table(result))
         print(f"checkpoints in {output} (last: {os.path.basename(result.last_checkpoint)})")
         if args.json:
-            from cream_data import write_json
+            from cream_core.data import write_json
             write_json(args.json, {**result.to_dict(), "config": cfg.to_dict()})
             print(f"wrote {args.json}")
     return 0

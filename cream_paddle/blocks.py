@@ -4,7 +4,7 @@ There is no timm for Paddle, so these classes re-implement the timm 1.0 blocks t
 uses (``cream_torch_ref.blocks`` re-exports the originals under the same names). Each class has the
 constructor arguments of its timm twin, in the same order and with the same defaults (framework
 classes replaced by their Paddle counterparts), and the same sub-layer attribute names, so that a
-state-dict key differs between the two only by framework convention (see ``cream_arch.rules``).
+state-dict key differs between the two only by framework convention (see ``cream_core.rules``).
 
 Options the Cream networks never use and that would need more than a renaming to port (space-to-depth
 stems, anti-aliasing layers, CondConv, dynamic 'same' padding, non-affine or untracked BatchNorm,
@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
 import paddle
 import paddle.nn as nn
 
-from cream_arch.plan import make_divisible
+from cream_core.arch.plan import make_divisible
 
 from . import compat
 

@@ -1,6 +1,6 @@
-"""Build Paddle blocks from the framework-free plan (:func:`cream_arch.plan_network`).
+"""Build Paddle blocks from the framework-free plan (:func:`cream_core.arch.plan_network`).
 
-:func:`make_block` turns one :class:`~cream_arch.BlockPlan` into its layer; the child nets use it
+:func:`make_block` turns one :class:`~cream_core.arch.BlockPlan` into its layer; the child nets use it
 through :func:`build_blocks`, and a supernet can call it for every candidate of a searchable slot.
 ``cream_torch_ref.builder`` has the same functions, returning timm's blocks.
 """
@@ -11,7 +11,7 @@ from typing import Optional
 
 import paddle.nn as nn
 
-from cream_arch.plan import BlockPlan, NetPlan
+from cream_core.arch.plan import BlockPlan, NetPlan
 
 from .blocks import ConvBnAct, DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
 

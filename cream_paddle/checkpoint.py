@@ -6,7 +6,7 @@ file is read with a restricted unpickler whose :data:`ALLOWED_GLOBALS` hold only
 dtype rebuilders and plain containers. No Paddle import is needed to read, so the converter and the
 parity harness can inspect a file cheaply.
 
-Every failure is a :class:`~cream_arch.errors.CheckpointError` whose one-line text names the file.
+Every failure is a :class:`~cream_core.io.errors.CheckpointError` whose one-line text names the file.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
 
-from cream_arch.errors import CheckpointError
-from cream_arch.statecheck import KeyReport, compare_shapes
+from cream_core.io.errors import CheckpointError
+from cream_core.io.statecheck import KeyReport, compare_shapes
 
 __all__ = [
     "CheckpointError",

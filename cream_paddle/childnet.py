@@ -6,7 +6,7 @@ the same configuration as the official ``gen_childnet``: stem 16, head 1280 with
 the head conv, Swish, squeeze-excite from the expanded width rounded to 8 with ReLU and hard-sigmoid,
 BatchNorm eps 1e-5 / momentum 0.1 (torch convention), official "goog" initialisation.
 
-The architecture comes from :func:`cream_arch.child_arch_def` through :func:`cream_arch.plan_network`.
+The architecture comes from :func:`cream_core.arch.child_arch_def` through :func:`cream_core.arch.plan_network`.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import List, Sequence
 import paddle
 import paddle.nn as nn
 
-from cream_arch import NUM_FEATURES, STEM_SIZE, child_arch_def, make_divisible, plan_network
+from cream_core.arch import NUM_FEATURES, STEM_SIZE, child_arch_def, make_divisible, plan_network
 
 from . import compat
 from .blocks import BatchNormAct2d, SelectAdaptivePool2d, SqueezeExcite
@@ -31,7 +31,7 @@ cream_se_layer = partial(SqueezeExcite, gate_layer="hard_sigmoid", force_act_lay
 
 
 class ChildNet(nn.Layer):
-    """A Cream child net given by its choice list (one index into ``cream_arch.CHOICES`` per block).
+    """A Cream child net given by its choice list (one index into ``cream_core.arch.CHOICES`` per block).
 
     Args:
         arch_list: stage-wise choice indices, e.g. ``[[0], [3], [3, 3], [3, 3], [3], [3], [0]]``.

@@ -28,7 +28,7 @@ drop path                   timm ``drop_path``: per-sample          :func:`drop_
                             Bernoulli mask, divided by keep prob
 Linear weight layout        ``[out_features, in_features]``         ``[in_features, out_features]``:
                                                                     transposed by the conversion rules
-                                                                    (:mod:`cream_arch.rules`).
+                                                                    (:mod:`cream_core.rules`).
 global mean pooling         ``x.mean((2, 3))`` (SE, head pool)     :func:`spatial_mean`: the pooling kernel
                                                                     (``adaptive_avg_pool2d(x, 1)``): same
                                                                     value up to rounding; Paddle's ``mean``

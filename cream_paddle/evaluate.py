@@ -2,7 +2,7 @@
 
 Twin of ``cream_torch_ref.evaluate`` (same functions, same signatures). Only the forward pass is
 framework code; decoding, normalisation, top-k and loss are the shared, framework-free
-:func:`cream_data.run_evaluation`, so both frameworks see the same float32 input and are scored
+:func:`cream_core.data.run_evaluation`, so both frameworks see the same float32 input and are scored
 by the same arithmetic.
 
 Forward modes (``mode=``):
@@ -30,9 +30,9 @@ from typing import Iterator, Optional
 import numpy as np
 import paddle
 
-from cream_data import EvalLoader, EvalResult, ForwardFn, run_evaluation
-from cream_data.eval_journal import PredictionJournal
-from cream_data.sharded_eval import Comm
+from cream_core.data import EvalLoader, EvalResult, ForwardFn, run_evaluation
+from cream_core.data.eval_journal import PredictionJournal
+from cream_core.data.sharded_eval import Comm
 
 __all__ = ["FRAMEWORK", "FORWARD_MODES", "AUTO_MODE", "AUTO_COMPILE_MIN_IMAGES", "INFERENCE_ONEDNN",
            "resolve_mode", "make_forward", "forward_logits", "init_comm", "evaluate"]
@@ -201,7 +201,7 @@ def evaluate(model: paddle.nn.Layer, loader: EvalLoader, *, mode: str = "auto",
              ) -> Optional[EvalResult]:
     """Top-1/top-5 (percent), mean cross-entropy and images/s of ``model`` over ``loader``; with
     ``comm`` (:func:`init_comm`) this process's share, merged on rank 0 (the others get ``None``);
-    ``journal``/``resume``: the predictions file as it goes (:mod:`cream_data.sharded_eval`)."""
+    ``journal``/``resume``: the predictions file as it goes (:mod:`cream_core.data.sharded_eval`)."""
     forward = make_forward(model, resolve_mode(mode, loader.num_images), loader.img_size, threads)
     return run_evaluation(forward, loader, FRAMEWORK, keep_logits=keep_logits, progress=progress,
                           desc=desc or FRAMEWORK, comm=comm, journal=journal, resume=resume)

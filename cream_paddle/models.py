@@ -7,7 +7,7 @@ from typing import List, Optional
 import numpy as np
 import paddle
 
-from cream_arch import child_spec, model_names
+from cream_core.arch import child_spec, model_names
 
 from .checkpoint import CheckpointError, check_state_dict, load_checkpoint
 from .childnet import ChildNet
@@ -24,7 +24,7 @@ def load_weights(model: paddle.nn.Layer, checkpoint: "os.PathLike[str] | str",
                  use_ema: bool = True) -> str:
     """Load a ``.pdparams`` file into ``model`` strictly; returns which entry was used.
 
-    Raises :class:`~cream_arch.errors.CheckpointError` naming the file on any missing, unexpected,
+    Raises :class:`~cream_core.io.errors.CheckpointError` naming the file on any missing, unexpected,
     mis-shaped or mis-typed key, before touching the model.
     """
     ck = load_checkpoint(checkpoint, use_ema=use_ema)

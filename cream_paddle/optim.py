@@ -15,7 +15,7 @@ Twin of ``cream_torch_ref.optim`` (same function names and arguments). How each 
 * **Weight decay filter** (``add_weight_decay``): per-group ``weight_decay`` floats, which Paddle
   turns into ``L2Decay`` on each parameter (``g += wd * p``, timm's non-decoupled decay).
 * **Schedules**: :class:`CreamLRScheduler` is a ``paddle.optimizer.lr.LRScheduler`` whose values come
-  from the framework-free :mod:`cream_arch.schedules`. Its ``last_epoch`` semantics match both torch's
+  from the framework-free :mod:`cream_core.training.schedules`. Its ``last_epoch`` semantics match both torch's
   ``LambdaLR`` (``step()`` per iteration) and timm's epoch schedulers (``step(epoch + 1)`` after an
   epoch, the warmup start value from construction on).
 """
@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import paddle
 
-from cream_arch.schedules import Schedule, SupernetLinearSchedule, retrain_schedule, supernet_iters
+from cream_core.training.schedules import Schedule, SupernetLinearSchedule, retrain_schedule, supernet_iters
 
 __all__ = ["param_groups_weight_decay", "create_search_optimizer", "create_retrain_optimizer",
            "create_search_scheduler", "create_retrain_scheduler", "RMSpropTF", "CreamLRScheduler"]

@@ -1,9 +1,9 @@
 """The Cream supernet in Paddle, twin of :mod:`cream_torch_ref.supernet` (same names and order).
 
 Every candidate block is built by :func:`cream_paddle.builder.make_block` from the framework-free
-plan of :func:`cream_arch.search_space.plan_supernet` -- the builder the child nets use -- so layer
+plan of :func:`cream_core.arch.supernet.plan_supernet` -- the builder the child nets use -- so layer
 paths, parameter names and registration order equal the torch twin's and the official model's;
-state dicts differ only by the framework conventions of ``cream_arch.rules`` (BN buffer names,
+state dicts differ only by the framework conventions of ``cream_core.rules`` (BN buffer names,
 Linear weight layout, no ``num_batches_tracked``).
 
 For the meta-matching step, wrap forward passes in :func:`cream_paddle.second_order.second_order_mode`,
@@ -28,7 +28,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from cream_arch.search_space import SupernetPlan, plan_supernet, search_for_layer, validate_cand
+from cream_core.arch.supernet import SupernetPlan, plan_supernet, search_for_layer, validate_cand
 
 from . import compat
 from .blocks import BatchNormAct2d, SelectAdaptivePool2d

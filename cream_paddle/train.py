@@ -4,12 +4,12 @@ Same functions and classes as the torch module, built from the Paddle port: :cla
 framework differences in :mod:`cream_paddle.compat`), :class:`~cream_paddle.optim.RMSpropTF` (timm's
 update: mean square started at 1, eps inside the root, lr in the momentum buffer, L2 decay on the
 gradient, none on biases and 1-D parameters), the framework-free schedules of
-:mod:`cream_arch.schedules` stepped per epoch, :class:`~cream_paddle.losses.LabelSmoothingCrossEntropy`,
+:mod:`cream_core.training.schedules` stepped per epoch, :class:`~cream_paddle.losses.LabelSmoothingCrossEntropy`,
 and :class:`ModelEma`, a re-implementation of timm's ``ModelEma`` (every state-dict entry —
 parameters and BatchNorm statistics — updated as ``ema * decay + (1 - decay) * model``).
 
 Data, augmentation, drop masks and the loop are the same framework-free code as for torch
-(:mod:`cream_data.train_loop`). Checkpoints are ``.pdparams`` pickles of numpy arrays, readable by
+(:mod:`cream_core.training.loop`). Checkpoints are ``.pdparams`` pickles of numpy arrays, readable by
 :func:`cream_paddle.checkpoint.load_checkpoint` and ``convert-ckpt``: ``state_dict``,
 ``state_dict_ema``, ``optimizer`` (accumulators keyed by structured parameter names, so they load in
 any process), ``epoch``, ``arch``, ``args``, ``version``. Multi-process runs use
@@ -26,14 +26,14 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from cream_arch import child_spec
-from cream_arch.atomic import atomic_write
-from cream_arch.errors import CheckpointError
-from cream_data import EvalLoader, EvalResult
-from cream_data.datasets import ImageDataset
-from cream_data.train_loop import TrainResult, run_training
-from cream_data.train_loader import TrainBatch
-from cream_data.train_masks import MaskSpec, StepMasks
+from cream_core.arch import child_spec
+from cream_core.io.atomic import atomic_write
+from cream_core.io.errors import CheckpointError
+from cream_core.data import EvalLoader, EvalResult
+from cream_core.data.datasets import ImageDataset
+from cream_core.training.loop import TrainResult, run_training
+from cream_core.data.train_loader import TrainBatch
+from cream_core.training.masks import MaskSpec, StepMasks
 
 from . import compat, optim
 from .blocks import DropPath
@@ -342,7 +342,7 @@ def train_checkpoint_writer(model: nn.Layer, ema: Optional[ModelEma],
                             optimizer: paddle.optimizer.Optimizer, epoch: int, cfg: Any
                             ) -> Callable[[Any], None]:
     """``write(f)`` of a ``.pdparams`` training checkpoint, for
-    :func:`cream_arch.outputs.commit_files` (the state is taken now, not when ``f`` is written)."""
+    :func:`cream_core.io.outputs.commit_files` (the state is taken now, not when ``f`` is written)."""
     obj: Dict[str, Any] = {
         "epoch": int(epoch), "arch": _official_arch(cfg), "args": _plain(cfg.to_dict()),
         "version": 2, "state_dict": _arrays(model),
@@ -354,7 +354,7 @@ def train_checkpoint_writer(model: nn.Layer, ema: Optional[ModelEma],
 
 
 def _check_args(path: str, args: Any, cfg: Any) -> None:
-    from cream_arch.configs import check_resume_args
+    from cream_core.config.retrain import check_resume_args
 
     check_resume_args(path, args, cfg)
 
@@ -396,7 +396,7 @@ def init_distributed() -> Tuple[int, int]:
 
 
 class Backend:
-    """The Paddle half of :func:`cream_data.train_loop.run_training` (twin of the torch class)."""
+    """The Paddle half of :func:`cream_core.training.loop.run_training` (twin of the torch class)."""
 
     framework = FRAMEWORK
     checkpoint_suffix = CHECKPOINT_SUFFIX

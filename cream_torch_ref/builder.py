@@ -1,8 +1,8 @@
-"""Build timm blocks from the framework-free plan (:func:`cream_arch.plan_network`).
+"""Build timm blocks from the framework-free plan (:func:`cream_core.arch.plan_network`).
 
 The child nets themselves are built by timm's own ``decode_arch_def`` / ``EfficientNetBuilder`` (see
 :mod:`cream_torch_ref.childnet`); these functions build the same blocks from a
-:class:`~cream_arch.BlockPlan` instead, for a supernet that instantiates every candidate of a slot,
+:class:`~cream_core.arch.BlockPlan` instead, for a supernet that instantiates every candidate of a slot,
 and so that a test can check the plan against timm's builder. ``cream_paddle.builder`` has the same
 functions, returning the Paddle blocks.
 """
@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch.nn as nn
 
-from cream_arch.plan import BlockPlan, NetPlan
+from cream_core.arch.plan import BlockPlan, NetPlan
 
 from .blocks import ConvBnAct, DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
 

@@ -27,8 +27,8 @@ from typing import IO, Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
-from cream_arch.errors import CheckpointError  # framework-free, shared with cream_paddle
-from cream_arch.statecheck import KeyReport, compare_shapes
+from cream_core.io.errors import CheckpointError  # framework-free, shared with cream_paddle
+from cream_core.io.statecheck import KeyReport, compare_shapes
 
 __all__ = [
     "CheckpointError",
@@ -237,7 +237,7 @@ def save_official_checkpoint(path: "os.PathLike[str] | str | IO[bytes]",
                              optimizer: Optional[Mapping[str, Any]] = None, legacy: bool = True
                              ) -> None:
     """Write a checkpoint in the layout of the official training (timm 0.1.20 ``CheckpointSaver``)
-    to a path or an open binary file (e.g. :func:`cream_arch.atomic.atomic_write`'s).
+    to a path or an open binary file (e.g. :func:`cream_core.io.atomic.atomic_write`'s).
 
     ``legacy=True`` writes torch's pre-1.6 non-zip format, as torch 1.2 did.
     """

@@ -10,7 +10,7 @@ the official ``gen_childnet`` configures its model:
   (``rd_round_fn=round_channels``), ReLU inside (``force_act_layer``) and a hard-sigmoid gate;
 * BatchNorm with torch defaults (eps 1e-5, momentum 0.1).
 
-The architecture itself comes from :func:`cream_arch.child_arch_def`, which reproduces the
+The architecture itself comes from :func:`cream_core.arch.child_arch_def`, which reproduces the
 official decoder's quirks.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from timm.models import MobileNetV3
 from timm.models._efficientnet_blocks import SqueezeExcite
 from timm.models._efficientnet_builder import decode_arch_def, round_channels
 
-from cream_arch import NUM_FEATURES, STEM_SIZE, child_arch_def
+from cream_core.arch import NUM_FEATURES, STEM_SIZE, child_arch_def
 
 __all__ = ["ChildNet", "cream_se_layer"]
 
@@ -35,7 +35,7 @@ cream_se_layer = partial(SqueezeExcite, gate_layer="hard_sigmoid", force_act_lay
 
 
 class ChildNet(MobileNetV3):
-    """A Cream child net given by its choice list (one index into ``cream_arch.CHOICES`` per block).
+    """A Cream child net given by its choice list (one index into ``cream_core.arch.CHOICES`` per block).
 
     Args:
         arch_list: stage-wise choice indices, e.g. ``[[0], [3], [3, 3], [3, 3], [3], [3], [0]]``.

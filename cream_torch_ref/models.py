@@ -7,7 +7,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from cream_arch import child_spec, model_names
+from cream_core.arch import child_spec, model_names
 
 from .checkpoint import check_state_dict, load_checkpoint, save_official_checkpoint
 from .childnet import ChildNet
@@ -57,17 +57,17 @@ def seeded_official_checkpoint(name: str, path: "os.PathLike[str] | str", *, leg
                                ) -> "os.PathLike[str] | str":
     """Write a seeded checkpoint of model ``name`` in the official training's layout.
 
-    The weights are :func:`cream_arch.seeded_child_state` of the model (raw: ``seed_raw``, EMA:
+    The weights are :func:`cream_core.arch.seeded_child_state` of the model (raw: ``seed_raw``, EMA:
     ``seed_ema``; no EMA entry when it is None): seeded values with BN statistics calibrated so the
     logits depend on the input, the weights the golden logits of the official code were made with.
     Tests and the demo therefore need no downloaded file. ``args`` is a yacs ``CfgNode`` like the
     official configs (``'yacs'``, needs yacs installed to *write*), an argparse ``Namespace``
     (``'namespace'``) or absent (``'none'``). ``module_prefix`` adds DDP's ``module.`` prefix.
-    ``calibration_images``: see :func:`cream_arch.seeded_child_state`.
+    ``calibration_images``: see :func:`cream_core.arch.seeded_child_state`.
     """
     import argparse
 
-    from cream_arch import seeded_child_state
+    from cream_core.arch import seeded_child_state
 
     arch_list = child_spec(name).arch_list
     pre = "module." if module_prefix else ""

@@ -9,7 +9,7 @@
   bias/BN filter), and timm's step or cosine schedule stepped per epoch.
 
 The twin ``cream_paddle.optim`` has the same functions; the schedules' math is framework-free in
-:mod:`cream_arch.schedules`, and the parity harness compares both sides step by step.
+:mod:`cream_core.training.schedules`, and the parity harness compares both sides step by step.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 from timm.optim import RMSpropTF
 from timm.scheduler import CosineLRScheduler, StepLRScheduler
 
-from cream_arch.schedules import SupernetLinearSchedule, supernet_iters
+from cream_core.training.schedules import SupernetLinearSchedule, supernet_iters
 
 __all__ = ["param_groups_weight_decay", "create_search_optimizer", "create_retrain_optimizer",
            "create_search_scheduler", "create_retrain_scheduler", "RMSpropTF"]

@@ -58,10 +58,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cream_arch.board import BoardEntry, PrioritizedBoard
-from cream_arch.schedules import SupernetLinearSchedule, supernet_iters
-from cream_arch.search_config import SearchConfig
-from cream_arch.search_space import FlopsTable
+from cream_core.search.board import BoardEntry, PrioritizedBoard
+from cream_core.training.schedules import SupernetLinearSchedule, supernet_iters
+from cream_core.config.search import SearchConfig
+from cream_core.arch.supernet import FlopsTable
 
 from .losses import LabelSmoothingCrossEntropy, cross_entropy, cross_entropy_loss_with_soft_target
 from .supernet import SuperNet

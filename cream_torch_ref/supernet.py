@@ -8,7 +8,7 @@ with bias, Swish, classifier), and it carries the *meta layer* of the meta-match
 
 Here each candidate is built by :func:`cream_torch_ref.builder.make_block` (timm's
 ``InvertedResidual`` / ``DepthwiseSeparableConv`` / ``ConvBnAct``) from the framework-free plan of
-:func:`cream_arch.search_space.plan_supernet`; the same builder serves the child nets, and the Paddle
+:func:`cream_core.arch.supernet.plan_supernet`; the same builder serves the child nets, and the Paddle
 twin (:mod:`cream_paddle.supernet`) builds from the same plan. The squeeze-excite gate is the
 official ``relu6(x + 3) / 6`` (:class:`HardSigmoid`), which torch can differentiate twice.
 State-dict keys, shapes and order are
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, SelectAdaptivePool2d
 from timm.models._efficientnet_builder import efficientnet_init_weights
 
-from cream_arch.search_space import SupernetPlan, plan_supernet, search_for_layer, validate_cand
+from cream_core.arch.supernet import SupernetPlan, plan_supernet, search_for_layer, validate_cand
 
 from .builder import make_block
 
@@ -54,7 +54,7 @@ class SuperNet(nn.Module):
     """Every candidate path of the Cream search space in one module.
 
     Args:
-        plan: the resolved supernet (:func:`cream_arch.search_space.plan_supernet`).
+        plan: the resolved supernet (:func:`cream_core.arch.supernet.plan_supernet`).
         num_classes: classifier width.
         slice: images per board entry; sets the meta layer's input width (``num_classes * slice``).
         drop_rate: dropout before the classifier (the official search uses 0).

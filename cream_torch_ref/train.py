@@ -6,11 +6,11 @@ classifier, optional drop path), timm's ``RMSpropTF`` with the bias/BN weight-de
 step/cosine schedule stepped per epoch (:mod:`cream_torch_ref.optim`), timm's
 ``LabelSmoothingCrossEntropy`` and timm's ``ModelEma`` (every state-dict entry, buffers included).
 Data, augmentation, drop masks and the epoch loop are framework-free
-(:mod:`cream_data.train_loop`); this module supplies the framework half (:class:`Backend`).
+(:mod:`cream_core.training.loop`); this module supplies the framework half (:class:`Backend`).
 
 Twin: ``cream_paddle.train`` has the same names. Differences from the official run, on purpose:
 
-* drop-path / dropout masks come from numpy (:mod:`cream_data.train_masks`) through
+* drop-path / dropout masks come from numpy (:mod:`cream_core.training.masks`) through
   :class:`MaskInjector`, so both frameworks drop the same units; the masks follow timm's rule
   (per-sample / per-unit Bernoulli, kept units scaled by ``1/keep``);
 * data-parallel runs use the CPU ``gloo`` backend (``torchrun``) and plain per-process BatchNorm,
@@ -28,14 +28,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.utils import ModelEma
 
-from cream_arch import child_spec
-from cream_arch.atomic import atomic_write
-from cream_arch.errors import CheckpointError
-from cream_data import EvalLoader, EvalResult
-from cream_data.datasets import ImageDataset
-from cream_data.train_loop import TrainResult, run_training
-from cream_data.train_loader import TrainBatch
-from cream_data.train_masks import MaskSpec, StepMasks
+from cream_core.arch import child_spec
+from cream_core.io.atomic import atomic_write
+from cream_core.io.errors import CheckpointError
+from cream_core.data import EvalLoader, EvalResult
+from cream_core.data.datasets import ImageDataset
+from cream_core.training.loop import TrainResult, run_training
+from cream_core.data.train_loader import TrainBatch
+from cream_core.training.masks import MaskSpec, StepMasks
 
 from . import optim
 from .blocks import DropPath
@@ -237,7 +237,7 @@ def train_checkpoint_writer(model: nn.Module, ema: Optional[ModelEma],
                             optimizer: torch.optim.Optimizer, epoch: int, cfg: Any
                             ) -> Callable[[Any], None]:
     """``write(f)`` of the official layout (``state_dict``, ``state_dict_ema``, ``optimizer``,
-    ``epoch``, ``arch``, ``args``, ``version``), for :func:`cream_arch.outputs.commit_files`."""
+    ``epoch``, ``arch``, ``args``, ``version``), for :func:`cream_core.io.outputs.commit_files`."""
     return lambda f: save_official_checkpoint(
         f, model.state_dict(), ema.ema.state_dict() if ema is not None else None, epoch=epoch,
         args=cfg.to_dict(), arch=_official_arch(cfg), optimizer=optimizer_state(model, optimizer))
@@ -250,7 +250,7 @@ def save_train_checkpoint(path: str, model: nn.Module, ema: Optional[ModelEma],
 
 
 def _check_args(path: str, args: Any, cfg: Any) -> None:
-    from cream_arch.configs import check_resume_args
+    from cream_core.config.retrain import check_resume_args
 
     check_resume_args(path, args, cfg)
 
@@ -259,7 +259,7 @@ def load_train_checkpoint(path: str, model: nn.Module, ema: Optional[ModelEma],
                           optimizer: torch.optim.Optimizer, cfg: Any) -> int:
     """Restore model, EMA and optimizer from a checkpoint of :func:`save_train_checkpoint`;
     returns its epoch. Read with the project's restricted unpickler; every problem is a
-    :class:`~cream_arch.errors.CheckpointError` naming the file, raised before anything changes."""
+    :class:`~cream_core.io.errors.CheckpointError` naming the file, raised before anything changes."""
     obj = read_checkpoint(path)
     if not isinstance(obj, Mapping) or "state_dict" not in obj or "epoch" not in obj:
         raise CheckpointError(path, "is not a training checkpoint (needs 'state_dict' and 'epoch' "
@@ -296,10 +296,10 @@ def init_distributed() -> Tuple[int, int]:
 
 
 class Backend:
-    """The torch half of :func:`cream_data.train_loop.run_training` (model, optimizer, EMA, I/O).
+    """The torch half of :func:`cream_core.training.loop.run_training` (model, optimizer, EMA, I/O).
 
     Args:
-        cfg: the recipe (:class:`cream_arch.configs.RetrainConfig`).
+        cfg: the recipe (:class:`cream_core.config.retrain.RetrainConfig`).
         distributed: join the process group when launched by ``torchrun`` (default: if it did).
         shards: emulate that many data-parallel processes in this one (see :func:`train_step`).
     """

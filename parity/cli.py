@@ -10,7 +10,7 @@ Subcommands:
   (:mod:`parity.search_step`).
 * ``parity train-step``: k retraining steps in both frameworks (:mod:`parity.train_step`).
 
-Exit status (every subcommand, :mod:`cream_arch.cli_errors`): 0 pass, 1 divergence beyond
+Exit status (every subcommand, :mod:`cream_core.io.cli_errors`): 0 pass, 1 divergence beyond
 tolerance, 2 bad input or usage (or a subcommand that is not available), 130 interrupted.
 """
 from __future__ import annotations
@@ -21,10 +21,10 @@ import os
 import sys
 from typing import Callable, List, Optional
 
-from cream_arch import model_names
-from cream_arch.cli_errors import (EXIT_BAD_INPUT, UsageError, exit_help, input_shape, int_at_least,
+from cream_core.arch import model_names
+from cream_core.io.cli_errors import (EXIT_BAD_INPUT, UsageError, exit_help, input_shape, int_at_least,
                                    run_body, safe_streams)
-from cream_arch.errors import CheckpointError, OutputError
+from cream_core.io.errors import CheckpointError, OutputError
 
 from converters.generic import add_model_pair_arguments  # cheap: no framework import
 
@@ -170,7 +170,7 @@ def _run_command(args: argparse.Namespace) -> int:
         mutate = fault.apply
         print(f"injecting fault {fault.name!r} into the Paddle model: {fault.description} "
               f"(expect the first divergence at {fault.module})")
-    from cream_arch.outputs import prepare_outputs
+    from cream_core.io.outputs import prepare_outputs
 
     # real paths: never on the checkpoint or in its folder's place; writable; before the work
     prepare_outputs({"--json": json_path, "plot": plot_path}, [args.ckpt], {"--report": report},

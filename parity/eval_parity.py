@@ -1,6 +1,6 @@
 """``parity eval``: the torch reference and the Paddle port on the same images, image for image.
 
-Each batch is decoded once (official eval preprocessing, :mod:`cream_data`) and the very same
+Each batch is decoded once (official eval preprocessing, :mod:`cream_core.data`) and the very same
 float32 array goes through both models, so any difference comes from the models alone. Reported:
 each framework's top-1/top-5 and loss, per-image top-1 agreement, the largest logit difference, and
 every image where the two top-1 predictions differ.
@@ -30,13 +30,13 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from cream_arch import child_spec, model_names
-from cream_arch.cli_errors import float_in, int_at_least, run_body, run_cli
-from cream_arch.outputs import prepare_outputs
-from cream_data import (EVAL_LAYOUTS, BadDataError, BadItem, EvalAccumulator, EvalLoader, EvalResult,
+from cream_core.arch import child_spec, model_names
+from cream_core.io.cli_errors import float_in, int_at_least, run_body, run_cli
+from cream_core.io.outputs import prepare_outputs
+from cream_core.data import (EVAL_LAYOUTS, BadDataError, BadItem, EvalAccumulator, EvalLoader, EvalResult,
                         iterate_normalized, open_eval_data, progress_bar,
                         write_json)
-from cream_data.loader import DEFAULT_BATCH_SIZE, OMP_ENV
+from cream_core.data.loader import DEFAULT_BATCH_SIZE, OMP_ENV
 
 from .compare import LAYER_FP32, LOGITS_FP32, Tolerance
 

@@ -17,8 +17,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from cream_arch.cli_errors import UsageError
-from cream_arch.outputs import prepare_outputs
+from cream_core.io.cli_errors import UsageError
+from cream_core.io.outputs import prepare_outputs
 
 __all__ = ["PairError", "ModelPair", "parse_input_shape", "build_pair",
            "run_generic", "DEFAULT_INPUT_SHAPE", "INPUT_SEED", "WEIGHTS_SEED"]
@@ -61,7 +61,7 @@ def parse_input_shape(text: Optional[str]) -> Tuple[int, ...]:
 
 def _load_ckpt(path: str, torch_model: Any) -> None:
     """Load a plain state dict or ``{'state_dict': ...}`` safely into ``torch_model``."""
-    from cream_arch.errors import CheckpointError
+    from cream_core.io.errors import CheckpointError
     from cream_torch_ref.checkpoint import check_state_dict, load_checkpoint
 
     try:
@@ -166,7 +166,7 @@ def run_generic(args: argparse.Namespace) -> int:
     # paths, never onto an input, outputs distinct, folders created and writable
     prepare_outputs({"--json": out["json"], "plot": out["plot"], "matching": out["matching"]},
                     [args.ckpt, args.map], {"--report": out["report"]})
-    from cream_arch.atomic import atomic_write
+    from cream_core.io.atomic import atomic_write
     from converters.matching import save_matching
 
     from .generic import compare

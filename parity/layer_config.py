@@ -169,7 +169,7 @@ _ALIASES: Mapping[str, Tuple[str, ...]] = {"batchnorm": ("batchnorm1d", "batchno
 
 def class_key(layer: Any) -> str:
     """The key of a layer's configuration table: its class name lower-cased (``Conv2d`` and
-    ``Conv2D`` are both ``conv2d``); not :func:`cream_arch.rules.layer_kind`, the canonical kind
+    ``Conv2D`` are both ``conv2d``); not :func:`cream_core.rules.layer_kind`, the canonical kind
     the state-dict rules and the matching use."""
     return type(layer).__name__.lower()
 

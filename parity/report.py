@@ -5,7 +5,7 @@ import json
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from cream_arch.atomic import atomic_write
+from cream_core.io.atomic import atomic_write
 
 from .compare import CATEGORIES, Comparison, STAGE_ORDER, tolerance_for
 from .runner import ParityResult

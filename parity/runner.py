@@ -18,7 +18,7 @@ compared under the named tolerances of :mod:`parity.compare`):
 Weights: the torch reference loads an official-format checkpoint (the one given, or one generated from
 a seed); the Paddle port loads the ``.pdparams`` that ``convert-ckpt``'s converter makes from it, so
 the converter is part of what is checked. Gradient and statistic names are mapped with the
-converter's rules (:mod:`cream_arch.rules`), never with a second table.
+converter's rules (:mod:`cream_core.rules`), never with a second table.
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from cream_arch import child_spec, seeded_input
-from cream_arch.atomic import atomic_write
+from cream_core.arch import child_spec, seeded_input
+from cream_core.io.atomic import atomic_write
 
 from .capture import Capture, Event, capture_paddle, capture_torch
 from .compare import (GRAD_CONTEXT_FLOOR, Comparison, compare_arrays, compare_named,
@@ -192,7 +192,7 @@ def make_seeded_checkpoint(name: str, path: str, seed: int = 1, resolution: Opti
                            ) -> None:
     """An official-format checkpoint (torch 1.2 legacy layout) of ``name`` with seeded weights.
 
-    ``state_dict_ema`` (what the harness loads) holds :func:`cream_arch.seeded_child_state`: seeded
+    ``state_dict_ema`` (what the harness loads) holds :func:`cream_core.arch.seeded_child_state`: seeded
     weights with BN statistics calibrated on a batch at ``resolution``, so activations and logits
     are as input-dependent as a trained net's. ``state_dict`` holds plain :func:`seeded_state`
     values (the file needs it; nothing reads it). Calibration runs a float64 numpy forward pass, so
@@ -200,7 +200,7 @@ def make_seeded_checkpoint(name: str, path: str, seed: int = 1, resolution: Opti
     """
     import torch
 
-    from cream_arch import seeded_child_state, seeded_state
+    from cream_core.arch import seeded_child_state, seeded_state
     from cream_torch_ref import save_official_checkpoint
 
     arch = child_spec(name).arch_list
@@ -250,7 +250,7 @@ def _to_torch_names(paddle_values: Dict[str, np.ndarray], torch_model: Any,
     Uses the converter's rules (renames such as ``_mean`` -> ``running_mean``, the Linear transpose);
     shapes and dtypes are taken from ``ref`` so gradients of an fp64 run map too.
     """
-    from cream_arch.rules import RuleError, TargetKey, apply_rules, torch_layout
+    from cream_core.rules import RuleError, TargetKey, apply_rules, torch_layout
 
     kinds = torch_layout(torch_model)
     layout = {k: TargetKey(tuple(v.shape), v.dtype.name, kinds[k].kind) for k, v in ref.items()}
@@ -266,7 +266,7 @@ def _to_torch_names(paddle_values: Dict[str, np.ndarray], torch_model: Any,
 
 def _paddle_twin(torch_key: str) -> str:
     """The Paddle name of a torch state-dict key, for filtering only (the rules do the mapping)."""
-    from cream_arch.rules import RULES
+    from cream_core.rules import RULES
 
     prefix, _, leaf = torch_key.rpartition(".")
     for r in RULES:
@@ -472,7 +472,7 @@ def _compare_losses(t_logits: np.ndarray, p_logits: np.ndarray, target: np.ndarr
 def _to_paddle_names(torch_values: Dict[str, np.ndarray], paddle_model: Any
                      ) -> Dict[str, np.ndarray]:
     """Torch-named arrays (gradients) as the Paddle model's names and layouts, by the converter rules."""
-    from cream_arch.rules import RuleError, TargetKey, apply_rules, paddle_layout
+    from cream_core.rules import RuleError, TargetKey, apply_rules, paddle_layout
 
     trainable = {n for n, p in paddle_model.named_parameters() if not p.stop_gradient}
     kinds = paddle_layout(paddle_model)

@@ -22,9 +22,9 @@ list as changed must still equal the initial state.
 
 Compact golden files (the ones in ``tests/data/golden_search``) keep the repository small:
 ``init_seed`` + ``state_keys_shapes`` instead of ``init_state_dict`` (the weights are
-``cream_arch.seeded``, or with ``init_scheme: "official"`` the official initialisation's rules,
-:mod:`cream_arch.official_init`), ``x``/``board_x`` in float16 (exactly the values used), and tensors above
-``cream_arch.digest.FULL_LIMIT`` elements as digests (see :mod:`cream_arch.digest`), which are checked
+``cream_core.arch.seeded``, or with ``init_scheme: "official"`` the official initialisation's rules,
+:mod:`cream_core.arch.official_init`), ``x``/``board_x`` in float16 (exactly the values used), and tensors above
+``cream_core.io.digest.FULL_LIMIT`` elements as digests (see :mod:`cream_core.io.digest`), which are checked
 on sampled elements, norm, sum and random projections.
 
 Tolerances are the named constants below, and in fp32 at least ``NOISE_FACTOR`` times the
@@ -50,14 +50,14 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cream_arch.atomic import atomic_write
-from cream_arch.digest import is_digest, sample_positions
-from cream_arch.cli_errors import UsageError, int_at_least, run_body, run_cli
-from cream_arch.search_config import SearchConfig
-from cream_arch.search_space import plan_supernet, search_for_layer
-from cream_arch.official_init import OFFICIAL_INIT, official_init_state
-from cream_arch.outputs import prepare_outputs
-from cream_arch.seeded import seeded_state
+from cream_core.io.atomic import atomic_write
+from cream_core.io.digest import is_digest, sample_positions
+from cream_core.io.cli_errors import UsageError, int_at_least, run_body, run_cli
+from cream_core.config.search import SearchConfig
+from cream_core.arch.supernet import plan_supernet, search_for_layer
+from cream_core.arch.official_init import OFFICIAL_INIT, official_init_state
+from cream_core.io.outputs import prepare_outputs
+from cream_core.arch.seeded import seeded_state
 
 from .compare import GRAD_CONTEXT_FLOOR, Tolerance
 from .noise import NOISE_FACTOR, NOISE_MEMBERS, NoiseModel, Perturbation, measure_noise
@@ -319,7 +319,7 @@ def load_golden(path: str) -> Golden:
 
 def _check_inputs(g: Golden) -> None:
     """Shapes and ranges of the batch, the board entry and the paths."""
-    from cream_arch.search_space import validate_cand
+    from cream_core.arch.supernet import validate_cand
 
     n = g.x.shape[0]
     if g.y.shape != (n,):
@@ -419,7 +419,7 @@ def run_torch(g: Golden, precision: str = "fp32",
 
     from cream_torch_ref import search as S
     from cream_torch_ref.supernet import SuperNet
-    from cream_arch.board import PrioritizedBoard
+    from cream_core.search.board import PrioritizedBoard
 
     dt = torch.float64 if precision == "fp64" else torch.float32
     plan = plan_supernet(g.sta_num)
@@ -445,8 +445,8 @@ def run_paddle(g: Golden, precision: str = "fp32", fault: Optional[str] = None) 
     """The iteration with :mod:`cream_paddle.search` (``fault``: a name from :data:`FAULTS`)."""
     import paddle
 
-    from cream_arch.rules import apply_rules, paddle_layout
-    from cream_arch.board import PrioritizedBoard
+    from cream_core.rules import apply_rules, paddle_layout
+    from cream_core.search.board import PrioritizedBoard
     from cream_paddle import search as S
     from cream_paddle.supernet import SuperNet
 
@@ -546,7 +546,7 @@ def _tensor_row(pair: str, group: str, name: str, got: Optional[np.ndarray], ref
         val = _np(ref["val"]).astype(np.float64)
         mine = a.ravel()[sample_positions(name, n)]
         d_elem = float(np.abs(mine - val).max()) if val.size else 0.0
-        from cream_arch.digest import tensor_digest
+        from cream_core.io.digest import tensor_digest
 
         dig = tensor_digest(name, a)
         d_norm = abs(dig["l2"] - float(_np(ref["l2"])))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cream_arch import model_names
+from cream_core.arch import model_names
 from parity.compare import CATEGORIES, STAGE_ORDER
 from parity.runner import ParityConfig, run_parity
 
@@ -112,7 +112,7 @@ def test_cli_bad_checkpoint_is_one_line_error(tmp_path: Path,
 
 def test_seeded_inputs_are_the_same_in_both_frameworks() -> None:
     """The harness feeds one numpy array to both; check it is not re-drawn per framework."""
-    from cream_arch import seeded_input
+    from cream_core.arch import seeded_input
 
     a, b = seeded_input(2, 64, 0), seeded_input(2, 64, 0)
     assert np.array_equal(a, b) and a.dtype == np.float32

@@ -5,11 +5,11 @@ Both frameworks run their own training code (``cream_torch_ref.train`` / ``cream
 
 * identical initial weights (torch's initialisation, mapped to Paddle by the converter's rules),
 * identical batches: the bundled photos through the framework-free official augmentation
-  (:mod:`cream_data.train_transforms`: random-resized crop, flip, RandAugment ``rand-m9-mstd0.5``,
+  (:mod:`cream_core.data.train_transforms`: random-resized crop, flip, RandAugment ``rand-m9-mstd0.5``,
   prefetcher normalisation, random erasing 0.2 pixel), one epoch per step,
 * identical drop masks: drop path (rate ``--drop-path-rate``, 0.2 by default so it is exercised; the
   official retraining used none) and dropout 0.2 before the classifier, drawn in numpy
-  (:mod:`cream_data.train_masks`) and injected into both models (``MaskInjector``),
+  (:mod:`cream_core.training.masks`) and injected into both models (``MaskInjector``),
 * the official recipe (RMSpropTF lr 0.064 eps 1e-3 alpha 0.9 momentum 0.9, weight decay 1e-5 without
   bias/BN decay, label smoothing 0.1, EMA), with the LR schedule stepped after *every* step
   (``step(k)``, one "epoch" per step) so that the k steps walk through the warm-up from 1e-6 and the
@@ -60,9 +60,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from cream_arch import model_names
-from cream_arch.cli_errors import float_in, int_at_least, run_body
-from cream_arch.outputs import prepare_outputs
+from cream_core.arch import model_names
+from cream_core.io.cli_errors import float_in, int_at_least, run_body
+from cream_core.io.outputs import prepare_outputs
 
 from .compare import (BN_STATS_FP32, BN_STATS_FP64, GRAD_CONTEXT_FLOOR, GRAD_FP32, GRAD_FP64,
                       LOSS_FP32, LR_VALUES, OPTIM_PARAMS_FP32, OPTIM_PARAMS_FP64, STRICT_FP64,
@@ -194,7 +194,7 @@ class TrainStepResult:
 # ------------------------------------------------------------------------------------------------
 
 def _recipe(cfg: TrainStepConfig) -> Any:
-    from cream_arch.configs import load_retrain_config
+    from cream_core.config.retrain import load_retrain_config
 
     return load_retrain_config(cfg.model, num_classes=cfg.num_classes, batch_size=cfg.batch_size,
                                img_size=cfg.img_size or 0, drop_path_rate=cfg.drop_path_rate,
@@ -203,9 +203,9 @@ def _recipe(cfg: TrainStepConfig) -> Any:
 
 def _batches(recipe: Any, steps: int) -> List[Tuple[np.ndarray, np.ndarray, Any]]:
     """``steps`` augmented batches of the bundled photos (one epoch each) with their drop masks."""
-    from cream_data import file_dataset, sample_files
-    from cream_data.train_loader import TrainLoader
-    from cream_data.train_transforms import TrainTransform
+    from cream_core.data import file_dataset, sample_files
+    from cream_core.data.train_loader import TrainLoader
+    from cream_core.data.train_transforms import TrainTransform
 
     files = sample_files()
     reps = -(-recipe.batch_size // len(files))
@@ -259,7 +259,7 @@ class _Side:
                 model = model.double()
         else:
             from cream_paddle import train as T
-            from cream_arch.rules import apply_rules, paddle_layout
+            from cream_core.rules import apply_rules, paddle_layout
 
             self.mod = T
             model = T.build_model(recipe)
@@ -382,7 +382,7 @@ class _Side:
     def load_from_torch(self, snap: Dict[str, Dict[str, np.ndarray]]) -> None:
         """Set this (Paddle) side to a torch snapshot: weights, BN statistics, optimizer state, EMA."""
         import paddle
-        from cream_arch.rules import apply_rules, paddle_layout
+        from cream_core.rules import apply_rules, paddle_layout
 
         layout = paddle_layout(self.model)
         weights = apply_rules({**snap["params"], **snap["buffers"]}, layout, to="paddle").state_dict
@@ -406,7 +406,7 @@ class _Side:
 def _to_torch_names(values: Dict[str, np.ndarray], torch_ref: Dict[str, np.ndarray],
                     torch_model: Any) -> Dict[str, np.ndarray]:
     """Paddle-named arrays in torch's names and layouts (the converter's rules), for ``torch_ref``'s keys."""
-    from cream_arch.rules import RuleError, TargetKey, apply_rules, torch_layout
+    from cream_core.rules import RuleError, TargetKey, apply_rules, torch_layout
 
     kinds = torch_layout(torch_model)
     layout = {k: TargetKey(tuple(v.shape), v.dtype.name, kinds[k].kind) for k, v in torch_ref.items()}
@@ -419,7 +419,7 @@ def _to_torch_names(values: Dict[str, np.ndarray], torch_ref: Dict[str, np.ndarr
 def _state_to_torch(values: Dict[str, np.ndarray], torch_ref: Dict[str, np.ndarray],
                     torch_model: Any) -> Dict[str, np.ndarray]:
     """Optimizer state ``<param>.<name>`` of the Paddle side in torch's layout (Linear transposed)."""
-    from cream_arch.rules import torch_layout
+    from cream_core.rules import torch_layout
 
     kinds = torch_layout(torch_model)
     out = {}
@@ -481,7 +481,7 @@ def run_train_step_parity(cfg: TrainStepConfig, progress: bool = False,
 
 
 def _run(cfg: TrainStepConfig, progress: bool, log: Callable[[str], None]) -> TrainStepResult:
-    from cream_data.train_masks import step_masks
+    from cream_core.training.masks import step_masks
 
     if cfg.steps < 1:
         raise ValueError(f"steps must be >= 1, got {cfg.steps}")
@@ -733,7 +733,7 @@ def _command(args: argparse.Namespace) -> int:
     result = run_train_step_parity(cfg, progress=not args.no_progress)
     _print_result(args, cfg, result)
     if args.json:
-        from cream_data.report import write_json
+        from cream_core.data.report import write_json
         write_json(args.json, result.to_dict())  # a full or failing disk after the work: exit 2
         print(f"JSON: {args.json}")
     return 0 if result.ok else 1

@@ -86,7 +86,7 @@ def cream14_weights(tmp_path_factory, official_cream14: Path) -> dict:
 @pytest.fixture(scope="session")
 def synthetic_val(tmp_path_factory):
     """The same 12 seeded images as val tar, flat folder and val/<wnid>/, with a devkit archive
-    and a LOC_val_solution.csv (:func:`cream_data.synthetic_val.write_synthetic_val`)."""
-    from cream_data.synthetic_val import write_synthetic_val
+    and a LOC_val_solution.csv (:func:`cream_core.data.synthetic_val.write_synthetic_val`)."""
+    from cream_core.data.synthetic_val import write_synthetic_val
 
     return write_synthetic_val(tmp_path_factory.mktemp("synthval"), n=12, seed=0)

@@ -1,4 +1,4 @@
-"""``cream_arch.atomic``: whole files or nothing, the previous file kept on failure."""
+"""``cream_core.io.atomic``: whole files or nothing, the previous file kept on failure."""
 from __future__ import annotations
 
 import os
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cream_arch.atomic import atomic_write, atomic_write_text
+from cream_core.io.atomic import atomic_write, atomic_write_text
 
 
 def test_writes_whole_file_with_umask_permissions(tmp_path: Path) -> None:

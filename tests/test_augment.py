@@ -1,7 +1,7 @@
 """The framework-free training augmentation against timm's, under identical random decisions.
 
 timm draws from Python's ``random`` module (and ``np.random.choice`` for RandAugment's op choice);
-the project's :class:`cream_data.train_transforms.Rng` exposes the same call signatures on a numpy
+the project's :class:`cream_core.data.train_transforms.Rng` exposes the same call signatures on a numpy
 Generator. Each test hands one ``Rng`` to the project's transform and an identically seeded one to
 timm's (patched in place of ``random``), so both make the same decisions and must produce the same
 pixels. timm 1.0's code for these transforms computes what timm 0.1.20's did (the differences are
@@ -19,8 +19,8 @@ import timm.data.transforms as timm_tf
 import torch
 from PIL import Image, ImageEnhance
 
-from cream_data import open_image, sample_files
-from cream_data.train_transforms import (MAX_LEVEL, RAND_INCREASING_OPS, RAND_OPS, AugmentOp,
+from cream_core.data import open_image, sample_files
+from cream_core.data.train_transforms import (MAX_LEVEL, RAND_INCREASING_OPS, RAND_OPS, AugmentOp,
                                          ColorJitter, RandAugment, RandomErasing,
                                          RandomResizedCrop, Rng, TrainTransform, fill_color,
                                          horizontal_flip, parse_rand_augment, sample_rng)

@@ -1,4 +1,4 @@
-"""The one command-line error convention (cream_arch/cli_errors.py): every failure kind maps to its
+"""The one command-line error convention (cream_core/io/cli_errors.py): every failure kind maps to its
 documented exit code with one line and no traceback, the argparse validators refuse what they must,
 and every console script of pyproject.toml follows it."""
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Callable
 
 import pytest
 
-from cream_arch.cli_errors import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERRUPTED, EXIT_OK,
+from cream_core.io.cli_errors import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERRUPTED, EXIT_OK,
                                    UsageError, float_in, input_shape, int_at_least,
                                    module_callable, run_cli)
-from cream_arch.errors import CheckpointError, ConfigError, OutputError
+from cream_core.io.errors import CheckpointError, ConfigError, OutputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]

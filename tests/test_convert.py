@@ -18,9 +18,9 @@ with warnings.catch_warnings():
 
 import cream_paddle
 import cream_torch_ref
-from cream_arch import CHILD_NETS, child_spec, seeded_input, seeded_state
-from cream_arch.detect import arch_label, detect_arch
-from cream_arch.errors import CheckpointError
+from cream_core.arch import CHILD_NETS, child_spec, seeded_input, seeded_state
+from cream_core.arch.detect import arch_label, detect_arch
+from cream_core.io.errors import CheckpointError
 from cream_torch_ref.checkpoint import read_checkpoint
 from cream_torch_ref.models import seeded_official_checkpoint
 from converters import convert_checkpoint, pdparams_to_pth
@@ -192,7 +192,7 @@ def test_unreleased_child_architecture(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", list(CHILD_NETS))
 def test_detect_released_nets(name: str) -> None:
-    from cream_arch import child_arch_def, plan_network
+    from cream_core.arch import child_arch_def, plan_network
 
     tm = cream_torch_ref.ChildNet(child_spec(name).arch_list)
     shapes = {k: tuple(v.shape) for k, v in tm.state_dict().items()}
@@ -228,7 +228,7 @@ def test_detect_refusals() -> None:
 
 
 def test_removing_a_rule_fails_with_a_report(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import cream_arch.rules as rules
+    import cream_core.rules as rules
 
     monkeypatch.setattr(rules, "RULES", tuple(r for r in rules.RULES if r.torch_leaf != "running_var"))
     with pytest.raises(CheckpointError) as e:

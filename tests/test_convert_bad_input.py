@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from cream_arch import child_spec, seeded_state
+from cream_core.arch import child_spec, seeded_state
 from cream_torch_ref.models import seeded_official_checkpoint
 from converters.cli import main
 

@@ -15,7 +15,7 @@ with warnings.catch_warnings():
 
 import cream_paddle
 import cream_torch_ref
-from cream_arch import seeded_input
+from cream_core.arch import seeded_input
 from converters import convert_checkpoint
 from converters.cli import main
 from converters.x2paddle_engine import export_with_x2paddle, load_predictor, run_x2paddle

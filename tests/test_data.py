@@ -1,4 +1,4 @@
-"""The framework-free evaluation data pipeline (cream_data): official preprocessing, layouts, bad data.
+"""The framework-free evaluation data pipeline (cream_core.data): official preprocessing, layouts, bad data.
 
 The golden data in tests/data/golden_eval were made by running timm 0.1.20's ``create_loader``
 (prefetcher on, as the official ``Cream/tools/test.py``) with the real torchvision 0.2.1 transforms
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cream_data as cd
-from cream_data import BadDataError
+import cream_core.data as cd
+from cream_core.data import BadDataError
 
 GOLDEN = Path(__file__).parent / "data" / "golden_eval"
 SIZES = (64, 96, 160, 224)

@@ -24,8 +24,8 @@ from typing import Dict
 import numpy as np
 import pytest
 
-import cream_data as cd
-from cream_arch import child_spec
+import cream_core.data as cd
+from cream_core.arch import child_spec
 from cream_cli.eval import main as cream_eval
 
 MODEL = "cream-14"

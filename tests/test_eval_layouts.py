@@ -14,15 +14,15 @@ from typing import Dict
 
 import pytest
 
-import cream_data as cd
+import cream_core.data as cd
 from cream_cli.eval import main as cream_eval
 from cream_cli.eval import run_eval
-from cream_data.synthetic_val import write_devkit, write_loc_csv
-from cream_data.val_labels import LABEL_ERROR_EXIT, read_labels
+from cream_core.data.synthetic_val import write_devkit, write_loc_csv
+from cream_core.data.val_labels import LABEL_ERROR_EXIT, read_labels
 
 MODEL = "cream-14"
 FRAMEWORKS = ["torch", pytest.param("paddle", marks=pytest.mark.paddle)]
-#: (data attribute, labels attribute) of :class:`cream_data.synthetic_val.SyntheticVal`.
+#: (data attribute, labels attribute) of :class:`cream_core.data.synthetic_val.SyntheticVal`.
 LAYOUTS = [("tar", "devkit"), ("tar", "loc_csv"), ("flat", "devkit"), ("flat", "loc_csv")]
 #: The folder sorts images by class, the tar and flat folder by id, so different images share a
 #: batch; an image's float32 logits can change in their last bits with its batch-mates (oneDNN's

@@ -17,8 +17,8 @@ from typing import List
 import pytest
 
 from cream_cli.eval import main as cream_eval
-from cream_data.eval_journal import PARTIAL_SUFFIX, RESUME_SUFFIX, PredictionJournal
-from cream_data.sharded_eval import shard_steps
+from cream_core.data.eval_journal import PARTIAL_SUFFIX, RESUME_SUFFIX, PredictionJournal
+from cream_core.data.sharded_eval import shard_steps
 
 REPO = Path(__file__).resolve().parents[1]
 

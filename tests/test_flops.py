@@ -6,8 +6,8 @@ from typing import Any, Dict
 
 import pytest
 
-from cream_arch.golden import GOLDEN_DIR
-from cream_arch import (child_arch_def, child_spec, count_flops_params, model_flops_params,
+from cream_core.arch.golden import GOLDEN_DIR
+from cream_core.arch import (child_arch_def, child_spec, count_flops_params, model_flops_params,
                         model_names, plan_network)
 
 GOLDEN = GOLDEN_DIR / "childnets.json"

@@ -37,7 +37,7 @@ def test_bundled_photos_are_normalised_real_images(photos):
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
 def test_calibrated_logits_depend_on_the_input(name, photos):
-    from cream_arch.seeded import seeded_state
+    from cream_core.arch.seeded import seeded_state
 
     model = getattr(tvm, name)()
     sd = model.state_dict()

@@ -247,7 +247,7 @@ def test_layer_match_is_the_contract_interface():
 def test_cream_pair_matches_by_name_through_the_shared_rules():
     """The flagship pair: every stateful layer paired by name, keys exactly the Cream rules' map."""
     import cream_paddle
-    from cream_arch.rules import apply_rules, paddle_layout
+    from cream_core.rules import apply_rules, paddle_layout
     from cream_torch_ref import create_model
 
     t, p = create_model("cream-14"), cream_paddle.create_model("cream-14")

@@ -20,8 +20,8 @@ with warnings.catch_warnings():
 
 import cream_paddle
 import cream_torch_ref
-from cream_arch import child_arch_def, child_spec, plan_network
-from cream_arch.rules import apply_rules, paddle_layout, torch_layout
+from cream_core.arch import child_arch_def, child_spec, plan_network
+from cream_core.rules import apply_rules, paddle_layout, torch_layout
 
 pytestmark = pytest.mark.paddle
 

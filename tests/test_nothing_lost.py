@@ -25,12 +25,9 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 
-import cream_data as cd
+import cream_core.data as cd
 
-try:  # absent before issue 15: the tests then run (and fail) on the old code
-    from cream_arch import outputs
-except ImportError:  # pragma: no cover
-    outputs = None  # type: ignore[assignment]
+from cream_core.io import outputs
 
 MODEL = "cream-14"
 
@@ -61,8 +58,7 @@ def kill_at(monkeypatch: pytest.MonkeyPatch, k: int = 0,
         done.append(os.path.basename(str(dst)))
 
     monkeypatch.setattr(os, "replace", replace)
-    if outputs is not None:  # a killed process cleans nothing up
-        monkeypatch.setattr(outputs, "_after_failure", lambda *a: None)
+    monkeypatch.setattr(outputs, "_after_failure", lambda *a: None)  # a killed process cleans nothing up
     return done
 
 
@@ -82,7 +78,7 @@ def _writers(tag: bytes) -> Dict[str, Callable[[Any], Any]]:
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_set_commit_killed_at_each_rename_is_old_or_new(tmp_path: Path, monkeypatch, k: int) -> None:
-    from cream_arch.outputs import commit_files, prepare_outputs
+    from cream_core.io.outputs import commit_files, prepare_outputs
 
     commit_files({tmp_path / n: w for n, w in _writers(b"old-").items()})
     kill_at(monkeypatch, k)
@@ -98,7 +94,7 @@ def test_set_commit_killed_at_each_rename_is_old_or_new(tmp_path: Path, monkeypa
 
 
 def test_set_with_a_non_utf8_name_recovers(tmp_path: Path, monkeypatch) -> None:
-    from cream_arch.outputs import commit_files, recover_commits
+    from cream_core.io.outputs import commit_files, recover_commits
 
     odd = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"r\xe9sum\xe9.csv"))
     kill_at(monkeypatch, 3)  # journal, first member, killed before the second
@@ -154,7 +150,7 @@ def test_convert_killed_between_renames_recovers(tmp_path: Path, monkeypatch) ->
 
 
 def test_stale_temporaries_of_killed_runs_are_cleaned_and_only_those(tmp_path: Path) -> None:
-    from cream_arch.outputs import prepare_outputs
+    from cream_core.io.outputs import prepare_outputs
 
     old = time.time() - 3600
     stale = [".x.pdparams.k2j4h5g6.tmp", ".x.pdparams.json.a1b2c3d4.tmp", ".r.json.zz9yy8xx.part",
@@ -175,8 +171,8 @@ def test_stale_temporaries_of_killed_runs_are_cleaned_and_only_those(tmp_path: P
 
 
 def test_symlinked_output_and_the_same_file_twice_are_refused(tmp_path: Path) -> None:
-    from cream_arch.errors import OutputError
-    from cream_arch.outputs import prepare_outputs
+    from cream_core.io.errors import OutputError
+    from cream_core.io.outputs import prepare_outputs
 
     data = tmp_path / "data"
     (data / "c").mkdir(parents=True)

@@ -10,7 +10,7 @@ import paddle
 import pytest
 import torch
 
-from cream_arch.schedules import (CosineSchedule, StepSchedule, SupernetLinearSchedule,
+from cream_core.training.schedules import (CosineSchedule, StepSchedule, SupernetLinearSchedule,
                                   schedule_values, supernet_iters)
 from cream_paddle import optim as P
 from cream_torch_ref import optim as T
@@ -132,7 +132,7 @@ def test_weight_decay_groups_follow_official_filter() -> None:
 
 
 def test_schedules_match_timm_0_1_20_golden() -> None:
-    """cream_arch.schedules against values timm 0.1.20 produced (see parity/golden/README.md)."""
+    """cream_core.training.schedules against values timm 0.1.20 produced (see parity/golden/README.md)."""
     with open(GOLDEN) as f:
         gold = json.load(f)
     n = len(gold["step"])

@@ -22,7 +22,7 @@ with warnings.catch_warnings():
 
 import cream_paddle
 import cream_torch_ref
-from cream_arch import child_spec, seeded_input
+from cream_core.arch import child_spec, seeded_input
 from cream_torch_ref.models import seeded_official_checkpoint
 from converters import convert_checkpoint
 
@@ -52,7 +52,7 @@ BATCH = 1
 #: released at 160 (5 x 32) and 224 (7 x 32) through the same stride/padding geometry (even maps
 #: down to the last stride-2 block, an odd final map), at a fifth of the float64 cost.
 MAX_CHECK_RESOLUTION = 96
-#: Checkpoint calibration (cream_arch.seeded) alone costs ~10 s of CPU for each 224-px model.
+#: Checkpoint calibration (cream_core.arch.seeded) alone costs ~10 s of CPU for each 224-px model.
 _SLOW = {"cream-287", "cream-481", "cream-604"}
 
 
@@ -176,7 +176,7 @@ def test_train_mode_batch_statistics_match(converted) -> None:
 def test_harness_catches_a_missing_transpose(tmp_path: Path, monkeypatch) -> None:
     """Fault injection: drop the Linear-transpose rule. With 1280 classes the classifier is square,
     so shapes still fit and only the logits can tell; they must fail the tolerance."""
-    import cream_arch.rules as rules
+    import cream_core.rules as rules
 
     src = Path(seeded_official_checkpoint("cream-14", tmp_path / "sq.pth.tar", num_classes=1280,
                                           seed_ema=None))

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from cream_arch.board import PrioritizedBoard
-from cream_arch.search_config import SearchConfig
-from cream_arch.search_space import plan_supernet
-from cream_arch.seeded import seeded_input, seeded_state
+from cream_core.search.board import PrioritizedBoard
+from cream_core.config.search import SearchConfig
+from cream_core.arch.supernet import plan_supernet
+from cream_core.arch.seeded import seeded_input, seeded_state
 from cream_torch_ref import search as T
 from cream_torch_ref.supernet import SuperNet
 from parity.search_step import FAULTS, load_golden, run_search_step
@@ -207,7 +207,7 @@ def test_two_entry_board_paddle_equals_torch(two_entry_setup) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import paddle
-    from cream_arch.rules import apply_rules, paddle_layout
+    from cream_core.rules import apply_rules, paddle_layout
     from cream_paddle import search as P
     from cream_paddle.supernet import SuperNet as PS
     from parity.search_step import RunRecord, compare_runs
@@ -303,7 +303,7 @@ def _full_form(compact: Path, dest: Path, torch_run) -> None:
     """Write ``compact`` in the full form: ``init_state_dict``, float32 images, and every expected
     tensor in full (the official value where the file has it, else the torch run's, which the
     official digest has just confirmed)."""
-    from cream_arch.digest import is_digest
+    from cream_core.io.digest import is_digest
 
     raw = dict(torch.load(compact, weights_only=True))
     g = load_golden(str(compact))

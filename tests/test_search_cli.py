@@ -60,7 +60,7 @@ def _converted_child_agrees(framework: str, out: Path, data: Path, tmp: Path) ->
         warnings.simplefilter("ignore")
         import paddle
     from converters.convert import convert_checkpoint, pdparams_to_pth
-    from cream_data import EvalLoader, normalize, open_dataset
+    from cream_core.data import EvalLoader, normalize, open_dataset
     from cream_paddle.childnet import ChildNet as PChild
     from cream_paddle.checkpoint import load_checkpoint as load_pd
     from cream_torch_ref.checkpoint import load_checkpoint as load_pt

@@ -3,7 +3,7 @@
 ``gen_supernet``'s initialisation starts every BN bias and running mean, and every conv/linear bias,
 at exactly zero; after one step those entries hold one small update whose rounding error is set by
 the size of the summands, not by the result. The files were made with the official code from the
-official rules (``cream_arch.official_init``), in the issue-5 format as a user writes it: ``grads``
+official rules (``cream_core.arch.official_init``), in the issue-5 format as a user writes it: ``grads``
 keyed by bare parameter names (the distillation step's gradients), no ``meta_*`` results.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from cream_arch.digest import is_digest
-from cream_arch.official_init import official_init_state
+from cream_core.io.digest import is_digest
+from cream_core.arch.official_init import official_init_state
 from parity.search_step import FAULTS, load_golden, main, run_search_step, run_torch
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden_search"

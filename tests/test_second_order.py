@@ -101,7 +101,7 @@ def test_batch_norm_train() -> None:
 
 
 def test_second_order_mode_switches_and_restores() -> None:
-    from cream_arch.search_space import plan_supernet
+    from cream_core.arch.supernet import plan_supernet
     from cream_paddle.supernet import SuperNet
 
     model = SuperNet(plan_supernet((1, 1, 1, 1, 1)), num_classes=5)

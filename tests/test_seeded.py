@@ -1,4 +1,4 @@
-"""Calibrated seeded weights (cream_arch.seeded_child_state) and the numpy float64 forward pass.
+"""Calibrated seeded weights (cream_core.arch.seeded_child_state) and the numpy float64 forward pass.
 
 The seeded weights stand in for real checkpoints in every parity test, so they must make a network
 whose logits depend on its input: otherwise a port that mishandles the input would still agree.
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from cream_arch import (CALIBRATION_BATCH, child_arch_def, child_keys_shapes, child_spec,
+from cream_core.arch import (CALIBRATION_BATCH, child_arch_def, child_keys_shapes, child_spec,
                         forward_child, model_names, plan_network, seeded_child_state,
                         seeded_input, seeded_state)
-from cream_arch.golden import GOLDEN_DIR
-from cream_arch.numpy_ref import LOGITS_TARGET_STD, calibrate_child
+from cream_core.arch.golden import GOLDEN_DIR
+from cream_core.arch.numpy_ref import LOGITS_TARGET_STD, calibrate_child
 from cream_torch_ref import ChildNet
 
 GOLDEN = GOLDEN_DIR / "logits.npz"

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from cream_arch.board import PrioritizedBoard, with_fixed_stages
-from cream_arch.digest import digest_errors, tensor_digest
-from cream_arch.search_config import ConfigError, load_search_config
-from cream_arch.search_space import (child_state_from_supernet, detect_supernet, flops_op_dict,
+from cream_core.search.board import PrioritizedBoard, with_fixed_stages
+from cream_core.io.digest import digest_errors, tensor_digest
+from cream_core.config.search import ConfigError, load_search_config
+from cream_core.arch.supernet import (child_state_from_supernet, detect_supernet, flops_op_dict,
                                      flops_table, plan_supernet, search_for_layer, validate_cand)
-from cream_arch.seeded import seeded_input, seeded_state
+from cream_core.arch.seeded import seeded_input, seeded_state
 from cream_torch_ref.childnet import ChildNet
 from cream_torch_ref.supernet import SuperNet, create_supernet
 
@@ -159,7 +159,7 @@ def twins():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import paddle  # noqa: F401
-    from cream_arch.rules import apply_rules, paddle_layout
+    from cream_core.rules import apply_rules, paddle_layout
     from cream_paddle.supernet import SuperNet as PSuperNet
 
     plan = plan_supernet((1, 1, 2, 1, 1))
@@ -212,7 +212,7 @@ def test_paddle_forward_equals_torch(twins, train: bool) -> None:
 
 @pytest.mark.paddle
 def test_paddle_create_supernet_and_detect(twins) -> None:
-    from cream_arch.rules import paddle_layout
+    from cream_core.rules import paddle_layout
     from cream_paddle.supernet import create_supernet as pcreate
 
     pm, sta, res = pcreate(0, 20, 10)

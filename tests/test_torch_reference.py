@@ -1,4 +1,4 @@
-"""The PyTorch reference against the official 2020 code: keys, shapes, logits; and against cream_arch."""
+"""The PyTorch reference against the official 2020 code: keys, shapes, logits; and against cream_core.arch."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from cream_arch import child_arch_def, child_spec, plan_network, seeded_input
-from cream_arch.golden import golden_childnets, golden_keys, golden_logits
+from cream_core.arch import child_arch_def, child_spec, plan_network, seeded_input
+from cream_core.arch.golden import golden_childnets, golden_keys, golden_logits
 from cream_torch_ref import create_model, list_models
 from cream_torch_ref.models import seeded_official_checkpoint
 

@@ -6,10 +6,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cream_arch import model_names
-from cream_arch.configs import (AugmentConfig, ConfigError, RetrainConfig, config_path,
+from cream_core.arch import model_names
+from cream_core.config.retrain import (AugmentConfig, ConfigError, RetrainConfig, config_path,
                                 load_retrain_config)
-from cream_data.train_masks import MaskSpec, draw_keep_mask, step_masks
+from cream_core.training.masks import MaskSpec, draw_keep_mask, step_masks
 
 
 def test_official_cream14_recipe() -> None:

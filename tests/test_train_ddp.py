@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cream_arch.configs import load_retrain_config
-from cream_data import open_dataset, sample_files
+from cream_core.config.retrain import load_retrain_config
+from cream_core.data import open_dataset, sample_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.cli]
 #: Two processes sum the two halves' gradients in another order than one process does: fp32

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.paddle, pytest.mark.usefixtures("one_torch_thread")]
 
 def test_digits_dataset_layout(tmp_path) -> None:
     from cream_cli.train import write_digits_dataset
-    from cream_data import open_dataset
+    from cream_core.data import open_dataset
 
     train_dir, val_dir = write_digits_dataset(str(tmp_path))
     tr, va = open_dataset(train_dir, "folder"), open_dataset(val_dir, "folder")

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from cream_arch.configs import load_retrain_config
-from cream_data import open_dataset, sample_files
-from cream_data.train_loader import TrainLoader, epoch_order
-from cream_data.train_masks import StepMasks
-from cream_data.train_transforms import TrainTransform
+from cream_core.config.retrain import load_retrain_config
+from cream_core.data import open_dataset, sample_files
+from cream_core.data.train_loader import TrainLoader, epoch_order
+from cream_core.training.masks import StepMasks
+from cream_core.data.train_transforms import TrainTransform
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -193,7 +193,7 @@ def test_paddle_resume_is_bit_exact_and_pdparams_usable(photo_data, tmp_path) ->
 
 
 def test_resume_refuses_checkpoint_of_another_model(photo_data, tmp_path) -> None:
-    from cream_arch.errors import CheckpointError
+    from cream_core.io.errors import CheckpointError
     from cream_cli.train import run_train
     from cream_torch_ref import seeded_official_checkpoint
 

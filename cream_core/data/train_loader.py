@@ -1,0 +1,181 @@
+"""Training batches: a seeded shuffle, the official augmentation in worker processes, data-parallel slices.
+
+Each epoch visits the dataset in the order ``default_rng([seed, epoch]).permutation(n)``; step ``j``
+takes the global batch ``order[j*B:(j+1)*B]`` (``B`` = per-rank batch x world size, the last
+incomplete batch dropped as the official ``drop_last=True``), and rank ``r`` takes rows
+``r*b:(r+1)*b`` of it. Every image is augmented from its own random stream
+(:func:`cream_core.data.train_transforms.sample_rng`), so a batch is bit-identical whatever the number of
+workers, ranks or the framework consuming it — and a resumed run sees exactly the batches an
+uninterrupted one would have. (The official ``DistributedSampler`` interleaved ranks instead; each
+step's global batch is then a different but equally random set.)
+
+Nothing here imports torch or Paddle.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Deque, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from cream_core.data.datasets import ImageDataset
+from cream_core.data.errors import BadDataError, BadItem
+from cream_core.data.loader import DEFAULT_PREFETCH, default_workers
+from cream_core.data.train_transforms import TrainTransform
+from cream_core.data.transforms import open_image
+
+__all__ = ["TrainBatch", "TrainLoader", "epoch_order"]
+
+
+@dataclass
+class TrainBatch:
+    """One rank's part of a global training batch."""
+
+    images: np.ndarray  # float32 (n, 3, S, S), normalised and erased
+    labels: np.ndarray  # int64 (n,)
+    indices: np.ndarray  # int64 (n,) dataset positions
+    epoch: int
+    step: int  # step within the epoch
+    rows: Tuple[int, int] = (0, 0)  # this rank's rows in the global batch
+    global_size: int = 0
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The visiting order of ``n`` images in ``epoch`` (a permutation, int64)."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n).astype(np.int64)
+
+
+def _augment_chunk(transform: TrainTransform, seed: int, epoch: int,
+                   items: Sequence[Tuple[int, str]]) -> Tuple[np.ndarray, Optional[BadItem]]:
+    """Augment ``(index, path)`` pairs; a bad file is returned (errors do not cross processes)."""
+    size = transform.img_size
+    out = np.empty((len(items), 3, size, size), dtype=np.float32)
+    for k, (index, path) in enumerate(items):
+        try:
+            out[k] = transform(open_image(path), seed, epoch, index)
+        except BadDataError as e:
+            return out[:k], e.item
+    return out, None
+
+
+def _collect(chunks: Sequence[Tuple[np.ndarray, Optional[BadItem]]]) -> np.ndarray:
+    for _, bad in chunks:
+        if bad is not None:
+            raise BadDataError(bad.path, bad.problem)
+    return np.concatenate([c for c, _ in chunks])
+
+
+@dataclass
+class TrainLoader:
+    """Iterate one epoch of augmented training batches (call :meth:`epoch_batches` per epoch).
+
+    Args:
+        dataset: indexed training images (:mod:`cream_core.data.datasets`).
+        transform: the per-image augmentation.
+        batch_size: images per step *per rank* (the official ``BATCH_SIZE``).
+        seed: run seed (shuffle, augmentation).
+        rank, world_size: data-parallel position; the global batch is ``batch_size * world_size``.
+        workers: augmentation processes (0: in this process).
+        prefetch: batches prepared ahead.
+    """
+
+    dataset: ImageDataset
+    transform: TrainTransform
+    batch_size: int
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    workers: Optional[int] = None
+    prefetch: int = DEFAULT_PREFETCH
+    start_method: Optional[str] = None
+    _paths: List[str] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
+        if self.workers is None:
+            self.workers = default_workers()
+        self._paths = self.dataset.paths
+        if self.global_batch > len(self.dataset):
+            raise ValueError(f"{self.dataset.root}: {len(self.dataset)} training images are fewer "
+                             f"than one global batch of {self.global_batch}")
+
+    @property
+    def global_batch(self) -> int:
+        """Images per step over all ranks."""
+        return self.batch_size * self.world_size
+
+    def __len__(self) -> int:
+        """Steps per epoch (incomplete last batch dropped)."""
+        return len(self.dataset) // self.global_batch
+
+    def step_indices(self, epoch: int, step: int) -> np.ndarray:
+        """Dataset positions of the global batch of ``step`` in ``epoch``."""
+        order = epoch_order(len(self.dataset), self.seed, epoch)
+        return order[step * self.global_batch:(step + 1) * self.global_batch]
+
+    def _rank_items(self, order: np.ndarray, step: int) -> List[Tuple[int, str]]:
+        start = step * self.global_batch + self.rank * self.batch_size
+        idx = order[start:start + self.batch_size]
+        return [(int(i), self._paths[int(i)]) for i in idx]
+
+    def _split(self, items: List[Tuple[int, str]]) -> List[List[Tuple[int, str]]]:
+        parts = max(1, min(int(self.workers or 1), len(items)))
+        step = (len(items) + parts - 1) // parts
+        return [items[i:i + step] for i in range(0, len(items), step)]
+
+    def _batch(self, epoch: int, step: int, items: List[Tuple[int, str]],
+               images: np.ndarray) -> TrainBatch:
+        samples = self.dataset.samples
+        idx = np.array([i for i, _ in items], dtype=np.int64)
+        labels = np.array([samples[i].label for i in idx], dtype=np.int64)
+        start = self.rank * self.batch_size
+        return TrainBatch(images, labels, idx, epoch, step, (start, start + len(idx)),
+                          self.global_batch)
+
+    def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[TrainBatch]:
+        """This rank's batches of ``epoch``, from ``start_step`` on."""
+        order = epoch_order(len(self.dataset), self.seed, epoch)
+        steps = range(start_step, len(self))
+        if not self.workers:
+            for s in steps:
+                items = self._rank_items(order, s)
+                yield self._batch(epoch, s, items,
+                                  _collect([_augment_chunk(self.transform, self.seed, epoch,
+                                                           items)]))
+            return
+        method = self.start_method or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        pool = mp.get_context(method).Pool(processes=int(self.workers))
+        try:
+            pending: Deque[Tuple[int, List[Tuple[int, str]], list]] = deque()
+            it = iter(steps)
+
+            def submit() -> bool:
+                s = next(it, None)
+                if s is None:
+                    return False
+                items = self._rank_items(order, s)
+                pending.append((s, items, [
+                    pool.apply_async(_augment_chunk, (self.transform, self.seed, epoch, c))
+                    for c in self._split(items)]))
+                return True
+
+            for _ in range(self.prefetch + 1):
+                if not submit():
+                    break
+            while pending:
+                s, items, results = pending.popleft()
+                images = _collect([r.get() for r in results])
+                submit()
+                yield self._batch(epoch, s, items, images)
+            pool.close()
+        finally:
+            pool.terminate()
+            pool.join()

@@ -1,0 +1,272 @@
+"""The retraining loop, framework-free: both frameworks run exactly this code around their own step.
+
+``cream_torch_ref.train`` and ``cream_paddle.train`` each supply a :class:`TrainBackend` (forward,
+backward, optimizer step, EMA update, scheduler, evaluation, checkpoint I/O); everything else —
+data order, augmentation, drop masks, epochs, evaluation cadence, checkpoint names, the summary
+table — is this module, so two runs can only differ in what the frameworks compute.
+
+Loop (as ``Cream/tools/retrain.py`` + ``lib/core/retrain.py``): for each epoch, train on every full
+global batch, then evaluate the model and its EMA (every ``eval_interval`` epochs and after the
+last), step the LR schedule to ``epoch + 1`` and save ``last`` (and ``best`` by EMA top-1 when EMA is
+on, else by the model's) checkpoint holding ``epoch``; resuming from a checkpoint of epoch ``e``
+continues at ``e + 1`` with the schedule at ``e + 1``, and — because every random draw is a
+function of ``(seed, epoch, step/index)`` — sees the batches an uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Protocol
+
+from cream_core.io.outputs import commit_files, recover_commits
+
+from cream_core.data.datasets import ImageDataset
+from cream_core.data.evaluation import EvalResult
+from cream_core.data.loader import EvalLoader
+from cream_core.data.train_loader import TrainBatch, TrainLoader
+from cream_core.training.masks import MaskSpec, StepMasks, step_masks
+from cream_core.data.train_transforms import TrainTransform
+
+__all__ = ["TrainBackend", "EpochRecord", "TrainResult", "run_training", "checkpoint_names",
+           "SUMMARY_FIELDS"]
+
+#: Columns of ``summary.csv`` (one row per epoch).
+SUMMARY_FIELDS = ("epoch", "lr", "train_loss", "steps", "seconds", "top1", "top5", "eval_loss",
+                  "ema_top1", "ema_top5", "ema_loss")
+
+
+class TrainBackend(Protocol):
+    """What a framework supplies to :func:`run_training` (``cream_*.train.Backend``)."""
+
+    framework: str
+    rank: int
+    world_size: int
+    checkpoint_suffix: str  # '.pth.tar' or '.pdparams'
+    has_ema: bool
+
+    def mask_spec(self) -> MaskSpec: ...  # noqa: D102,E704
+
+    def train_step(self, batch: TrainBatch, masks: StepMasks) -> float: ...  # noqa: D102,E704
+
+    def lr(self) -> float: ...  # noqa: D102,E704
+
+    def set_epoch(self, epoch: int) -> None: ...  # noqa: D102,E704
+
+    def evaluate(self, loader: EvalLoader, ema: bool) -> EvalResult: ...  # noqa: D102,E704
+
+    def save(self, path: str, epoch: int, metric: Optional[float]) -> None: ...  # noqa: D102,E704
+
+    def checkpoint_writer(self, epoch: int, metric: Optional[float]  # noqa: D102
+                          ) -> Callable[[Any], None]: ...  # noqa: E704
+
+    def load(self, path: str) -> int: ...  # noqa: D102,E704  (returns the saved epoch)
+
+    def mean_over_ranks(self, value: float) -> float: ...  # noqa: D102,E704
+
+    def barrier(self) -> None: ...  # noqa: D102,E704
+
+
+@dataclass
+class EpochRecord:
+    """One row of ``summary.csv``."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    steps: int
+    seconds: float
+    top1: float = math.nan
+    top5: float = math.nan
+    eval_loss: float = math.nan
+    ema_top1: float = math.nan
+    ema_top5: float = math.nan
+    ema_loss: float = math.nan
+
+
+@dataclass
+class TrainResult:
+    """What a run did: per-epoch records, final evaluations and where the checkpoints are."""
+
+    framework: str
+    model: str
+    epochs_run: List[int]
+    history: List[EpochRecord] = field(default_factory=list)
+    last_checkpoint: str = ""
+    best_checkpoint: str = ""
+    best_metric: float = math.nan
+    best_epoch: int = -1
+    final_eval: Optional[EvalResult] = None
+    final_ema_eval: Optional[EvalResult] = None
+    seconds: float = 0.0
+    steps: int = 0
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain data for JSON reports."""
+        return {
+            "framework": self.framework, "model": self.model, "epochs_run": self.epochs_run,
+            "history": [asdict(r) for r in self.history], "last_checkpoint": self.last_checkpoint,
+            "best_checkpoint": self.best_checkpoint, "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch, "seconds": self.seconds, "steps": self.steps,
+            "final_eval": self.final_eval.to_dict() if self.final_eval else None,
+            "final_ema_eval": self.final_ema_eval.to_dict() if self.final_ema_eval else None,
+        }
+
+
+def checkpoint_names(output_dir: str, suffix: str) -> Dict[str, str]:
+    """Paths of the run's files: ``last``/``best`` checkpoints and ``summary.csv``."""
+    return {"last": os.path.join(output_dir, "last" + suffix),
+            "best": os.path.join(output_dir, "model_best" + suffix),
+            "summary": os.path.join(output_dir, "summary.csv")}
+
+
+def _summary_writer(rows: List[EpochRecord]) -> Callable[[Any], None]:
+    rows = list(rows)
+
+    def write(f: Any) -> None:
+        w = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in asdict(r).items()})
+
+    return write
+
+
+def _commit_epoch(backend: TrainBackend, names: Dict[str, str], epoch: int, metric: float,
+                  improved: bool, history: List[EpochRecord]) -> None:
+    """``last``, ``model_best`` (when ``improved``) and ``summary.csv`` as one crash-consistent set
+    (:func:`cream_core.io.outputs.commit_files`): after a kill at any point, the folder holds the
+    previous epoch's three files or this epoch's, never a mix."""
+    m = None if math.isnan(metric) else metric
+    members = {names["last"]: backend.checkpoint_writer(epoch, m)}
+    if improved:
+        members[names["best"]] = backend.checkpoint_writer(epoch, m)
+    members[names["summary"]] = _summary_writer(history)
+    commit_files(members, modes={names["summary"]: "w"})
+
+
+def _read_summary(path: str, before_epoch: int) -> List[EpochRecord]:
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            try:
+                rec = EpochRecord(**{k: (int(v) if k in ("epoch", "steps") else float(v))
+                                     for k, v in r.items() if k in SUMMARY_FIELDS})
+            except (TypeError, ValueError):
+                continue
+            if rec.epoch < before_epoch:
+                rows.append(rec)
+    return rows
+
+
+def run_training(cfg: Any, backend: TrainBackend, train_set: ImageDataset,
+                 val_set: Optional[ImageDataset], output_dir: Optional[str], *,
+                 resume: Optional[str] = None, workers: Optional[int] = None,
+                 progress: bool = True, max_steps: Optional[int] = None,
+                 log: Callable[[str], None] = print) -> TrainResult:
+    """Train ``backend``'s model with recipe ``cfg`` (:class:`cream_core.config.retrain.RetrainConfig`).
+
+    ``output_dir`` receives ``last``/``model_best`` checkpoints and ``summary.csv`` (rank 0 only;
+    ``None`` writes nothing). ``max_steps`` caps the steps per epoch (tests, benchmarks).
+    """
+    main = backend.rank == 0
+    transform = TrainTransform.from_config(cfg.img_size, cfg.augment)
+    loader = TrainLoader(train_set, transform, cfg.batch_size, cfg.seed, backend.rank,
+                         backend.world_size, workers)
+    eval_loader = EvalLoader(val_set, cfg.img_size, cfg.eval_batch_size, workers=workers) \
+        if val_set is not None else None
+    spec = backend.mask_spec()
+    names = checkpoint_names(output_dir, backend.checkpoint_suffix) if output_dir else {}
+    start_epoch = 0
+    history: List[EpochRecord] = []
+    best_metric, best_epoch = -math.inf, -1
+    if output_dir and main:
+        recover_commits([output_dir])  # a run killed inside its last commit: finish it first
+    backend.barrier()
+    if resume:
+        start_epoch = backend.load(resume) + 1
+        if names:
+            history = _read_summary(names["summary"], start_epoch)
+            for r in history:
+                m = r.ema_top1 if backend.has_ema else r.top1
+                if not math.isnan(m) and m > best_metric:
+                    best_metric, best_epoch = m, r.epoch
+        if main:
+            log(f"resumed from {resume}: continuing at epoch {start_epoch}")
+    backend.set_epoch(start_epoch)
+    total = cfg.total_epochs
+    steps_per_epoch = len(loader) if max_steps is None else min(len(loader), max_steps)
+    result = TrainResult(backend.framework, cfg.model, [])
+    if output_dir and main:
+        os.makedirs(output_dir, exist_ok=True)
+    t_run = time.perf_counter()
+    for epoch in range(start_epoch, total):
+        t0 = time.perf_counter()
+        lr = backend.lr()
+        bar = None
+        if progress and main:
+            from tqdm import tqdm
+            bar = tqdm(total=steps_per_epoch, desc=f"{backend.framework} epoch {epoch}/{total - 1}",
+                       unit="step", leave=False, dynamic_ncols=True)
+        loss_sum, n = 0.0, 0
+        try:
+            for batch in loader.epoch_batches(epoch):
+                if n >= steps_per_epoch:
+                    break
+                masks = step_masks(spec, cfg.seed, epoch, batch.step, batch.global_size)
+                loss = backend.train_step(batch, masks.rows(*batch.rows))
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"{backend.framework}: loss is {loss} at epoch {epoch} "
+                                             f"step {batch.step}; training diverged")
+                loss_sum += loss
+                n += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}")
+        finally:
+            if bar is not None:
+                bar.close()
+        result.steps += n
+        train_loss = backend.mean_over_ranks(loss_sum / max(n, 1))
+        rec = EpochRecord(epoch, lr, train_loss, n, 0.0)
+        last = epoch == total - 1
+        if eval_loader is not None and main and (
+                last or (cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0)):
+            ev = backend.evaluate(eval_loader, ema=False)
+            rec.top1, rec.top5, rec.eval_loss = ev.top1, ev.top5, ev.loss
+            result.final_eval = ev
+            if backend.has_ema:
+                ee = backend.evaluate(eval_loader, ema=True)
+                rec.ema_top1, rec.ema_top5, rec.ema_loss = ee.top1, ee.top5, ee.loss
+                result.final_ema_eval = ee
+        backend.set_epoch(epoch + 1)
+        rec.seconds = time.perf_counter() - t0
+        history.append(rec)
+        result.epochs_run.append(epoch)
+        metric = rec.ema_top1 if backend.has_ema else rec.top1
+        improved = not math.isnan(metric) and metric > best_metric
+        if improved:
+            best_metric, best_epoch = metric, epoch
+        if names and main:
+            _commit_epoch(backend, names, epoch, metric, improved, history)
+            result.last_checkpoint = names["last"]
+        backend.barrier()
+        if main:
+            parts = [f"epoch {epoch}: lr {lr:.4g} loss {train_loss:.4f} ({n} steps, "
+                     f"{rec.seconds:.1f} s)"]
+            if not math.isnan(rec.top1):
+                parts.append(f"top-1 {rec.top1:.2f} top-5 {rec.top5:.2f}")
+            if not math.isnan(rec.ema_top1):
+                parts.append(f"EMA top-1 {rec.ema_top1:.2f} top-5 {rec.ema_top5:.2f}")
+            log("; ".join(parts))
+    result.history = history
+    if names and best_epoch >= 0:
+        result.best_checkpoint = names["best"]
+    result.best_metric = best_metric if best_epoch >= 0 else math.nan
+    result.best_epoch = best_epoch
+    result.seconds = time.perf_counter() - t_run
+    return result
