@@ -139,13 +139,14 @@ class BatchNormAct2d(nn.BatchNorm2D):
         super().__init__(num_features, momentum=compat.paddle_bn_momentum(momentum), epsilon=eps)
         self.eps = float(eps)
         self.momentum = float(momentum)  # torch convention, as timm's attribute
+        self.formulation = compat.Formulation.KERNEL  # see compat.batch_norm
         self.drop = drop_layer() if drop_layer is not None else nn.Identity()
         self.act = create_act_layer(act_layer, inplace=inplace, **(act_kwargs or {})) \
             if apply_act else nn.Identity()
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:  # noqa: D102
         x = compat.batch_norm(x, self._mean, self._variance, self.weight, self.bias,
-                              self.training, self.momentum, self.eps)
+                              self.training, self.momentum, self.eps, self.formulation)
         return self.act(self.drop(x))
 
 

@@ -12,6 +12,13 @@ BN momentum convention      ``running = (1-m)*running + m*batch``   :func:`paddl
                                                                     is ``1 - m`` (0.9).
 BN running variance         unbiased batch variance (``n/(n-1)``)   :func:`batch_norm` corrects Paddle's
                             goes into ``running_var``               biased update to torch's after each step.
+BN running-stat update      outside autograd (buffers)              :func:`batch_norm` writes them back with
+                                                                    ``set_value`` (no version bump; see
+                                                                    the function).
+BN / gate double grad       native                                  ``formulation`` option of
+                                                                    :func:`batch_norm` and
+                                                                    :class:`Hardsigmoid`
+                                                                    (:mod:`cream_paddle.second_order`).
 BN buffer names             ``running_mean``, ``running_var``,      ``_mean``, ``_variance``, no counter
                             ``num_batches_tracked`` (buffers)       (the converter's rules map them);
                                                                     they are *parameters* with
@@ -45,15 +52,19 @@ the rule (which units are scaled by how much, which distribution) rather than va
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from . import second_order
+from .second_order import Formulation
+
 __all__ = [
     "paddle_bn_momentum",
+    "Formulation",
     "batch_norm",
     "Hardsigmoid",
     "hard_sigmoid",
@@ -81,19 +92,46 @@ def paddle_bn_momentum(torch_momentum: float) -> float:
 
 def batch_norm(x: paddle.Tensor, running_mean: paddle.Tensor, running_var: paddle.Tensor,
                weight: Optional[paddle.Tensor], bias: Optional[paddle.Tensor], training: bool,
-               momentum: float = TORCH_BN_MOMENTUM, eps: float = BN_EPS) -> paddle.Tensor:
+               momentum: float = TORCH_BN_MOMENTUM, eps: float = BN_EPS,
+               formulation: Union[Formulation, str] = Formulation.KERNEL) -> paddle.Tensor:
     """BatchNorm over NCHW with torch's semantics; ``momentum`` is in torch's convention.
 
-    Normalisation is Paddle's own kernel (batch statistics in training, running ones in eval). In
-    training Paddle puts the *biased* batch variance into ``running_var`` while torch puts the
-    unbiased one (``n/(n-1)`` times larger, ``n = N*H*W``); the update is corrected afterwards so that
-    a model trained in Paddle keeps the running statistics torch would have kept.
+    The one BatchNorm path of the Paddle models. In eval it normalises with the running statistics
+    (Paddle's kernel, whatever the formulation). In training it normalises with the batch statistics
+    and updates the running ones as torch does (unbiased batch variance), computed by
+    ``formulation``: ``KERNEL``, Paddle's fused kernel (:func:`_batch_norm_kernel`), or
+    ``TWICE_DIFFERENTIABLE``, elementary ops (:func:`_batch_norm_twice_differentiable`). Either way
+    the running statistics are written with ``set_value``, outside autograd's version tracking:
+    a search iteration runs several train-mode forwards through the same layers before one backward,
+    which an in-place write that autograd saw would break ("modified by an inplace operation").
+    A ``formulation`` that is not a :class:`Formulation` raises ``ValueError``.
     """
+    formulation = Formulation(formulation)
     pm = paddle_bn_momentum(momentum)
     if not training:
         return F.batch_norm(x, running_mean, running_var, weight, bias, training=False,
                             momentum=pm, epsilon=eps)
-    n = int(np.prod([x.shape[0]] + list(x.shape[2:])))
+    if formulation is Formulation.TWICE_DIFFERENTIABLE:
+        return _batch_norm_twice_differentiable(x, running_mean, running_var, weight, bias,
+                                                momentum, eps)
+    return _batch_norm_kernel(x, running_mean, running_var, weight, bias, pm, eps)
+
+
+def _values_per_channel(x: paddle.Tensor) -> int:
+    """``n = N*H*W``, the count behind a channel's batch statistics."""
+    return int(np.prod([x.shape[0]] + list(x.shape[2:])))
+
+
+def _batch_norm_kernel(x: paddle.Tensor, running_mean: paddle.Tensor, running_var: paddle.Tensor,
+                       weight: Optional[paddle.Tensor], bias: Optional[paddle.Tensor], pm: float,
+                       eps: float) -> paddle.Tensor:
+    """Training-mode BatchNorm by Paddle's kernel; ``pm`` is Paddle's momentum.
+
+    Paddle puts the *biased* batch variance into ``running_var`` while torch puts the unbiased one
+    (``n/(n-1)`` times larger); the update is corrected afterwards so that a model trained in Paddle
+    keeps the running statistics torch would have kept.
+    """
+    n = _values_per_channel(x)
     # The kernel updates the statistics it is given in place; give it copies, so that the module's
     # buffers can be corrected afterwards without touching a tensor autograd saved for backward.
     new_mean, new_var = running_mean.detach().clone(), running_var.detach().clone()
@@ -111,16 +149,45 @@ def batch_norm(x: paddle.Tensor, running_mean: paddle.Tensor, running_var: paddl
     return out
 
 
+def _batch_norm_twice_differentiable(x: paddle.Tensor, running_mean: paddle.Tensor,
+                                     running_var: paddle.Tensor, weight: paddle.Tensor,
+                                     bias: paddle.Tensor, momentum: float, eps: float
+                                     ) -> paddle.Tensor:
+    """Training-mode BatchNorm by :func:`cream_paddle.second_order.batch_norm_train` (double-grad
+    capable); running statistics ``(1-m)*running + m*batch`` with torch's ``momentum`` ``m``."""
+    out, mean, var = second_order.batch_norm_train(x, weight, bias, eps)
+    n = _values_per_channel(x)
+    m = float(momentum)
+    with paddle.no_grad():
+        batch_var = var.reshape([-1]) * (n / (n - 1.0)) if n > 1 else var.reshape([-1])
+        running_mean.set_value(running_mean * (1.0 - m) + mean.reshape([-1]) * m)
+        running_var.set_value(running_var * (1.0 - m) + batch_var * m)
+    return out
+
+
 def hard_sigmoid(x: paddle.Tensor) -> paddle.Tensor:
     """``relu6(x + 3) / 6``, bit-identical to ``torch.nn.functional.hardsigmoid`` (slope exactly 1/6)."""
     return F.relu6(x + 3.0) / 6.0
 
 
 class Hardsigmoid(nn.Layer):
-    """Hard-sigmoid gate with torch's exact formula (``paddle.nn.Hardsigmoid`` uses slope 0.1666667)."""
+    """Hard-sigmoid gate with torch's exact formula (``paddle.nn.Hardsigmoid`` uses slope 0.1666667).
+
+    ``formulation`` (a :class:`Formulation`, ``KERNEL`` by default) picks :func:`hard_sigmoid` or
+    the twice-differentiable :func:`cream_paddle.second_order.hard_sigmoid` (same values).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.formulation: Formulation = Formulation.KERNEL
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:  # noqa: D102
-        return hard_sigmoid(x)
+        if self.formulation is Formulation.KERNEL:
+            return hard_sigmoid(x)
+        if self.formulation is Formulation.TWICE_DIFFERENTIABLE:
+            return second_order.hard_sigmoid(x)
+        raise ValueError(f"{type(self).__name__}.formulation must be a Formulation, "
+                         f"got {self.formulation!r}")
 
 
 def spatial_mean(x: paddle.Tensor, keepdim: bool = True) -> paddle.Tensor:

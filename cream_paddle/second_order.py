@@ -24,33 +24,53 @@ depthwise ``conv2d``       :func:`depthwise_conv2d`: the generic grouped ``conv2
                            ``batch_norm_double_grad`` exists but fails ("Required tensor shall not be
                            nullptr") when only some of its outputs carry a cotangent, which is the
                            case here. ``gamma`` enters through a reshape *view* of the parameter, so
-                           the 2020 in-place semantics hold. Running statistics are updated as
-                           :func:`cream_paddle.compat.batch_norm` does (torch momentum, unbiased
-                           variance), through ``set_value``.
+                           the 2020 in-place semantics hold. :func:`cream_paddle.compat.batch_norm`
+                           runs it (and updates the running statistics, torch momentum, unbiased
+                           variance, through ``set_value``) for ``Formulation.TWICE_DIFFERENTIABLE``.
 ``max``, ``flatten``,      not used: the supernet reshapes instead of flattening, and the max above is
 strided slices             detached.
 =========================  ==========================================================================
 
-Everything is confined to the second-order path: :func:`second_order_mode` switches the depthwise
-convolutions and hard-sigmoid gates of one model to these formulations for the duration of a
-``with`` block and restores the layers afterwards; the search code calls :func:`softmax` /
-:func:`soft_target_cross_entropy` only inside the meta-matching step. ``tests/test_second_order.py``
-checks each formulation's value, gradient and second derivative against torch.
+Everything is confined to the second-order path. Layers that have a twice-differentiable
+alternative say so with an explicit option, a ``formulation`` attribute holding a
+:class:`Formulation` (``KERNEL`` by default): ``BatchNormAct2d`` and the hard-sigmoid gates
+(:class:`cream_paddle.compat.Hardsigmoid` and the supernet's ``HardSigmoid``).
+:func:`second_order_mode` sets it to ``TWICE_DIFFERENTIABLE`` on every such layer of one model for
+the duration of a ``with`` block, switches its depthwise convolutions (Paddle's own ``Conv2D``,
+which has no such option) to :func:`depthwise_conv2d`, and restores everything afterwards; the
+search code calls :func:`softmax` / :func:`soft_target_cross_entropy` only inside the meta-matching
+step. ``tests/test_second_order.py`` checks each formulation's value, gradient and second derivative
+against torch.
 """
 from __future__ import annotations
 
 import contextlib
+import enum
 from typing import Iterator, List, Tuple
 
-import numpy as np
 import paddle
 import paddle.nn as nn
 
-from . import compat
-from .blocks import BatchNormAct2d
-
-__all__ = ["depthwise_conv2d", "hard_sigmoid", "softmax", "log_softmax",
+__all__ = ["Formulation", "depthwise_conv2d", "hard_sigmoid", "softmax", "log_softmax",
            "soft_target_cross_entropy", "batch_norm_train", "second_order_mode", "is_depthwise"]
+
+
+class Formulation(enum.Enum):
+    """How a layer with a twice-differentiable alternative computes its training-mode output.
+
+    ``KERNEL``: Paddle's own fused kernels (fast; first-order gradients only). ``TWICE_DIFFERENTIABLE``:
+    the elementary-op formulations of this module (the meta-matching step differentiates a gradient).
+    Set as a layer's ``formulation`` attribute; :func:`second_order_mode` switches it for a block.
+    """
+
+    KERNEL = "kernel"
+    TWICE_DIFFERENTIABLE = "twice_differentiable"
+
+    @classmethod
+    def _missing_(cls, value: object) -> "Formulation":
+        """``Formulation(value)`` of anything else: a ``ValueError`` naming the value and the choices."""
+        raise ValueError(f"formulation {value!r} is not one of "
+                         f"{', '.join(repr(f.value) for f in cls)} (or a Formulation member)")
 
 
 def depthwise_conv2d(x: paddle.Tensor, weight: paddle.Tensor, stride: Tuple[int, int],
@@ -104,23 +124,6 @@ def batch_norm_train(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tenso
     return out.reshape([c, n, h, w]).transpose([1, 0, 2, 3]), mean, var
 
 
-def _bn_forward(layer: BatchNormAct2d):
-    fallback = layer.__dict__.get("forward", None)
-
-    def forward(x: paddle.Tensor) -> paddle.Tensor:
-        if not layer.training:
-            return fallback(x) if fallback is not None else type(layer).forward(layer, x)
-        out, mean, var = batch_norm_train(x, layer.weight, layer.bias, layer.eps)
-        n = int(np.prod([x.shape[0]] + list(x.shape[2:])))
-        m = float(layer.momentum)  # torch convention
-        with paddle.no_grad():
-            batch_var = var.reshape([-1]) * (n / (n - 1.0)) if n > 1 else var.reshape([-1])
-            layer._mean.set_value(layer._mean * (1.0 - m) + mean.reshape([-1]) * m)
-            layer._variance.set_value(layer._variance * (1.0 - m) + batch_var * m)
-        return layer.act(layer.drop(out))
-    return forward
-
-
 def is_depthwise(layer: nn.Layer) -> bool:
     """True for a ``Conv2D`` with one input channel per group and groups > 1 (what Paddle routes to
     its ``depthwise_conv2d`` kernel)."""
@@ -144,33 +147,39 @@ def _dw_forward(layer: nn.Conv2D):
     return forward
 
 
-def _gate_forward(x: paddle.Tensor) -> paddle.Tensor:
-    return hard_sigmoid(x)
+def _has_formulation(layer: nn.Layer) -> bool:
+    """True for a layer that declares a :class:`Formulation` option (its ``formulation`` attribute);
+    ``ValueError`` if the value it holds is not one."""
+    if "formulation" not in layer.__dict__:
+        return False
+    Formulation(layer.formulation)
+    return True
 
 
 @contextlib.contextmanager
 def second_order_mode(model: nn.Layer) -> Iterator[nn.Layer]:
     """Within the block, ``model``'s depthwise convs, hard-sigmoid gates and BatchNorms support double grad.
 
-    Instance-level switch: each affected layer gets its own ``forward`` for the duration of the
-    block; the previous state is restored on exit, also after an exception.
+    Layers with a ``formulation`` option are set to ``TWICE_DIFFERENTIABLE``; depthwise ``Conv2D``
+    layers get their own ``forward`` (Paddle's class has no such option). The previous state is
+    restored on exit, also after an exception.
     """
+    switched: List[Tuple[nn.Layer, Formulation]] = []
     patched: List[Tuple[nn.Layer, bool, object]] = []
     try:
         for layer in model.sublayers(include_self=True):
-            new = None
-            if is_depthwise(layer):
+            if _has_formulation(layer):
+                switched.append((layer, layer.formulation))
+                layer.formulation = Formulation.TWICE_DIFFERENTIABLE
+            elif is_depthwise(layer):
                 new = _dw_forward(layer)
-            elif isinstance(layer, compat.Hardsigmoid) or type(layer).__name__ == "HardSigmoid":
-                new = _gate_forward
-            elif isinstance(layer, BatchNormAct2d):
-                new = _bn_forward(layer)
-            if new is not None:
                 had = "forward" in layer.__dict__
                 patched.append((layer, had, layer.__dict__.get("forward")))
                 layer.forward = new
         yield model
     finally:
+        for layer, formulation in reversed(switched):
+            layer.formulation = formulation
         for layer, had, old in reversed(patched):
             if had:
                 layer.forward = old

@@ -7,26 +7,17 @@ state dicts differ only by the framework conventions of ``cream_core.rules`` (BN
 Linear weight layout, no ``num_batches_tracked``).
 
 For the meta-matching step, wrap forward passes in :func:`cream_paddle.second_order.second_order_mode`,
-which switches this model's depthwise convolutions and hard-sigmoid gates to twice-differentiable
-formulations.
-
-BatchNorm statistics. A search iteration runs several train-mode forward passes through the same
-BatchNorm layers (board entries, student, teacher) before one backward. torch updates running
-statistics without autograd noticing; Paddle's ``batch_norm`` writes them in place *and* keeps them
-in its backward node with a version check, so the first backward after a second forward fails
-("modified by an inplace operation"). The supernet's BatchNorm layers therefore run Paddle's kernel
-on copies of the running statistics and write the results back with ``set_value`` (no version
-bump): :func:`_bn_forward_untracked`, with exactly the arithmetic of
-:func:`cream_paddle.compat.batch_norm` (torch momentum, unbiased running variance).
+which switches this model's depthwise convolutions, hard-sigmoid gates and BatchNorm layers to
+twice-differentiable formulations. The BatchNorm layers are the child nets' ``BatchNormAct2d``
+(:func:`cream_paddle.compat.batch_norm`): it writes running statistics back outside autograd's
+version tracking, so the several train-mode forwards of a search iteration before one backward work.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, List, Sequence, Tuple
+from typing import Iterator, List, Sequence, Tuple
 
-import numpy as np
 import paddle
 import paddle.nn as nn
-import paddle.nn.functional as F
 
 from cream_core.arch.supernet import SupernetPlan, plan_supernet, search_for_layer, validate_cand
 
@@ -37,43 +28,13 @@ from .builder import make_block
 __all__ = ["SuperNet", "HardSigmoid", "create_supernet"]
 
 
-class HardSigmoid(nn.Layer):
+class HardSigmoid(compat.Hardsigmoid):
     """The official squeeze-excite gate ``relu6(x + 3) / 6`` (twin of the torch supernet's class).
 
-    Uses :func:`cream_paddle.compat.hard_sigmoid`; inside ``second_order_mode`` it is computed with
-    ``clip`` instead, which Paddle can differentiate twice.
+    :class:`cream_paddle.compat.Hardsigmoid` under the torch twin's name; inside
+    ``second_order_mode`` (its ``formulation`` option) it is computed with ``clip`` instead, which
+    Paddle can differentiate twice.
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:  # noqa: D102
-        return compat.hard_sigmoid(x)
-
-
-def _bn_forward_untracked(layer: BatchNormAct2d) -> Callable[[paddle.Tensor], paddle.Tensor]:
-    """``layer.forward`` that updates the running statistics outside autograd's version tracking."""
-
-    def forward(x: paddle.Tensor) -> paddle.Tensor:
-        if not layer.training:
-            return layer.act(layer.drop(compat.batch_norm(
-                x, layer._mean, layer._variance, layer.weight, layer.bias, False, layer.momentum,
-                layer.eps)))
-        pm = compat.paddle_bn_momentum(layer.momentum)
-        old_var = layer._variance.detach().clone()
-        mean = layer._mean.detach().clone()
-        var = old_var.clone()
-        out = F.batch_norm(x, mean, var, layer.weight, layer.bias, training=True, momentum=pm,
-                           epsilon=layer.eps)
-        n = int(np.prod([x.shape[0]] + list(x.shape[2:])))
-        with paddle.no_grad():
-            if n > 1:  # biased -> unbiased batch variance in the running update, as compat.batch_norm
-                batch_part = var - old_var * pm
-                var = old_var * pm + batch_part * (n / (n - 1.0))
-            layer._mean.set_value(mean)
-            layer._variance.set_value(var)
-        return layer.act(layer.drop(out))
-    return forward
 
 
 class SuperNet(nn.Layer):
@@ -101,9 +62,6 @@ class SuperNet(nn.Layer):
         self.classifier = nn.Linear(self.num_features * self.global_pool.feat_mult(), num_classes)
         self.meta_layer = nn.Linear(num_classes * slice, 1)
         compat.init_weights_goog(self)
-        for layer in self.sublayers():
-            if isinstance(layer, BatchNormAct2d):
-                layer.forward = _bn_forward_untracked(layer)
 
     def forward_features(self, x: paddle.Tensor, architecture: Sequence[Sequence[int]]) -> paddle.Tensor:
         """Stem, the path's blocks, pool, head conv and Swish."""

@@ -45,12 +45,15 @@ def test_bn_momentum_convention() -> None:
             compat.paddle_bn_momentum(bad)
 
 
+@pytest.mark.parametrize("formulation", list(compat.Formulation))
 @pytest.mark.parametrize("shape", [(4, 6, 5, 5), (2, 3, 1, 1), (8, 4, 7, 3)])
-def test_bn_train_step_matches_torch(shape) -> None:
-    """Three training steps then eval: outputs, gradients and running stats equal torch's."""
+def test_bn_train_step_matches_torch(shape, formulation) -> None:
+    """Three training steps then eval: outputs, gradients and running stats equal torch's, in each
+    formulation of the one BatchNorm path."""
     c = shape[1]
     tb = torch.nn.BatchNorm2d(c, eps=1e-5, momentum=0.1)
     pb = BatchNormAct2d(c, apply_act=False)
+    pb.formulation = formulation
     w, b = _x((c,), 7) * 0.1 + 1.0, _x((c,), 8) * 0.1
     tb.weight.data = torch.from_numpy(w.copy())
     tb.bias.data = torch.from_numpy(b.copy())
@@ -94,6 +97,67 @@ def test_plain_paddle_bn_keeps_biased_variance() -> None:
     np.testing.assert_allclose(pb._mean.numpy(), tb.running_mean.numpy(), atol=STATS_ATOL)
     gap = np.abs(pb._variance.numpy() - tb.running_var.numpy()).max()
     assert gap > 100 * STATS_ATOL, "Paddle's BN now matches torch's variance update; simplify compat"
+
+
+@pytest.mark.parametrize("formulation", list(compat.Formulation))
+def test_bn_eval_leaves_running_stats_untouched(formulation) -> None:
+    """Eval normalises with the running statistics, as torch, and never writes them (bit-exact)."""
+    c = 3
+    pb = BatchNormAct2d(c, apply_act=False)
+    pb.formulation = formulation
+    tb = torch.nn.BatchNorm2d(c).eval()
+    mean, var = _x((c,), 1), np.abs(_x((c,), 2)) + 0.5
+    pb._mean.set_value(mean)
+    pb._variance.set_value(var)
+    tb.running_mean.copy_(torch.from_numpy(mean))
+    tb.running_var.copy_(torch.from_numpy(var))
+    pb.eval()
+    x = _x((2, c, 4, 4), 3)
+    np.testing.assert_allclose(pb(paddle.to_tensor(x)).numpy(), tb(torch.from_numpy(x)).detach().numpy(),
+                               atol=OP_ATOL, rtol=0)
+    assert np.array_equal(pb._mean.numpy(), mean) and np.array_equal(pb._variance.numpy(), var)
+    pb.train()  # and the same layer in training does move them: the check above is not vacuous
+    pb(paddle.to_tensor(x))
+    assert not np.array_equal(pb._mean.numpy(), mean)
+
+
+@pytest.mark.parametrize("formulation", list(compat.Formulation))
+def test_bn_several_forwards_before_one_backward(formulation) -> None:
+    """The search's pattern: two train-mode forwards through one layer, then one backward. Gradients
+    and the twice-updated running statistics equal torch's (the statistics are written back outside
+    autograd's version tracking, so the backward of the first forward still works)."""
+    c = 4
+    tb = torch.nn.BatchNorm2d(c)
+    pb = BatchNormAct2d(c, apply_act=False)
+    pb.formulation = formulation
+    pb.train()
+    x1, x2 = _x((3, c, 4, 4), 4, 2.0), _x((3, c, 4, 4), 5) + 1.0
+    xt = torch.from_numpy(x1).requires_grad_()
+    xp = paddle.to_tensor(x1, stop_gradient=False)
+    (tb(xt) * tb(torch.from_numpy(x2))).sum().backward()
+    (pb(xp) * pb(paddle.to_tensor(x2))).sum().backward()
+    np.testing.assert_allclose(xp.grad.numpy(), xt.grad.numpy(), atol=GRAD_ATOL, rtol=0)
+    np.testing.assert_allclose(pb._mean.numpy(), tb.running_mean.numpy(), atol=STATS_ATOL, rtol=0)
+    np.testing.assert_allclose(pb._variance.numpy(), tb.running_var.numpy(), atol=STATS_ATOL, rtol=0)
+
+
+def test_wrong_bn_formulation_is_caught() -> None:
+    """A formulation that is not a ``Formulation`` stops with a ``ValueError`` naming it, in the
+    function, on the layer, and on the gate, rather than silently picking one."""
+    x = paddle.to_tensor(_x((2, 3, 4, 4), 6))
+    stats = (paddle.zeros([3]), paddle.ones([3]))
+    assert compat.Formulation("twice_differentiable") is compat.Formulation.TWICE_DIFFERENTIABLE
+    for training in (True, False):
+        with pytest.raises(ValueError, match="formulation 'twice'.*'kernel'"):
+            compat.batch_norm(x, *stats, None, None, training, formulation="twice")
+    layer = BatchNormAct2d(3)
+    layer.formulation = None
+    with pytest.raises(ValueError, match="formulation None"):
+        layer(x)
+    gate = compat.Hardsigmoid()
+    gate.formulation = "kernel"  # the value's string, not the member: refused, not guessed
+    with pytest.raises(ValueError, match="Hardsigmoid.formulation"):
+        gate(x)
 
 
 # ---------------------------------------------------------------- hard-sigmoid

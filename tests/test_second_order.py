@@ -180,3 +180,88 @@ def test_untracked_write_reaches_second_backward(framework: str) -> None:
         got = float(gs)
     assert abs(got - expect_new) <= 1e-4 * abs(expect_new)
     assert abs(expect_new - expect_old) > 1.0  # the two semantics are far apart here
+
+
+def _bn_with_stats(formulation):
+    """``compat.batch_norm`` in training on fresh running statistics, which it returns too."""
+    from cream_paddle import compat
+
+    stats = (paddle.zeros([6]), paddle.ones([6]))
+    fn = lambda a, g, bb: compat.batch_norm(a, *stats, g, bb, True, 0.1, 1e-5,  # noqa: E731
+                                            formulation=formulation)
+    return fn, stats
+
+
+def test_batch_norm_twice_differentiable_formulation_matches_torch() -> None:
+    """The one BatchNorm path in its ``TWICE_DIFFERENTIABLE`` formulation: value, gradient and second
+    derivative as torch's, and the running statistics torch keeps (the same update, done once)."""
+    from cream_paddle.compat import Formulation
+
+    rng = np.random.RandomState(6)
+    x = rng.standard_normal((4, 6, 3, 3)).astype(np.float32) * 2 + 1
+    w = rng.uniform(0.5, 1.5, 6).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    fn, (mean, var) = _bn_with_stats(Formulation.TWICE_DIFFERENTIABLE)
+    tmean, tvar = torch.zeros(6), torch.ones(6)
+    _second_order(fn, lambda a, g, bb: TF.batch_norm(a, tmean, tvar, g, bb, training=True,
+                                                     momentum=0.1, eps=1e-5), [x, w, b])
+    _close(mean.numpy(), tmean.numpy(), VALUE_REL)
+    _close(var.numpy(), tvar.numpy(), VALUE_REL)
+
+
+@pytest.mark.parametrize("formulation", ["kernel", "twice_differentiable"])
+def test_batch_norm_weight_second_derivative_needs_the_option(formulation: str) -> None:
+    """Why the option exists: differentiating twice w.r.t. the input and the weight only (the bias
+    held fixed), Paddle's kernel returns no weight gradient under ``create_graph``; the
+    ``TWICE_DIFFERENTIABLE`` formulation gives torch's value, gradient and second derivative."""
+    from cream_paddle.compat import Formulation
+
+    rng = np.random.RandomState(7)
+    x = rng.standard_normal((4, 6, 3, 3)).astype(np.float32)
+    w, b = rng.uniform(0.5, 1.5, 6).astype(np.float32), rng.standard_normal(6).astype(np.float32)
+    fn, _ = _bn_with_stats(Formulation(formulation))
+    run = lambda: _second_order(lambda a, g: fn(a, g, paddle.to_tensor(b)),  # noqa: E731
+                                lambda a, g: TF.batch_norm(a, None, None, g, torch.from_numpy(b),
+                                                           training=True, eps=1e-5), [x, w])
+    if formulation == "twice_differentiable":
+        run()
+        return
+    try:
+        run()
+    except (TypeError, AttributeError, RuntimeError, ValueError):
+        return
+    pytest.skip("this Paddle build differentiates batch_norm twice here")  # pragma: no cover
+
+
+def _formulations(model) -> dict:
+    return {id(layer): layer.formulation for layer in model.sublayers() if "formulation" in layer.__dict__}
+
+
+def test_second_order_mode_switches_formulations_not_forwards() -> None:
+    """BatchNorms and gates are switched by their ``formulation`` option (no ``forward`` of their
+    own, no class-name test); every option comes back, also after an exception or a wrong value."""
+    from cream_core.arch.supernet import plan_supernet
+    from cream_paddle.blocks import BatchNormAct2d
+    from cream_paddle.compat import Formulation
+    from cream_paddle.supernet import HardSigmoid, SuperNet
+
+    model = SuperNet(plan_supernet((1, 1, 1, 1, 1)), num_classes=5)
+    kinds = (BatchNormAct2d, HardSigmoid)
+    switchable = [layer for layer in model.sublayers() if isinstance(layer, kinds)]
+    assert len(_formulations(model)) == len(switchable) > 0
+    before = _formulations(model)
+    assert set(before.values()) == {Formulation.KERNEL}
+    with so.second_order_mode(model):
+        assert set(_formulations(model).values()) == {Formulation.TWICE_DIFFERENTIABLE}
+        assert not any("forward" in layer.__dict__ for layer in switchable)
+    assert _formulations(model) == before
+    with pytest.raises(RuntimeError, match="boom"):
+        with so.second_order_mode(model):
+            raise RuntimeError("boom")
+    assert _formulations(model) == before
+    switchable[-1].formulation = "fast"
+    with pytest.raises(ValueError, match="formulation 'fast'"):
+        with so.second_order_mode(model):
+            pass  # pragma: no cover
+    assert {k: v for k, v in _formulations(model).items() if k != id(switchable[-1])} == \
+        {k: v for k, v in before.items() if k != id(switchable[-1])}
