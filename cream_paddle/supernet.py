@@ -14,12 +14,13 @@ version tracking, so the several train-mode forwards of a search iteration befor
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Sequence, Tuple
+from typing import Iterator, Sequence, Tuple
 
 import paddle
 import paddle.nn as nn
 
-from cream_core.arch.supernet import SupernetPlan, plan_supernet, search_for_layer, validate_cand
+from cream_core.arch.supernet import (SupernetPaths, SupernetPlan, outside_path, path_blocks,
+                                      plan_supernet, supernet_for_budget)
 
 from . import compat
 from .blocks import BatchNormAct2d, SelectAdaptivePool2d
@@ -37,17 +38,13 @@ class HardSigmoid(compat.Hardsigmoid):
     """
 
 
-class SuperNet(nn.Layer):
+class SuperNet(SupernetPaths, nn.Layer):
     """Every candidate path of the Cream search space in one layer (see the torch twin)."""
 
     def __init__(self, plan: SupernetPlan, num_classes: int = 1000, slice: int = 4,
                  drop_rate: float = 0.0, global_pool: str = "avg") -> None:
         super().__init__()
-        self.plan = plan
-        self.num_classes = num_classes
-        self.num_features = plan.num_features
-        self.drop_rate = drop_rate
-        self.slice = slice
+        self._hold_sizes(plan, num_classes, slice, drop_rate)
         self.conv_stem = nn.Conv2D(3, plan.stem_size, 3, stride=2, padding=compat.get_padding(3, 2),
                                    bias_attr=False)
         self.bn1 = BatchNormAct2d(plan.stem_size, apply_act=False)
@@ -62,16 +59,6 @@ class SuperNet(nn.Layer):
         self.classifier = nn.Linear(self.num_features * self.global_pool.feat_mult(), num_classes)
         self.meta_layer = nn.Linear(num_classes * slice, 1)
         compat.init_weights_goog(self)
-
-    def forward_features(self, x: paddle.Tensor, architecture: Sequence[Sequence[int]]) -> paddle.Tensor:
-        """Stem, the path's blocks, pool, head conv and Swish."""
-        x = self.act1(self.bn1(self.conv_stem(x)))
-        for layer, layer_arch in zip(self.blocks, architecture):
-            for candidates, choice in zip(layer, layer_arch):
-                if choice == -1:
-                    continue
-                x = candidates[choice](x)
-        return self.act2(self.conv_head(self.global_pool(x)))
 
     def forward(self, x: paddle.Tensor, architecture: Sequence[Sequence[int]]) -> paddle.Tensor:
         """Logits of path ``architecture``."""
@@ -92,39 +79,18 @@ class SuperNet(nn.Layer):
         Only trainable parameters: Paddle keeps BatchNorm's running statistics as parameters with
         ``stop_gradient=True``, torch as buffers.
         """
-        for name, param in self.named_parameters():
-            if param.stop_gradient:
-                continue
-            if "meta" in name and meta:
-                yield param
-            elif "blocks" not in name and "meta" not in name and not meta:
-                yield param
+        yield from (p for name, p in self.named_parameters()
+                    if not p.stop_gradient and outside_path(name, meta))
         if not meta:
-            for layer, layer_arch in zip(self.blocks, architecture):
-                for candidates, choice in zip(layer, layer_arch):
-                    if choice == -1:
-                        continue
-                    yield from (p for p in candidates[choice].parameters() if not p.stop_gradient)
-
-    def rand_parameter_names(self, architecture: Sequence[Sequence[int]], meta: bool = False
-                             ) -> List[str]:
-        """Names of :meth:`rand_parameters`, in the same order."""
-        ids = {id(p): n for n, p in self.named_parameters()}
-        return [ids[id(p)] for p in self.rand_parameters(architecture, meta)]
-
-    def check_path(self, architecture: Sequence[Sequence[int]]) -> List[List[int]]:
-        """``architecture`` as lists, or ``ValueError`` naming the stage/choice that does not exist."""
-        return validate_cand(architecture, self.plan)
+            for block in path_blocks(self.blocks, architecture):
+                yield from (p for p in block.parameters() if not p.stop_gradient)
 
 
 def create_supernet(flops_minimum: float = 0, flops_maximum: float = 600, num_classes: int = 1000,
                     slice: int = 4, drop_rate: float = 0.0, global_pool: str = "avg"
                     ) -> Tuple[SuperNet, Tuple[int, ...], int]:
     """The official ``gen_supernet``: ``(model, sta_num, resolution)`` for a FLOPs budget."""
-    found = search_for_layer(flops_minimum, flops_maximum)
-    if found is None:
-        raise ValueError(f"Invalid FLOPs Settings: no supernet fits {flops_minimum}..{flops_maximum} "
-                         "MFLOPs")
+    found = supernet_for_budget(flops_minimum, flops_maximum)
     model = SuperNet(plan_supernet(found.sta_num), num_classes=num_classes, slice=slice,
                      drop_rate=drop_rate, global_pool=global_pool)
     return model, found.sta_num, found.resolution

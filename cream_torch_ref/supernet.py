@@ -20,7 +20,7 @@ meta step depends on: its simulated update ``students_weight[0]`` is the *first*
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Sequence, Tuple
+from typing import Iterator, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from timm.layers import BatchNormAct2d, SelectAdaptivePool2d
 from timm.models._efficientnet_builder import efficientnet_init_weights
 
-from cream_core.arch.supernet import SupernetPlan, plan_supernet, search_for_layer, validate_cand
+from cream_core.arch.supernet import (SupernetPaths, SupernetPlan, outside_path, path_blocks,
+                                      plan_supernet, supernet_for_budget)
 
 from .builder import make_block
 
@@ -50,7 +51,7 @@ class HardSigmoid(nn.Module):
         return F.relu6(x + 3.0) / 6.0
 
 
-class SuperNet(nn.Module):
+class SuperNet(SupernetPaths, nn.Module):
     """Every candidate path of the Cream search space in one module.
 
     Args:
@@ -64,11 +65,7 @@ class SuperNet(nn.Module):
     def __init__(self, plan: SupernetPlan, num_classes: int = 1000, slice: int = 4,
                  drop_rate: float = 0.0, global_pool: str = "avg") -> None:
         super().__init__()
-        self.plan = plan
-        self.num_classes = num_classes
-        self.num_features = plan.num_features
-        self.drop_rate = drop_rate
-        self.slice = slice
+        self._hold_sizes(plan, num_classes, slice, drop_rate)
         self.conv_stem = nn.Conv2d(3, plan.stem_size, 3, stride=2, padding=1, bias=False)
         self.bn1 = BatchNormAct2d(plan.stem_size, apply_act=False)
         self.act1 = nn.SiLU(inplace=True)
@@ -82,16 +79,6 @@ class SuperNet(nn.Module):
         self.classifier = nn.Linear(self.num_features * self.global_pool.feat_mult(), num_classes)
         self.meta_layer = nn.Linear(num_classes * slice, 1)
         efficientnet_init_weights(self)
-
-    def forward_features(self, x: torch.Tensor, architecture: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Stem, the path's blocks, pool, head conv and Swish (the official order: pool first)."""
-        x = self.act1(self.bn1(self.conv_stem(x)))
-        for layer, layer_arch in zip(self.blocks, architecture):
-            for candidates, choice in zip(layer, layer_arch):
-                if choice == -1:
-                    continue
-                x = candidates[choice](x)
-        return self.act2(self.conv_head(self.global_pool(x)))
 
     def forward(self, x: torch.Tensor, architecture: Sequence[Sequence[int]]) -> torch.Tensor:
         """Logits of path ``architecture``."""
@@ -111,27 +98,10 @@ class SuperNet(nn.Module):
         Without ``meta``: every parameter outside ``blocks`` and the meta layer (stem, head,
         classifier) in registration order, then the path's blocks in path order.
         """
-        for name, param in self.named_parameters():
-            if "meta" in name and meta:
-                yield param
-            elif "blocks" not in name and "meta" not in name and not meta:
-                yield param
+        yield from (p for name, p in self.named_parameters() if outside_path(name, meta))
         if not meta:
-            for layer, layer_arch in zip(self.blocks, architecture):
-                for candidates, choice in zip(layer, layer_arch):
-                    if choice == -1:
-                        continue
-                    yield from candidates[choice].parameters()
-
-    def rand_parameter_names(self, architecture: Sequence[Sequence[int]], meta: bool = False
-                             ) -> List[str]:
-        """Names of :meth:`rand_parameters`, in the same order."""
-        ids = {id(p): n for n, p in self.named_parameters()}
-        return [ids[id(p)] for p in self.rand_parameters(architecture, meta)]
-
-    def check_path(self, architecture: Sequence[Sequence[int]]) -> List[List[int]]:
-        """``architecture`` as lists, or ``ValueError`` naming the stage/choice that does not exist."""
-        return validate_cand(architecture, self.plan)
+            for block in path_blocks(self.blocks, architecture):
+                yield from block.parameters()
 
 
 def create_supernet(flops_minimum: float = 0, flops_maximum: float = 600, num_classes: int = 1000,
@@ -141,10 +111,7 @@ def create_supernet(flops_minimum: float = 0, flops_maximum: float = 600, num_cl
 
     Raises ``ValueError('Invalid FLOPs Settings ...')`` where the official code does.
     """
-    found = search_for_layer(flops_minimum, flops_maximum)
-    if found is None:
-        raise ValueError(f"Invalid FLOPs Settings: no supernet fits {flops_minimum}..{flops_maximum} "
-                         "MFLOPs")
+    found = supernet_for_budget(flops_minimum, flops_maximum)
     model = SuperNet(plan_supernet(found.sta_num), num_classes=num_classes, slice=slice,
                      drop_rate=drop_rate, global_pool=global_pool)
     return model, found.sta_num, found.resolution

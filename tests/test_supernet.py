@@ -20,7 +20,9 @@ from cream_core.search.board import PrioritizedBoard, with_fixed_stages
 from cream_core.io.digest import digest_errors, tensor_digest
 from cream_core.config.search import ConfigError, load_search_config
 from cream_core.arch.supernet import (child_state_from_supernet, detect_supernet, flops_op_dict,
-                                     flops_table, plan_supernet, search_for_layer, validate_cand)
+                                     flops_table, names_in_order, outside_path, path_blocks,
+                                     plan_supernet, search_for_layer, supernet_for_budget,
+                                     validate_cand)
 from cream_core.arch.seeded import seeded_input, seeded_state
 from cream_torch_ref.childnet import ChildNet
 from cream_torch_ref.supernet import SuperNet, create_supernet
@@ -113,6 +115,23 @@ def test_default_supernet_digest_equals_official() -> None:
 def test_invalid_flops_raise() -> None:
     with pytest.raises(ValueError, match="Invalid FLOPs Settings"):
         create_supernet(700, 800)
+
+
+def test_shared_supernet_helpers_on_plain_data() -> None:
+    """The framework-free half both SuperNets use: path walk, the official name test, names by
+    identity, the budget check."""
+    blocks = [[["s0"]], [["a0", "a1"], ["b0", "b1"]], [["c0", "c1", "c2"]]]
+    assert list(path_blocks(blocks, [[0], [1, -1], [2]])) == ["s0", "a1", "c2"]
+    assert list(path_blocks(blocks, [[0], [-1]])) == ["s0"]  # fewer blocks named: the rest not run
+    picks = {n: (outside_path(n), outside_path(n, meta=True))
+             for n in ("conv_stem.weight", "blocks.1.0.2.conv_pw.weight", "meta_layer.bias")}
+    assert picks == {"conv_stem.weight": (True, False), "blocks.1.0.2.conv_pw.weight": (False, False),
+                     "meta_layer.bias": (False, True)}
+    a, b, c = object(), object(), object()
+    assert names_in_order([("x", a), ("y", b), ("z", c)], [c, a]) == ["z", "x"]
+    assert supernet_for_budget(0, 600) == search_for_layer(0, 600)
+    with pytest.raises(ValueError, match="Invalid FLOPs Settings: no supernet fits 700..800"):
+        supernet_for_budget(700, 800)
 
 
 def test_rand_parameters_official_order() -> None:

@@ -29,7 +29,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import re
 
@@ -41,6 +41,7 @@ from cream_core.arch.space import (CHOICE_BLOCK_POOL, CHOICES, NUM_FEATURES, STE
 __all__ = [
     "FLOPS_OP_DICT_FILE", "flops_op_dict", "LayerSearch", "search_for_layer", "supernet_arch_def",
     "SupernetPlan", "plan_supernet", "FlopsTable", "flops_table", "validate_cand",
+    "supernet_for_budget", "path_blocks", "outside_path", "names_in_order", "SupernetPaths",
     "SEARCHABLE_STAGES", "FLOPS_RESOLUTION", "child_key_map", "child_state_from_supernet",
     "decoded_arch_list",
     "SupernetArch", "detect_supernet",
@@ -214,6 +215,83 @@ def validate_cand(cand: Sequence[Sequence[int]], plan: SupernetPlan) -> List[Lis
                 raise ValueError(f"choice {c} of stage {s} block {j} is outside 0..{len(stage[j]) - 1}")
         out.append(choices)
     return out
+
+
+# ---- what both frameworks' SuperNet classes do the same way --------------------------------------
+_Block = TypeVar("_Block")
+
+
+def supernet_for_budget(flops_minimum: float, flops_maximum: float) -> LayerSearch:
+    """:func:`search_for_layer`, or ``ValueError('Invalid FLOPs Settings ...')`` where the official
+    ``gen_supernet`` fails (no supernet fits the budget)."""
+    found = search_for_layer(flops_minimum, flops_maximum)
+    if found is None:
+        raise ValueError(f"Invalid FLOPs Settings: no supernet fits {flops_minimum}..{flops_maximum} "
+                         "MFLOPs")
+    return found
+
+
+def path_blocks(blocks: Sequence[Sequence[Sequence[_Block]]], architecture: Sequence[Sequence[int]]
+                ) -> Iterator[_Block]:
+    """The candidate blocks a path runs, in path order: ``blocks[stage][block][choice]`` for every
+    choice of ``architecture`` that is not ``-1`` (the walk of the official forward and of its
+    parameter order)."""
+    for stage, stage_arch in zip(blocks, architecture):
+        for candidates, choice in zip(stage, stage_arch):
+            if choice != -1:
+                yield candidates[choice]
+
+
+def outside_path(name: str, meta: bool = False) -> bool:
+    """Whether parameter ``name`` is one ``rand_parameters`` yields before the path's blocks (the
+    official name test): with ``meta`` the meta layer's, otherwise stem, head and classifier."""
+    if meta:
+        return "meta" in name
+    return "blocks" not in name and "meta" not in name
+
+
+def names_in_order(named: Iterable[Tuple[str, object]], items: Iterable[object]) -> List[str]:
+    """The names ``named`` (``(name, item)`` pairs) gives ``items``, matched by identity, in the
+    order of ``items``."""
+    ids = {id(item): name for name, item in named}
+    return [ids[id(item)] for item in items]
+
+
+class SupernetPaths:
+    """The methods both frameworks' ``SuperNet`` share to the letter, written once.
+
+    Mixed into ``cream_torch_ref.supernet.SuperNet`` (an ``nn.Module``) and
+    ``cream_paddle.supernet.SuperNet`` (an ``nn.Layer``); uses only what both offer under the same
+    names: the layers ``conv_stem``, ``bn1``, ``act1``, ``blocks``, ``global_pool``, ``conv_head``,
+    ``act2`` called on a tensor, ``named_parameters()`` and the class's own ``rand_parameters``.
+    No framework is imported here.
+    """
+
+    plan: SupernetPlan
+
+    def _hold_sizes(self, plan: SupernetPlan, num_classes: int, slice: int, drop_rate: float) -> None:
+        """The supernet's plan and sizes as attributes (the constructor's first step on both sides)."""
+        self.plan = plan
+        self.num_classes = num_classes
+        self.num_features = plan.num_features
+        self.drop_rate = drop_rate
+        self.slice = slice
+
+    def forward_features(self, x: Any, architecture: Sequence[Sequence[int]]) -> Any:
+        """Stem, the path's blocks, pool, head conv and Swish (the official order: pool first)."""
+        x = self.act1(self.bn1(self.conv_stem(x)))
+        for block in path_blocks(self.blocks, architecture):
+            x = block(x)
+        return self.act2(self.conv_head(self.global_pool(x)))
+
+    def rand_parameter_names(self, architecture: Sequence[Sequence[int]], meta: bool = False
+                             ) -> List[str]:
+        """Names of ``rand_parameters``, in the same order."""
+        return names_in_order(self.named_parameters(), self.rand_parameters(architecture, meta))
+
+    def check_path(self, architecture: Sequence[Sequence[int]]) -> List[List[int]]:
+        """``architecture`` as lists, or ``ValueError`` naming the stage/choice that does not exist."""
+        return validate_cand(architecture, self.plan)
 
 
 # ---- the official FlopsEst, as ptflops 0.6.x counts ---------------------------------------------
