@@ -101,9 +101,11 @@ def batch_norm(x: paddle.Tensor, running_mean: paddle.Tensor, running_var: paddl
     and updates the running ones as torch does (unbiased batch variance), computed by
     ``formulation``: ``KERNEL``, Paddle's fused kernel (:func:`_batch_norm_kernel`), or
     ``TWICE_DIFFERENTIABLE``, elementary ops (:func:`_batch_norm_twice_differentiable`). Either way
-    the running statistics are written with ``set_value``, outside autograd's version tracking:
-    a search iteration runs several train-mode forwards through the same layers before one backward,
-    which an in-place write that autograd saw would break ("modified by an inplace operation").
+    the layer's running statistics are only written with ``set_value`` (no inplace-version bump),
+    never handed to a kernel that writes them in place, so a search iteration's several train-mode
+    forwards through the same layers before one backward never modify a tensor autograd saved.
+    (The supernet once had its own copy of this path for that reason; a plain in-place kernel
+    update did not fail on a single layer in Paddle 3.3.1, so no test relies on the failure.)
     A ``formulation`` that is not a :class:`Formulation` raises ``ValueError``.
     """
     formulation = Formulation(formulation)
