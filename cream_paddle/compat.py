@@ -104,8 +104,8 @@ def batch_norm(x: paddle.Tensor, running_mean: paddle.Tensor, running_var: paddl
     the layer's running statistics are only written with ``set_value`` (no inplace-version bump),
     never handed to a kernel that writes them in place, so a search iteration's several train-mode
     forwards through the same layers before one backward never modify a tensor autograd saved.
-    (The supernet once had its own copy of this path for that reason; a plain in-place kernel
-    update did not fail on a single layer in Paddle 3.3.1, so no test relies on the failure.)
+    (A plain in-place kernel update did not fail on a single layer in Paddle 3.3.1: the copies are
+    the safe way, not a fix a test shows to be needed.)
     A ``formulation`` that is not a :class:`Formulation` raises ``ValueError``.
     """
     formulation = Formulation(formulation)
