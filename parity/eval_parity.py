@@ -38,7 +38,7 @@ from cream_core.data import (EVAL_LAYOUTS, BadDataError, BadItem, EvalAccumulato
                         write_json)
 from cream_core.data.loader import DEFAULT_BATCH_SIZE, OMP_ENV
 
-from .compare import LAYER_FP32, LOGITS_FP32, Tolerance
+from .tolerances import LAYER_FP32, LOGITS_FP32, Tolerance
 
 __all__ = ["EVAL_LOGITS", "MIN_TOP1_AGREEMENT", "MAX_DISAGREEMENTS_SHOWN", "Disagreement",
            "EvalParityResult", "eval_parity", "register", "run", "main"]

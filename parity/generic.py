@@ -19,7 +19,7 @@ for float64 (semantics) and float32 (deployment):
 Before running, every matched layer pair's configuration is diffed (:mod:`parity.layer_config`): a
 constant the port chose differently is a divergence even where float32 hides its effect, and the
 first divergence names the layer on both sides with the configuration difference behind it.
-Tolerances are the named constants of :mod:`parity.compare`; in float32 each bound is raised to
+Tolerances are the named constants of :mod:`parity.tolerances`; in float32 each bound is raised to
 ``NOISE_FACTOR`` x the torch reference's own measured noise where that is larger
 (:mod:`parity.generic_noise`: perturbed torch fp32 runs, ``noise_members``), and every fp32 row
 reports its error, noise and ratio. If an op has no float64 kernel in one framework, the float64
@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .capture import Capture, capture_paddle, capture_torch
-from .compare import GRAD_CONTEXT_FLOOR, Comparison, compare_arrays, compare_named
+from .tolerances import GRAD_CONTEXT_FLOOR, Comparison, compare_arrays, compare_named
 from .generic_noise import GENERIC_NOISE_MEMBERS
 from .noise import NOISE_FACTOR, max_abs_diff
 from . import generic_noise as gn

@@ -1,7 +1,7 @@
 """The parity run: both frameworks, identical weights and inputs, every comparison, one verdict.
 
 :func:`run_parity` is what ``parity run`` and ``pytest parity/`` call. Stages, in order (each
-compared under the named tolerances of :mod:`parity.compare`):
+compared under the named tolerances of :mod:`parity.tolerances`):
 
 1. ``forward/eval/fp64``, ``forward/train/fp64``, ``bn_stats/fp64``, ``loss/fp64``,
    ``backward/fp64`` — the semantic check: in float64 rounding cannot hide a wrong constant, so the
@@ -38,7 +38,7 @@ from cream_core.arch import child_spec, seeded_input
 from cream_core.io.atomic import atomic_write
 
 from .capture import Capture, Event, capture_paddle, capture_torch
-from .compare import (GRAD_CONTEXT_FLOOR, Comparison, compare_arrays, compare_named,
+from .tolerances import (GRAD_CONTEXT_FLOOR, Comparison, compare_arrays, compare_named,
                       first_divergence)
 
 __all__ = ["ParityConfig", "ParityResult", "run_parity", "align_bn_constants_to_paddle",
@@ -289,7 +289,7 @@ def _compare_forward(t: Capture, p: Capture, stage: str, precision: str, categor
     """Module outputs (and inline-computed inputs) paired by name and call, then the logits.
 
     ``truth``: the reference's fp64 capture of the same pass (fp32 stages; see
-    :data:`parity.compare.FP32_ACCURACY_FACTOR`).
+    :data:`parity.tolerances.FP32_ACCURACY_FACTOR`).
     """
     out: List[Comparison] = []
     curve: List[Tuple[str, float, float]] = []

@@ -59,7 +59,7 @@ from cream_core.arch.official_init import OFFICIAL_INIT, official_init_state
 from cream_core.io.outputs import prepare_outputs
 from cream_core.arch.seeded import seeded_state
 
-from .compare import GRAD_CONTEXT_FLOOR, Tolerance
+from .tolerances import GRAD_CONTEXT_FLOOR, Tolerance
 from .noise import NOISE_FACTOR, NOISE_MEMBERS, NoiseModel, Perturbation, measure_noise
 
 __all__ = ["register", "run_search_step", "load_golden", "Golden", "Row", "SearchStepResult",

@@ -22,7 +22,7 @@ gradient, every parameter, the optimizer state (RMSprop mean square and momentum
 * ``synced`` — before each step the Paddle side is set to the torch side's exact state (weights,
   BN statistics, optimizer state, EMA), so step ``k`` is compared from identical states under the
   conditions of step ``k`` (its LR, its optimizer state, its batch and masks). Differences do not
-  compound, so the strict per-category tolerances of :mod:`parity.compare` apply, in fp32 and fp64.
+  compound, so the strict per-category tolerances of :mod:`parity.tolerances` apply, in fp32 and fp64.
 * ``free`` — both frameworks train on their own for k steps (the end-to-end claim). Training at
   lr 0.064 on batches of 8 is chaotic: any difference grows several-fold per step (measured in
   fp64: torch's float32 hardsigmoid-backward constant, 3e-8, reaches 5e-4 of a gradient's scale by
@@ -40,7 +40,7 @@ gradient, every parameter, the optimizer state (RMSprop mean square and momentum
   difference, and no reference accuracy bounds it.
 
 Near-zero tensors (gradients that cancel, biases that never move) are compared on a scale of at
-least :data:`parity.compare.GRAD_CONTEXT_FLOOR` of the largest tensor of their group. fp32 is the
+least :data:`parity.tolerances.GRAD_CONTEXT_FLOOR` of the largest tensor of their group. fp32 is the
 deployed precision; the float64 synced run (default ``--precision both``) is the semantic check: it
 alone sees the weight-decay filter (1e-5 on biases/BN) and the EMA of the BN statistics, whose
 effects after a step (~1e-5 of a tensor) are below fp32 resolution. Exit 0 iff every comparison
@@ -64,7 +64,7 @@ from cream_core.arch import model_names
 from cream_core.io.cli_errors import float_in, int_at_least, run_body
 from cream_core.io.outputs import prepare_outputs
 
-from .compare import (BN_STATS_FP32, BN_STATS_FP64, GRAD_CONTEXT_FLOOR, GRAD_FP32, GRAD_FP64,
+from .tolerances import (BN_STATS_FP32, BN_STATS_FP64, GRAD_CONTEXT_FLOOR, GRAD_FP32, GRAD_FP64,
                       LOSS_FP32, LR_VALUES, OPTIM_PARAMS_FP32, OPTIM_PARAMS_FP64, STRICT_FP64,
                       Comparison, Tolerance, compare_arrays, compare_named)
 from .noise import (NOISE_FACTOR, NOISE_MEMBERS, NOISE_THREADS, NoiseAccumulator, NoiseModel,
@@ -743,7 +743,7 @@ def _print_result(args: argparse.Namespace, cfg: TrainStepConfig, result: TrainS
     """The steps' table, the tolerances, the verdict, the first divergence and the free run's
     judged steps."""
     print(format_steps(result))
-    print("tolerances (see parity/compare.py and parity/train_step.py):")
+    print("tolerances (see parity/tolerances.py and parity/train_step.py):")
     print("\n".join(_tolerance_lines(result)))
     n, failed = len(result.comparisons), sum(not c.ok for c in result.comparisons)
     if args.precision != "fp32" and "free" in cfg.modes:
