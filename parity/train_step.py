@@ -61,9 +61,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from cream_core.arch import model_names
-from cream_core.io.cli_errors import float_in, int_at_least, run_body
+from cream_core.io.cli_errors import float_in, int_at_least
 from cream_core.io.outputs import prepare_outputs
 
+from .subcommand import Subcommand
 from .tolerances import (BN_STATS_FP32, BN_STATS_FP64, GRAD_CONTEXT_FLOOR, GRAD_FP32, GRAD_FP64,
                       LOSS_FP32, LR_VALUES, OPTIM_PARAMS_FP32, OPTIM_PARAMS_FP64, STRICT_FP64,
                       Comparison, Tolerance, compare_arrays, compare_named)
@@ -681,11 +682,7 @@ def _tolerance_lines(result: TrainStepResult) -> List[str]:
 # ------------------------------------------------------------------------------------------------
 # command line
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add ``parity train-step`` to the ``parity`` command."""
-    p = subparsers.add_parser(
-        "train-step", help="k retraining steps in both frameworks, compared after every step",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="cream-14", choices=model_names(), metavar="NAME",
                    help="child net (default cream-14)")
     p.add_argument("--steps", type=int_at_least(1), default=10, metavar="K", help="steps (default 10, >= 10 "
@@ -711,13 +708,6 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                         f"{NOISE_MEMBERS})")
     p.add_argument("--json", metavar="FILE", help="write every comparison as JSON")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=command)
-
-
-def command(args: argparse.Namespace) -> int:
-    """Handler of ``parity train-step``: 0 all within tolerance, 1 divergence (or an inconclusive
-    free run), 2 bad input, 130 interrupted."""
-    return run_body(None, args, _command, prog="parity train-step")
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -737,6 +727,15 @@ def _command(args: argparse.Namespace) -> int:
         write_json(args.json, result.to_dict())  # a full or failing disk after the work: exit 2
         print(f"JSON: {args.json}")
     return 0 if result.ok else 1
+
+
+#: ``parity train-step``: its options and its work (exit 0 all within tolerance, 1 divergence or
+#: an inconclusive free run, 2 bad input, 130 interrupted); ``register`` adds it to ``parity``.
+SUBCOMMAND = Subcommand("train-step",
+                        "k retraining steps in both frameworks, compared after every step",
+                        __doc__ or "", _add_arguments, _command)
+command = SUBCOMMAND.handler
+register = SUBCOMMAND.register
 
 
 def _print_result(args: argparse.Namespace, cfg: TrainStepConfig, result: TrainStepResult) -> None:
