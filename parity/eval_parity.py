@@ -294,11 +294,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if res.ok else 1
 
 
-#: ``parity eval``: its options and its work; ``register`` adds it to ``parity``, ``main`` runs it alone.
-SUBCOMMAND = Subcommand("eval", "top-1/top-5 of torch and Paddle on the same images",
-                        __doc__ or "", _add_arguments, _run)
-register = SUBCOMMAND.register
-main = SUBCOMMAND.main
+#: ``parity eval`` (``register``: into ``parity``; ``main``: ``python -m parity.eval_parity``).
+SUBCOMMAND = Subcommand("eval", __doc__, _add_arguments, _run,
+                        help="top-1/top-5 of torch and Paddle on the same images")
+register, main = SUBCOMMAND.register, SUBCOMMAND.main
 
 
 if __name__ == "__main__":

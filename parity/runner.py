@@ -29,7 +29,7 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -135,6 +135,7 @@ class _Models:
     mutate: Optional[PaddleMutator]
     weights_sha256: str = ""
     _paddle: Any = None
+    _layout: Optional[Dict[str, Any]] = None
     _copies: Dict[Tuple[str, str], Tuple[Any, Dict[str, Any]]] = field(default_factory=dict)
 
     def torch(self, dtype: str) -> Any:
@@ -148,15 +149,37 @@ class _Models:
             p.grad = None
         return m.eval()
 
+    def _loaded_paddle(self) -> Any:
+        """The port, loaded once through its own loader (never handed out: copies are)."""
+        if self._paddle is None:
+            import cream_paddle
+
+            self._paddle = cream_paddle.create_model(self.name, num_classes=self.num_classes,
+                                                     checkpoint=self.pdparams)
+        return self._paddle
+
+    def to_torch(self, paddle_values: Mapping[str, np.ndarray], like: Iterable[str]
+                 ) -> Dict[str, np.ndarray]:
+        """Paddle-named arrays (gradients, statistics, parameters) in torch's names and layouts
+        by the converter's rules (:func:`cream_core.rules.paddle_to_torch_names`), for the torch
+        keys ``like``; a key the port lacks is left out (compared as missing)."""
+        from cream_core.rules import paddle_to_torch_names
+
+        mapped = paddle_to_torch_names(paddle_values, self.layout())
+        return {k: mapped[k] for k in like if k in mapped}
+
+    def layout(self) -> Dict[str, Any]:
+        """The port's keys and layer kinds (:func:`cream_core.rules.paddle_layout`)."""
+        if self._layout is None:
+            from cream_core.rules import paddle_layout
+
+            self._layout = paddle_layout(self._loaded_paddle())
+        return self._layout
+
     def paddle(self, dtype: str) -> Any:
         key = ("paddle", dtype)
         if key not in self._copies:
-            if self._paddle is None:  # loaded once through the port's own loader
-                import cream_paddle
-
-                self._paddle = cream_paddle.create_model(self.name, num_classes=self.num_classes,
-                                                         checkpoint=self.pdparams)
-            m = copy.deepcopy(self._paddle)
+            m = copy.deepcopy(self._loaded_paddle())
             if self.mutate is not None:
                 self.mutate(m)
             paddle_at(m, dtype)
@@ -220,42 +243,6 @@ def _prepare_models(cfg: ParityConfig, work: str, mutate: Optional[PaddleMutator
 
 
 # ------------------------------------------------------------------------------------------------
-# name mapping through the converter's rules
-
-
-def _to_torch_names(paddle_values: Dict[str, np.ndarray], torch_model: Any,
-                    ref: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """Paddle-named arrays as torch-named, torch-laid-out arrays, for the torch keys of ``ref``.
-
-    Uses the converter's rules (renames such as ``_mean`` -> ``running_mean``, the Linear transpose);
-    shapes and dtypes are taken from ``ref`` so gradients of an fp64 run map too.
-    """
-    from cream_core.rules import RuleError, TargetKey, apply_rules, torch_layout
-
-    kinds = torch_layout(torch_model)
-    layout = {k: TargetKey(tuple(v.shape), v.dtype.name, kinds[k].kind) for k, v in ref.items()}
-    src = {k: v for k, v in paddle_values.items()}
-    wanted = {_paddle_twin(k) for k in ref}
-    src = {k: v for k, v in src.items() if k in wanted}
-    try:
-        mapped = apply_rules(src, layout, to="torch", fill=lambda k, tk: np.asarray(ref[k]))
-    except RuleError as e:
-        raise RuntimeError(f"names do not map through the converter rules: {e}") from None
-    return mapped.state_dict
-
-
-def _paddle_twin(torch_key: str) -> str:
-    """The Paddle name of a torch state-dict key, for filtering only (the rules do the mapping)."""
-    from cream_core.rules import RULES
-
-    prefix, _, leaf = torch_key.rpartition(".")
-    for r in RULES:
-        if r.torch_leaf == leaf and r.paddle_leaf is not None:
-            return f"{prefix}.{r.paddle_leaf}" if prefix else r.paddle_leaf
-    return torch_key
-
-
-# ------------------------------------------------------------------------------------------------
 # comparisons of captures
 
 
@@ -312,7 +299,7 @@ def _compare_backward(t: Capture, p: Capture, models: _Models, stage: str, preci
     gradients (mapped by the converter's rules) and the input gradient."""
     ctx = grad_context(t)
     out, curve, first_at = compare_out_grads(t, p, stage, precision, truth, ctx)
-    pg = _to_torch_names(p.param_grads, models.torch_model, t.param_grads)
+    pg = models.to_torch(p.param_grads, t.param_grads)
     out += param_and_input_grads(pg, p.input_grad, t, truth, stage, precision, first_at, ctx,
                                  "conv_stem")
     return out, curve
@@ -321,10 +308,8 @@ def _compare_backward(t: Capture, p: Capture, models: _Models, stage: str, preci
 def _bn_stats(t: Capture, p: Capture, models: _Models, stage: str, precision: str,
               truth: Optional[Capture] = None) -> List[Comparison]:
     keys = [k for k in t.state if k.endswith(("running_mean", "running_var"))]
-    allkeys = [k for k in t.state if k in keys or k.endswith("num_batches_tracked")]
-    mapped = _to_torch_names(p.state, models.torch_model, {k: t.state[k] for k in allkeys})
     ref = {k: t.state[k] for k in keys}
-    got = {k: mapped[k] for k in keys if k in mapped}
+    got = models.to_torch(p.state, keys)
     order = {k: i for i, k in enumerate(keys)}
     return compare_named(got, ref, category="bn_stats", stage=stage, precision=precision,
                          order=order, modules={k: owner(k) for k in keys},
@@ -395,22 +380,6 @@ def _compare_losses(t_logits: np.ndarray, p_logits: np.ndarray, target: np.ndarr
 # optimizers and schedules
 
 
-def _to_paddle_names(torch_values: Dict[str, np.ndarray], paddle_model: Any
-                     ) -> Dict[str, np.ndarray]:
-    """Torch-named arrays (gradients) as the Paddle model's names and layouts, by the converter rules."""
-    from cream_core.rules import RuleError, TargetKey, apply_rules, paddle_layout
-
-    trainable = {n for n, p in paddle_model.named_parameters() if not p.stop_gradient}
-    kinds = paddle_layout(paddle_model)
-    some = next(iter(torch_values.values()))
-    layout = {k: TargetKey(v.shape, some.dtype.name, v.kind) for k, v in kinds.items()
-              if k in trainable}
-    try:
-        return apply_rules(torch_values, layout, to="paddle").state_dict
-    except RuleError as e:
-        raise RuntimeError(f"gradient names do not map through the converter rules: {e}") from None
-
-
 def _gradient_sequence(models: _Models, cfg: ParityConfig, res: int) -> List[Dict[str, np.ndarray]]:
     """The reference's parameter gradients on ``cfg.optim_steps`` different batches (torch names).
 
@@ -448,6 +417,7 @@ def _optimizer_steps(models: _Models, kind: str, grads: List[Dict[str, np.ndarra
     import torch
     import cream_paddle.optim as PO
     import cream_torch_ref.optim as TO
+    from cream_paddle.backend import Backend as PaddleBackend
 
     tm, pm = models.torch("fp64"), models.paddle("fp64")
     if kind == "sgd":  # experiments/configs/train/train.yaml and lib/utils/util.py
@@ -470,7 +440,7 @@ def _optimizer_steps(models: _Models, kind: str, grads: List[Dict[str, np.ndarra
         plr.append(float(po.get_lr()))
         for n, v in g.items():
             tparams[n].grad = torch.from_numpy(v.copy())
-        for n, v in _to_paddle_names(g, pm).items():
+        for n, v in PaddleBackend.named_from_torch(pm, g).items():  # by the shared rules
             pparams[n].grad.set_value(v)
         to.step()
         po.step()
@@ -481,8 +451,7 @@ def _optimizer_steps(models: _Models, kind: str, grads: List[Dict[str, np.ndarra
             ts.step(step + 1)
             ps.step(step + 1)
     tstate = {k: v.detach().numpy().copy() for k, v in tparams.items()}
-    pstate = {k: v.detach().numpy().copy() for k, v in pm.state_dict().items()}
-    return tstate, pstate, tlr, plr
+    return tstate, PaddleBackend.torch_state(pm), tlr, plr
 
 
 def _compare_optim(models: _Models, kind: str, grads: List[Dict[str, np.ndarray]]
@@ -492,7 +461,7 @@ def _compare_optim(models: _Models, kind: str, grads: List[Dict[str, np.ndarray]
     out = [compare_arrays(np.array(plr), np.array(tlr), category="lr", stage=stage,
                           name=f"lr of steps 1..{len(grads)}", order=-1, precision="fp64",
                           module="scheduler")]
-    mapped = _to_torch_names(pstate, models.torch_model, tstate)
+    mapped = {k: pstate[k] for k in tstate if k in pstate}
     out += compare_named(mapped, tstate, category="optim_params", stage=stage, precision="fp64",
                          modules={k: owner(k) for k in tstate})
     return out

@@ -921,12 +921,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-#: ``parity search-step``: its options and work; ``register`` adds it to ``parity``, ``main`` runs it.
-SUBCOMMAND = Subcommand("search-step",
-                        "one supernet search iteration in both frameworks vs the official code",
-                        __doc__ or "", _add_arguments, _run)
-register = SUBCOMMAND.register
-main = SUBCOMMAND.main
+#: ``parity search-step`` (``register``: into ``parity``; ``main``: ``python -m parity.search_step``).
+SUBCOMMAND = Subcommand("search-step", __doc__, _add_arguments, _run, help="one supernet search "
+                        "iteration in both frameworks vs the official code")
+register, main = SUBCOMMAND.register, SUBCOMMAND.main
 
 
 if __name__ == "__main__":

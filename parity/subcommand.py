@@ -18,10 +18,10 @@ class Subcommand:
     :func:`cream_core.io.cli_errors.run_body`)."""
 
     name: str
-    help: str
-    description: str
+    description: Optional[str]  # the module's docstring
     add_arguments: Callable[[argparse.ArgumentParser], None]
     work: Callable[[argparse.Namespace], int]
+    help: str = ""  # one line in ``parity --help``
 
     @property
     def prog(self) -> str:
