@@ -694,13 +694,6 @@ def _command(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-#: ``parity train-step``: exit 0 all within tolerance, 1 divergence or an inconclusive free run,
-#: 2 bad input, 130 interrupted.
-SUBCOMMAND = Subcommand("train-step", __doc__, _add_arguments, _command,
-                        help="k retraining steps in both frameworks, compared after every step")
-command, register = SUBCOMMAND.handler, SUBCOMMAND.register
-
-
 def _print_result(args: argparse.Namespace, cfg: TrainStepConfig, result: TrainStepResult) -> None:
     """The steps' table, the tolerances, the verdict, the first divergence and the free run's
     judged steps."""
@@ -731,3 +724,10 @@ def _print_result(args: argparse.Namespace, cfg: TrainStepConfig, result: TrainS
                   "inside the predictable horizon (try another --seed or a larger --batch)")
     if cfg.fault:
         print(f"injected fault: {FAULTS[cfg.fault]}")
+
+
+#: ``parity train-step``: exit 0 all within tolerance, 1 divergence or an inconclusive free run,
+#: 2 bad input, 130 interrupted.
+SUBCOMMAND = Subcommand("train-step", __doc__, _add_arguments, _command,
+                        help="k retraining steps in both frameworks, compared after every step")
+command, register = SUBCOMMAND.handler, SUBCOMMAND.register
