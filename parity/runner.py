@@ -411,7 +411,9 @@ def _optimizer_steps(models: _Models, kind: str, grads: List[Dict[str, np.ndarra
     and step them on the *same* gradients (``grads``, mapped to Paddle with the converter's rules).
     What is compared is then the update rule and its schedule alone: with each framework computing
     its own gradients, lr 1.0 over a batch of 2 would amplify a 3e-8 gradient difference ~500x in
-    three steps. (The gradients themselves are compared by the backward stages.)
+    three steps. (The gradients themselves are compared by the backward stages.) Returns the
+    reference's parameters, the port's state (in torch's names and layouts, by its backend) and
+    each side's LR of every step.
     """
     import paddle
     import torch
@@ -546,6 +548,7 @@ def _x2paddle_export(models: _Models, x: np.ndarray, cache_dir: str) -> Tuple[st
 
 def _compare_x2paddle(models: _Models, x: np.ndarray, t_logits: np.ndarray, cache_dir: str,
                       info: Dict[str, Any], truth: Optional[np.ndarray] = None) -> List[Comparison]:
+    """The x2paddle-traced reference run by Paddle Inference, against the torch logits."""
     from converters import x2paddle_engine as X
 
     t0 = time.perf_counter()
@@ -656,6 +659,7 @@ class _Run:
                                                    seed=cfg.seed)
 
     def schedules(self) -> None:
+        """The whole LR schedules, value by value."""
         self.result.comparisons += _compare_schedules()
 
     def x2paddle(self) -> None:
