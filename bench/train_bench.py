@@ -2,7 +2,7 @@
 
 For each case (default: cream-14 at 64 px, batch 32; cream-287 at 224 px, batch 16) and each
 framework, a fresh worker process (this script with ``--worker``) builds the training setup of
-``cream_*.train.Backend`` (model with dropout 0.2 and drop path, RMSpropTF with the weight-decay
+``cream_*.train.Trainer`` (model with dropout 0.2 and drop path, RMSpropTF with the weight-decay
 filter, the schedule, label smoothing, EMA, mask injection), runs ``--warmup`` steps, then times
 ``--steps`` steps of :func:`train_step` (forward, loss, backward, optimizer step, EMA update) on a
 fixed batch with fixed masks. Reported: median and best step time, images/s, the process's peak RSS
@@ -66,7 +66,7 @@ def _worker(framework: str, model: str, px: int, batch: int, warmup: int, steps:
         from cream_paddle import train as T
     cfg = load_retrain_config(model, num_classes=1000, img_size=px, batch_size=batch,
                               drop_path_rate=0.2)
-    backend = T.Backend(cfg, distributed=False)
+    backend = T.Trainer(cfg, distributed=False)
     rng = np.random.default_rng(0)
     images = rng.standard_normal((batch, 3, px, px)).astype(np.float32)
     labels = rng.integers(0, 1000, batch).astype(np.int64)

@@ -4,6 +4,7 @@ matching of :mod:`converters.matching`).
 
 Importing this package is cheap; torch and Paddle are imported when a conversion runs.
 """
-from .convert import ConversionResult, convert_checkpoint, default_output, pdparams_to_pth
+from .convert import ConversionResult, convert_checkpoint, pdparams_to_pth
+from .files import default_output
 
 __all__ = ["ConversionResult", "convert_checkpoint", "pdparams_to_pth", "default_output"]

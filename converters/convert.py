@@ -12,21 +12,17 @@ checkpoint layout. ``num_batches_tracked`` (which Paddle lacks) is restored from
 to 0 (the value of a fresh BatchNorm; unused with a fixed momentum). A ``.pth.tar`` -> ``.pdparams``
 -> ``.pth.tar`` round trip is therefore bit-exact.
 
-Output safety: the destination and its sidecar are written to temporary files in the destination
-folder and moved into place with ``os.replace`` only after everything succeeded; an existing file is
-replaced only with ``force``; the destination may never be the source; the source is only read.
-Every failure is a :class:`~cream_core.io.errors.CheckpointError` naming the file at fault.
+Output safety (:mod:`converters.files`, shared by every converter): the destination and its sidecar
+are written to temporary files in the destination folder and moved into place with ``os.replace``
+only after everything succeeded; an existing file is replaced only with ``force``; the destination
+may never be the source; the source is only read. Every failure is a :class:`~cream_core.io.errors.CheckpointError` naming the file at fault.
 
 Heavy imports (torch, Paddle, timm) happen inside the functions, so that importing this module and
 parsing the command line stay cheap.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
@@ -34,32 +30,21 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from cream_core.arch.detect import DetectedArch, detect_arch, detect_num_classes
-from cream_core.io.errors import CheckpointError, OutputError
-from cream_core.io.outputs import commit_files, prepare_outputs
+from cream_core.io.errors import CheckpointError
 from cream_core.arch.supernet import SupernetArch, detect_supernet, plan_supernet
 from cream_core.arch.space import CHILD_NETS, child_spec
 
 from cream_core.rules import Mapped, RuleError, TargetKey, apply_rules
 
-__all__ = [
-    "ConversionResult",
-    "convert_checkpoint",
-    "pdparams_to_pth",
-    "default_output",
-    "sidecar_path",
-    "sha256_file",
-    "usual_mode",
-    "tool_version",
-    "result_as_dict",
-    "WEIGHTS",
-    "TORCH_SUFFIXES",
-]
+from .files import (SIDECAR_TOOL, BackgroundHash, HashingFile, check_destination, check_source,
+                    default_output, read_own_sidecar, sha256_file, sidecar_path, tool_version,
+                    write_outputs)
+
+__all__ = ["ConversionResult", "convert_checkpoint", "pdparams_to_pth", "result_as_dict", "resolve_arch",
+           "WEIGHTS"]
 
 #: ``--weights`` choices: the EMA weights (what the official test evaluates) or the raw ones.
 WEIGHTS = ("ema", "model")
-#: Suffixes stripped from a torch checkpoint's name to form the default ``.pdparams`` name.
-TORCH_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar", ".ckpt", ".bin")
-_SIDECAR_TOOL = "convert-ckpt"
 
 
 @dataclass
@@ -88,178 +73,14 @@ class ConversionResult:
                 f"{self.keys} entries from {self.weights}, {self.seconds:.2f} s{notes}")
 
 
-def tool_version() -> str:
-    """Version of this toolkit (recorded in every sidecar)."""
-    try:
-        from importlib.metadata import version
-        return version("cream-parity")
-    except Exception:  # noqa: BLE001 - not installed: running from a source tree
-        return "0+unknown"
-
-
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-class _BackgroundHash:
-    """sha256 of a file computed in a thread (hashlib and file reads release the GIL), so that it
-    overlaps with reading the checkpoint and building the target model."""
-
-    def __init__(self, path: str) -> None:
-        self._digest: Optional[str] = None
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, args=(path,), daemon=True)
-        self._thread.start()
-
-    def _run(self, path: str) -> None:
-        try:
-            self._digest = sha256_file(path)
-        except BaseException as e:  # noqa: BLE001 - re-raised in result()
-            self._error = e
-
-    def result(self) -> str:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        assert self._digest is not None
-        return self._digest
-
-
-class _HashingFile:
-    """Write-only view of a binary file that hashes the bytes written (for ``pickle.dump``)."""
-
-    def __init__(self, f: Any) -> None:
-        self._f = f
-        self.sha = hashlib.sha256()
-
-    def write(self, data: Any) -> int:
-        self.sha.update(data)
-        return self._f.write(data)
-
-
-def default_output(src: str, reverse: bool = False) -> str:
-    """SRC's name with ``.pdparams`` (or ``.pth.tar`` for the reverse), in SRC's folder."""
-    base = os.fspath(src)
-    low = base.lower()
-    if reverse:
-        if low.endswith(".pdparams"):
-            base = base[: -len(".pdparams")]
-        return base + ".pth.tar"
-    for suf in TORCH_SUFFIXES:
-        if low.endswith(suf):
-            base = base[: -len(suf)]
-            break
-    return base + ".pdparams"
-
-
-def sidecar_path(dst: str) -> str:
-    """The JSON sidecar written next to ``dst``."""
-    return os.fspath(dst) + ".json"
-
-
-# --------------------------------------------------------------------------------------------
-# destination checks and atomic writes
-
-
-def _same_file(a: str, b: str) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _check_source(src: str) -> None:
-    if not os.path.exists(src):
-        raise CheckpointError(src, "no such file")
-    if os.path.isdir(src):
-        raise CheckpointError(src, "is a directory, not a checkpoint file")
-
-
-def _check_destination(src: str, dst: str, force: bool, other_inputs: Sequence[str] = ()) -> None:
-    """Refuse a destination that is the source (or one of ``other_inputs``, e.g. a ``--map``
-    file), in a missing folder, a directory or (without force) taken."""
-    for out in (dst, sidecar_path(dst)):
-        if _same_file(src, out):
-            raise CheckpointError(out, "is the source file; choose another output (-o)")
-    folder = os.path.dirname(os.path.abspath(dst))
-    if not os.path.isdir(folder):
-        raise CheckpointError(dst, f"output folder {folder} does not exist")
-    for out in (dst, sidecar_path(dst)):
-        if os.path.isdir(out):
-            raise CheckpointError(out, "is a directory; give a file name for the output")
-        if os.path.exists(out) and not force:
-            raise CheckpointError(out, "already exists; pass --force to overwrite it")
-    try:  # real paths, writability (probed), interrupted commits finished, stale temporaries gone
-        prepare_outputs({"output": dst, "sidecar": sidecar_path(dst)},
-                        [src, sidecar_path(src), *other_inputs], log=_note)
-    except OutputError as e:
-        raise CheckpointError(e.path, e.problem) from None
-
-
-def _note(msg: str) -> None:
-    print(f"convert-ckpt: note: {msg}", file=sys.stderr)
-
-
-def _dumps(record: Mapping[str, Any]) -> str:
-    """JSON with one top-level entry per line, each value compact (short and diff-friendly)."""
-    rows = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()]
-    return "{\n" + ",\n".join(rows) + "\n}\n"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def usual_mode(path: str) -> None:
-    """Give a file (0666) or folder (0777) made by ``tempfile`` (0600/0700) the umask's usual mode."""
-    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
-
-
-def _write_outputs(dst: str, write_main: Callable[[Any], Optional[str]],
-                   sidecar: Dict[str, Any]) -> str:
-    """Write ``dst`` and its sidecar as one crash-consistent set; returns the sha256 of ``dst``.
-
-    ``write_main(f)`` writes the content to the open file and may return its sha256 (else the file
-    is re-read). :func:`cream_core.io.outputs.commit_files` writes both to temporaries, then renames
-    them under a folder lock with a journal: after a crash, or with a concurrent ``--force`` run,
-    the sidecar's ``output_sha256`` always describes the file next to it.
-    """
-    digest: Dict[str, str] = {}
-
-    def write_checkpoint(f: Any) -> None:
-        got = write_main(f)
-        if got is None:  # re-read: torch.save may write through the file descriptor
-            f.flush()
-            got = sha256_file(f.name)
-        digest["sha256"] = got
-
-    def write_sidecar(f: Any) -> None:
-        f.write(_dumps(dict(sidecar, output=os.path.basename(dst), output_sha256=digest["sha256"])))
-
-    side = sidecar_path(dst)
-    try:
-        commit_files({dst: write_checkpoint, side: write_sidecar}, modes={side: "w"})
-    except OutputError as e:
-        raise CheckpointError(e.path, e.problem) from None
-    return digest["sha256"]
-
-
 # --------------------------------------------------------------------------------------------
 # architecture
 
 
-def _resolve_arch(shapes: Mapping[str, Sequence[int]], model: str, layout: str, src: str
-                  ) -> DetectedArch:
-    """The architecture to build: detected from the shapes (``'auto'``) or the released net named."""
+def resolve_arch(shapes: Mapping[str, Sequence[int]], model: str, layout: str, src: str
+                 ) -> DetectedArch:
+    """The Cream architecture to build: detected from the shapes (``'auto'``) or the released net
+    named; a :class:`CheckpointError` naming ``src`` otherwise (also used by the x2paddle engine)."""
     if model == "auto":
         try:
             return detect_arch(shapes, layout=layout)
@@ -290,7 +111,7 @@ def _map(src: str, source: Mapping[str, np.ndarray], target: Mapping[str, Target
 def _sidecar(direction: str, src: str, src_sha: str, arch: DetectedArch, weights: str,
              keys: int, extra: Dict[str, Any]) -> Dict[str, Any]:
     return {
-        "tool": _SIDECAR_TOOL,
+        "tool": SIDECAR_TOOL,
         "tool_version": tool_version(),
         "direction": direction,
         "model": arch.label,
@@ -329,9 +150,9 @@ def convert_checkpoint(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike
     dst = os.fspath(dst) if dst is not None else default_output(src)
     if weights not in WEIGHTS:
         raise CheckpointError(src, f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
-    _check_source(src)
-    _check_destination(src, dst, force)
-    src_hash = _BackgroundHash(src)
+    check_source(src)
+    check_destination(src, dst, force)
+    src_hash = BackgroundHash(src)
 
     from cream_torch_ref.checkpoint import load_checkpoint  # torch, lazily
 
@@ -349,7 +170,7 @@ def convert_checkpoint(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike
                                        "float32)") from None
     shapes = {k: v.shape for k, v in source.items()}
     supernet = detect_supernet(shapes, "torch") if model == "auto" else None  # a search checkpoint
-    arch = _supernet_arch(supernet) if supernet else _resolve_arch(shapes, model, "torch", src)
+    arch = _supernet_arch(supernet) if supernet else resolve_arch(shapes, model, "torch", src)
 
     import paddle  # lazily
 
@@ -378,11 +199,11 @@ def convert_checkpoint(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike
     from cream_paddle.checkpoint import save_checkpoint
 
     def write(f: Any) -> str:
-        hf = _HashingFile(f)
+        hf = HashingFile(f)
         save_checkpoint(hf, mapped.state_dict)
         return hf.sha.hexdigest()
 
-    digest = _write_outputs(dst, write, side)
+    digest = write_outputs(dst, write, side)
     return ConversionResult("torch->paddle", src, dst, sidecar_path(dst), arch.label,
                             [list(s) for s in arch.arch_list], arch.num_classes, arch.resolution,
                             ck.source, src_sha, digest, len(mapped.state_dict),
@@ -391,27 +212,6 @@ def convert_checkpoint(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike
 
 # --------------------------------------------------------------------------------------------
 # Paddle -> torch
-
-
-def _read_own_sidecar(src: str, src_sha: str, notes: List[str]) -> Dict[str, Any]:
-    """The sidecar ``convert-ckpt`` wrote next to ``src``, if it describes exactly this file."""
-    path = sidecar_path(src)
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            side = json.load(f)
-    except (OSError, ValueError) as e:
-        notes.append(f"ignored sidecar {os.path.basename(path)} ({type(e).__name__})")
-        return {}
-    if not isinstance(side, dict) or side.get("tool") != _SIDECAR_TOOL:
-        notes.append(f"ignored sidecar {os.path.basename(path)} (not written by {_SIDECAR_TOOL})")
-        return {}
-    if side.get("output_sha256") != src_sha:
-        notes.append(f"ignored sidecar {os.path.basename(path)} (it describes another version "
-                     "of the file)")
-        return {}
-    return side
 
 
 def pdparams_to_pth(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike[str] | str]" = None,
@@ -428,18 +228,18 @@ def pdparams_to_pth(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike[st
     t0 = time.perf_counter()
     src = os.fspath(src)
     dst = os.fspath(dst) if dst is not None else default_output(src, reverse=True)
-    _check_source(src)
-    _check_destination(src, dst, force)
+    check_source(src)
+    check_destination(src, dst, force)
     src_sha = sha256_file(src)
 
     from cream_paddle.checkpoint import load_checkpoint as load_pdparams  # numpy only
 
     ck = load_pdparams(src)
     notes: List[str] = []
-    side = _read_own_sidecar(src, src_sha, notes)
+    side = read_own_sidecar(src, src_sha, notes)
     shapes = {k: v.shape for k, v in ck.state_dict.items()}
     supernet = detect_supernet(shapes, "paddle") if model == "auto" else None  # a search checkpoint
-    arch = _supernet_arch(supernet) if supernet else _resolve_arch(shapes, model, "paddle", src)
+    arch = _supernet_arch(supernet) if supernet else resolve_arch(shapes, model, "paddle", src)
 
     import torch  # lazily
 
@@ -481,7 +281,7 @@ def pdparams_to_pth(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike[st
     def write(f: Any) -> None:
         save_official_checkpoint(f, state, epoch=epoch, arch=arch.label, args=None, legacy=legacy)
 
-    digest = _write_outputs(dst, write, sc)
+    digest = write_outputs(dst, write, sc)
     return ConversionResult("paddle->torch", src, dst, sidecar_path(dst), arch.label,
                             [list(s) for s in arch.arch_list], arch.num_classes, arch.resolution,
                             ck.source, src_sha, digest, len(state), time.perf_counter() - t0, notes)

@@ -6,7 +6,7 @@ edited ``--map`` file), the checkpoint is read with the project's safe loader
 (:mod:`cream_torch_ref.checkpoint`: a plain ``state_dict`` file or ``{'state_dict': ...}``; no code
 from the file runs), every entry goes through the matching and the shared rules, and the
 ``.pdparams`` plus its JSON sidecar (which records the matching) are written with the same checks and
-atomic writes as the Cream path (:mod:`converters.convert`). The way back
+atomic writes as the Cream path (:mod:`converters.files`). The way back
 (:func:`pdparams_to_torch_generic`, a ``.pdparams`` SRC) writes a plain torch ``state_dict`` file;
 ``num_batches_tracked`` comes from the source's sidecar when it describes exactly that file, else 0.
 Every problem is a :class:`GenericInputError` naming the file or option at fault; then nothing is
@@ -26,9 +26,8 @@ import numpy as np
 from cream_core.io.errors import CheckpointError
 from cream_core.rules import RuleError
 
-from .convert import (_BackgroundHash, _check_destination, _check_source, _HashingFile,
-                      _read_own_sidecar, _write_outputs, default_output, sha256_file, sidecar_path,
-                      tool_version)
+from .files import (BackgroundHash, HashingFile, check_destination, check_source, default_output,
+                    read_own_sidecar, sha256_file, sidecar_path, tool_version, write_outputs)
 from .matching import (MatchError, Matching, load_matching, match_models, paddle_to_torch_state,
                        torch_to_paddle_state)
 
@@ -168,10 +167,10 @@ def _matching(torch_model: Any, paddle_model: Any, shape: Sequence[int], map_fil
 
 
 def _check_files(src: str, dst: str, force: bool, map_file: Optional[str]) -> None:
-    _check_source(src)
+    check_source(src)
     if map_file is not None and not os.path.isfile(map_file):
         raise GenericInputError(f"{map_file}: no such file (--map)")
-    _check_destination(src, dst, force, [map_file] if map_file is not None else [])
+    check_destination(src, dst, force, [map_file] if map_file is not None else [])
 
 
 def _pair(torch_spec: str, paddle_spec: str, shape: Sequence[int], map_file: Optional[str],
@@ -201,7 +200,7 @@ def convert_generic(src: "os.PathLike[str] | str", torch_spec: str, paddle_spec:
     dst = os.fspath(dst) if dst is not None else default_output(src)
     shape = tuple(input_shape) if input_shape is not None else DEFAULT_EXAMPLE_SHAPE
     _check_files(src, dst, force, map_file)
-    src_hash = _BackgroundHash(src)
+    src_hash = BackgroundHash(src)
     kwargs = (torch_kwargs, paddle_kwargs)
     torch_model, paddle_model, matching = _pair(torch_spec, paddle_spec, shape, map_file, kwargs)
     source, entry = _read_torch_state(src)
@@ -217,11 +216,11 @@ def convert_generic(src: "os.PathLike[str] | str", torch_spec: str, paddle_spec:
     from cream_paddle.checkpoint import save_checkpoint
 
     def write(f: Any) -> str:
-        hf = _HashingFile(f)
+        hf = HashingFile(f)
         save_checkpoint(hf, state)
         return hf.sha.hexdigest()
 
-    digest = _write_outputs(dst, write, side)
+    digest = write_outputs(dst, write, side)
     return GenericConversion(src, dst, sidecar_path(dst), torch_spec, paddle_spec, entry,
                              side["source_sha256"], digest, len(state),
                              sorted({m.how for m in matching.layers if m.has_params}),
@@ -256,7 +255,7 @@ def _sidecar(direction: str, src: str, src_sha: str, torch_spec: str, paddle_spe
 
 def _recorded_counters(src: str, src_sha: str) -> Dict[str, int]:
     """``num_batches_tracked`` values the source's own sidecar recorded (torch key -> value)."""
-    recorded = _read_own_sidecar(src, src_sha, []).get("num_batches_tracked")
+    recorded = read_own_sidecar(src, src_sha, []).get("num_batches_tracked")
     if isinstance(recorded, dict):
         return {k: v for k, v in recorded.items() if isinstance(v, int)}
     if isinstance(recorded, int) and not isinstance(recorded, bool):
@@ -299,7 +298,7 @@ def pdparams_to_torch_generic(src: "os.PathLike[str] | str", torch_spec: str, pa
     import torch
 
     tensors = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in state.items()}
-    digest = _write_outputs(dst, lambda f: torch.save(tensors, f), side)
+    digest = write_outputs(dst, lambda f: torch.save(tensors, f), side)
     return GenericConversion(src, dst, sidecar_path(dst), torch_spec, paddle_spec, ck.source,
                              src_sha, digest, len(state),
                              sorted({m.how for m in matching.layers if m.has_params}),

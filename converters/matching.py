@@ -158,54 +158,69 @@ def _describe(modules: Sequence[Tuple[str, Any]], state: Mapping[str, Any],
     return out
 
 
-def _torch_layers(model: Any) -> Dict[str, _Layer]:
-    return _describe(list(model.named_modules()), model.state_dict(),
-                     lambda m: any(True for _ in m.children()))
-
-
-def _paddle_layers(model: Any) -> Dict[str, _Layer]:
-    return _describe(list(model.named_sublayers(include_self=True)), model.state_dict(),
-                     lambda m: bool(m.sublayers()))
-
-
-def _torch_side(model: Any, x: np.ndarray) -> _Side:
+def _torch_input(model: Any, x: np.ndarray) -> Any:
     import torch
 
-    modules = list(model.named_modules())
-    layers = _torch_layers(model)
-    calls: List[str] = []
-    handles = [m.register_forward_pre_hook(lambda _m, _i, p=path: calls.append(p))
-               for path, m in modules]
-    modes = {m: m.training for _, m in modules}
     params = list(model.parameters())
     dtype = params[0].dtype if params else torch.float32
-    try:
-        model.eval()
-        with torch.no_grad():
-            _run("torch", model, torch.from_numpy(np.ascontiguousarray(x)).to(dtype))
-    finally:
-        for h in handles:
-            h.remove()
-        for m, mode in modes.items():
-            m.training = mode
-    return _Side(layers, _first_calls(calls, layers))
+    return torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
 
 
-def _paddle_side(model: Any, x: np.ndarray) -> _Side:
+def _paddle_input(model: Any, x: np.ndarray) -> Any:
     import paddle
 
-    modules = list(model.named_sublayers(include_self=True))
-    layers = _paddle_layers(model)
+    params = model.parameters()
+    dtype = params[0].dtype if params else paddle.float32
+    return paddle.to_tensor(np.ascontiguousarray(x)).astype(dtype)
+
+
+def _torch_no_grad() -> Any:
+    import torch
+
+    return torch.no_grad()
+
+
+def _paddle_no_grad() -> Any:
+    import paddle
+
+    return paddle.no_grad()
+
+
+@dataclass(frozen=True)
+class _Framework:
+    """What differs between the two sides when a tree is described and run once: how modules are
+    listed, whether one has children, the example input in the model's dtype, no-grad mode."""
+
+    name: str  # in messages
+    modules: Callable[[Any], List[Tuple[str, Any]]]  # (path, module), the root included as ""
+    has_children: Callable[[Any], bool]
+    example_input: Callable[[Any, np.ndarray], Any]
+    no_grad: Callable[[], Any]
+
+
+_TORCH = _Framework("torch", lambda m: list(m.named_modules()),
+                    lambda m: any(True for _ in m.children()), _torch_input, _torch_no_grad)
+_PADDLE = _Framework("Paddle", lambda m: list(m.named_sublayers(include_self=True)),
+                     lambda m: bool(m.sublayers()), _paddle_input, _paddle_no_grad)
+
+
+def _layers(fw: _Framework, model: Any) -> Dict[str, _Layer]:
+    return _describe(fw.modules(model), model.state_dict(), fw.has_children)
+
+
+def _side(fw: _Framework, model: Any, x: np.ndarray) -> _Side:
+    """The layers of one side and the order they are first called in on the example input ``x``
+    (eval mode, no gradients; every module's mode restored afterwards)."""
+    modules = fw.modules(model)
+    layers = _layers(fw, model)
     calls: List[str] = []
     handles = [m.register_forward_pre_hook(lambda _m, _i, p=path: calls.append(p))
                for path, m in modules]
     modes = {id(m): (m, m.training) for _, m in modules}
-    params = model.parameters()
-    dtype = params[0].dtype if params else paddle.float32
     try:
         model.eval()
-        with paddle.no_grad():
-            _run("Paddle", model, paddle.to_tensor(np.ascontiguousarray(x)).astype(dtype))
+        with fw.no_grad():
+            _run(fw.name, model, fw.example_input(model, x))
     finally:
         for h in handles:
             h.remove()
@@ -458,7 +473,7 @@ def match_models(torch_model: Any, paddle_model: Any, example_input: np.ndarray)
     (``paddle.nn.Layer``): by name, else by execution order at ``example_input`` (one eval-mode run
     each side, modes restored), checked by kind and shapes. Raises :class:`MatchError`."""
     x = np.asarray(example_input)
-    t, p = _torch_side(torch_model, x), _paddle_side(paddle_model, x)
+    t, p = _side(_TORCH, torch_model, x), _side(_PADDLE, paddle_model, x)
     notes: List[str] = []
     stateful = _stateful_pairs(t, p, notes)
     free = _param_free_pairs(t, p, notes)
@@ -503,7 +518,7 @@ def load_matching(path: "os.PathLike[str] | str", torch_model: Any, paddle_model
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) if _is_yaml(path) else json.load(f)
         stored = Matching.from_json(data)
-        return _validated(stored, _torch_layers(torch_model), _paddle_layers(paddle_model))
+        return _validated(stored, _layers(_TORCH, torch_model), _layers(_PADDLE, paddle_model))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as e:
         problem = getattr(e, "strerror", None) or " ".join(str(e).split())
         raise MatchError(f"{os.fspath(path)}: cannot read a matching: {problem[:200]}") from None

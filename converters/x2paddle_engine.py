@@ -164,7 +164,7 @@ def run_x2paddle(export: "X2PaddleExport | str | Any", x: np.ndarray) -> np.ndar
 
 
 def _default_dir(src: str) -> str:
-    from .convert import default_output
+    from .files import default_output
 
     return default_output(src)[: -len(".pdparams")] + ".x2paddle"
 
@@ -181,13 +181,14 @@ def convert_with_x2paddle(src: "os.PathLike[str] | str", out_dir: "Optional[os.P
     """
     from cream_torch_ref.checkpoint import load_checkpoint
 
-    from .convert import _check_source, _resolve_arch, usual_mode
+    from .convert import resolve_arch
+    from .files import check_source, usual_mode
 
     src = os.fspath(src)
     out = os.fspath(out_dir) if out_dir is not None else _default_dir(src)
     if weights not in ("ema", "model"):
         raise CheckpointError(src, f"--weights must be ema or model, got {weights!r}")
-    _check_source(src)
+    check_source(src)
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise CheckpointError(out, f"output folder {parent} does not exist")
@@ -203,7 +204,7 @@ def convert_with_x2paddle(src: "os.PathLike[str] | str", out_dir: "Optional[os.P
                 raise CheckpointError(out, "is a non-empty folder that is no x2paddle export; "
                                            "refusing to replace it even with --force")
     ck = load_checkpoint(src, use_ema=(weights == "ema"))
-    arch = _resolve_arch({k: tuple(v.shape) for k, v in ck.state_dict.items()}, model, "torch", src)
+    arch = resolve_arch({k: tuple(v.shape) for k, v in ck.state_dict.items()}, model, "torch", src)
     from cream_torch_ref.checkpoint import check_state_dict
     from cream_torch_ref.childnet import ChildNet
 

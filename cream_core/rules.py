@@ -44,6 +44,8 @@ __all__ = [
     "apply_rules",
     "torch_layout",
     "paddle_layout",
+    "paddle_to_torch_names",
+    "torch_to_paddle_names",
 ]
 
 
@@ -256,4 +258,42 @@ def paddle_layout(model: "object") -> Dict[str, TargetKey]:
         prefix, _ = _split(key)
         dtype = str(v.dtype).replace("paddle.", "")
         out[key] = TargetKey(tuple(int(s) for s in v.shape), dtype, kinds.get(prefix[:-1], "other"))
+    return out
+
+
+def paddle_to_torch_names(values: Mapping[str, np.ndarray], layout: Mapping[str, TargetKey]
+                          ) -> Dict[str, np.ndarray]:
+    """Entries named as in the Paddle model of ``layout`` (:func:`paddle_layout`) in torch's names
+    and layouts by :data:`RULES`: a whole state dict or any part of one (gradients, momentum).
+
+    No completeness check (a part is expected): use :func:`apply_rules` for a whole state dict that
+    must fit a model. Keys ``layout`` lacks are copied unchanged.
+    """
+    out: Dict[str, np.ndarray] = {}
+    for key, value in values.items():
+        prefix, leaf = _split(key)
+        rule = rule_for("paddle", leaf, layout[key].kind) if key in layout else None
+        a = np.asarray(value)
+        if rule is not None and rule.action == "transpose" and a.ndim == 2:
+            a = np.ascontiguousarray(a.T)
+        out[prefix + (rule.torch_leaf if rule is not None else leaf)] = a
+    return out
+
+
+def torch_to_paddle_names(values: Mapping[str, np.ndarray], layout: Mapping[str, TargetKey]
+                          ) -> Dict[str, np.ndarray]:
+    """The inverse of :func:`paddle_to_torch_names`: torch-named entries (any part of a state
+    dict) in the names and layouts of the Paddle model of ``layout``; entries a ``drop`` rule
+    removes (``num_batches_tracked``) are left out."""
+    kinds = {_split(k)[0]: t.kind for k, t in layout.items()}
+    out: Dict[str, np.ndarray] = {}
+    for key, value in values.items():
+        prefix, leaf = _split(key)
+        rule = rule_for("torch", leaf, kinds.get(prefix, "other"))
+        if rule is not None and rule.action == "drop":
+            continue
+        a = np.asarray(value)
+        if rule is not None and rule.action == "transpose" and a.ndim == 2:
+            a = np.ascontiguousarray(a.T)
+        out[prefix + str(rule.paddle_leaf if rule is not None else leaf)] = a
     return out

@@ -18,7 +18,6 @@ any process), ``epoch``, ``arch``, ``args``, ``version``. Multi-process runs use
 from __future__ import annotations
 
 import copy
-import os
 import pickle
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -36,6 +35,7 @@ from cream_core.data.train_loader import TrainBatch
 from cream_core.training.masks import MaskSpec, StepMasks
 
 from . import compat, optim
+from .backend import CHECKPOINT_SUFFIX, FRAMEWORK, Backend, init_distributed
 from .blocks import DropPath
 from .checkpoint import check_state_dict, read_checkpoint
 from .childnet import ChildNet
@@ -46,11 +46,9 @@ __all__ = [
     "FRAMEWORK", "CHECKPOINT_SUFFIX", "build_model", "create_optimizer", "create_scheduler",
     "create_loss", "current_lr", "ModelEma", "MaskedDropPath", "MaskInjector", "train_step",
     "bn_buffers", "optimizer_state", "save_train_checkpoint", "train_checkpoint_writer",
-    "load_train_checkpoint", "init_distributed", "Backend", "train",
+    "load_train_checkpoint", "init_distributed", "Trainer", "train",
 ]
 
-FRAMEWORK = "paddle"
-CHECKPOINT_SUFFIX = ".pdparams"
 _SCHED_KEY = "LR_Scheduler"
 
 
@@ -382,30 +380,23 @@ def load_train_checkpoint(path: str, model: nn.Layer, ema: Optional[ModelEma],
     return int(obj["epoch"])
 
 
-def init_distributed() -> Tuple[int, int]:
-    """``(rank, world_size)``; under ``paddle.distributed.launch`` (several trainers) joins the
-    collective group (gloo on CPU)."""
-    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
-    if world <= 1:
-        return 0, 1
-    import paddle.distributed as dist
+class Trainer:
+    """The Paddle half of :func:`cream_core.training.loop.run_training` (model, optimizer, EMA, I/O),
+    a thin trainer over the one :class:`~cream_paddle.backend.Backend` (processes, collectives).
 
-    paddle.set_device("cpu")
-    dist.init_parallel_env()
-    return dist.get_rank(), dist.get_world_size()
-
-
-class Backend:
-    """The Paddle half of :func:`cream_core.training.loop.run_training` (twin of the torch class)."""
+    Args:
+        cfg: the recipe (:class:`cream_core.config.retrain.RetrainConfig`).
+        distributed: join the process group when launched by the launcher (default: if it did).
+        shards: emulate that many data-parallel processes in this one (see :func:`train_step`).
+    """
 
     framework = FRAMEWORK
     checkpoint_suffix = CHECKPOINT_SUFFIX
 
     def __init__(self, cfg: Any, *, distributed: Optional[bool] = None, shards: int = 1) -> None:
         self.cfg = cfg
-        if distributed is None:
-            distributed = int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1
-        self.rank, self.world_size = init_distributed() if distributed else (0, 1)
+        self.backend = Backend(distributed=distributed)
+        self.rank, self.world_size = self.backend.rank, self.backend.world_size
         self.shards = shards
         self.model = build_model(cfg)
         self.optimizer = create_optimizer(self.model, cfg)
@@ -413,9 +404,7 @@ class Backend:
         self.ema = ModelEma(self.model, decay=cfg.ema_decay) if cfg.ema else None
         self.injector = MaskInjector(self.model)
         self.loss_fn = create_loss(cfg)
-        self.forward_model: nn.Layer = self.model
-        if self.world_size > 1:
-            self.forward_model = paddle.DataParallel(self.model)
+        self.forward_model: nn.Layer = self.backend.data_parallel(self.model)
 
     @property
     def has_ema(self) -> bool:
@@ -453,19 +442,10 @@ class Backend:
         return load_train_checkpoint(path, self.model, self.ema, self.optimizer, self.cfg)
 
     def mean_over_ranks(self, value: float) -> float:
-        if self.world_size <= 1:
-            return value
-        import paddle.distributed as dist
-
-        t = paddle.to_tensor([value], dtype="float64")
-        dist.all_reduce(t)
-        return float(t.numpy()[0]) / self.world_size
+        return self.backend.mean_over_ranks(value)
 
     def barrier(self) -> None:
-        if self.world_size > 1:
-            import paddle.distributed as dist
-
-            dist.barrier()
+        self.backend.barrier()
 
 
 def train(cfg: Any, train_set: ImageDataset, val_set: Optional[ImageDataset] = None,
@@ -473,6 +453,6 @@ def train(cfg: Any, train_set: ImageDataset, val_set: Optional[ImageDataset] = N
           workers: Optional[int] = None, progress: bool = True, max_steps: Optional[int] = None,
           shards: int = 1, log: Any = print) -> TrainResult:
     """Retrain ``cfg.model`` on ``train_set`` (evaluating on ``val_set``); see ``run_training``."""
-    backend = Backend(cfg, shards=shards)
-    return run_training(cfg, backend, train_set, val_set, output_dir, resume=resume,
+    trainer = Trainer(cfg, shards=shards)
+    return run_training(cfg, trainer, train_set, val_set, output_dir, resume=resume,
                         workers=workers, progress=progress, max_steps=max_steps, log=log)

@@ -6,7 +6,7 @@ classifier, optional drop path), timm's ``RMSpropTF`` with the bias/BN weight-de
 step/cosine schedule stepped per epoch (:mod:`cream_torch_ref.optim`), timm's
 ``LabelSmoothingCrossEntropy`` and timm's ``ModelEma`` (every state-dict entry, buffers included).
 Data, augmentation, drop masks and the epoch loop are framework-free
-(:mod:`cream_core.training.loop`); this module supplies the framework half (:class:`Backend`).
+(:mod:`cream_core.training.loop`); this module supplies the framework half (:class:`Trainer`).
 
 Twin: ``cream_paddle.train`` has the same names. Differences from the official run, on purpose:
 
@@ -19,7 +19,6 @@ Twin: ``cream_paddle.train`` has the same names. Differences from the official r
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -38,6 +37,7 @@ from cream_core.data.train_loader import TrainBatch
 from cream_core.training.masks import MaskSpec, StepMasks
 
 from . import optim
+from .backend import CHECKPOINT_SUFFIX, FRAMEWORK, Backend, init_distributed
 from .blocks import DropPath
 from .checkpoint import check_state_dict, read_checkpoint, save_official_checkpoint
 from .childnet import ChildNet
@@ -48,11 +48,8 @@ __all__ = [
     "FRAMEWORK", "CHECKPOINT_SUFFIX", "build_model", "create_optimizer", "create_scheduler",
     "create_loss", "current_lr", "ModelEma", "MaskedDropPath", "MaskInjector", "train_step",
     "bn_buffers", "optimizer_state", "save_train_checkpoint", "train_checkpoint_writer",
-    "load_train_checkpoint", "init_distributed", "Backend", "train",
+    "load_train_checkpoint", "init_distributed", "Trainer", "train",
 ]
-
-FRAMEWORK = "torch"
-CHECKPOINT_SUFFIX = ".pth.tar"
 
 
 def build_model(cfg: Any, seed: Optional[int] = None) -> ChildNet:
@@ -283,24 +280,13 @@ def load_train_checkpoint(path: str, model: nn.Module, ema: Optional[ModelEma],
     return int(obj["epoch"])
 
 
-def init_distributed() -> Tuple[int, int]:
-    """``(rank, world_size)``; under ``torchrun`` (``WORLD_SIZE > 1``) joins the gloo process group."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-class Backend:
-    """The torch half of :func:`cream_core.training.loop.run_training` (model, optimizer, EMA, I/O).
+class Trainer:
+    """The torch half of :func:`cream_core.training.loop.run_training` (model, optimizer, EMA, I/O),
+    a thin trainer over the one :class:`~cream_torch_ref.backend.Backend` (processes, collectives).
 
     Args:
         cfg: the recipe (:class:`cream_core.config.retrain.RetrainConfig`).
-        distributed: join the process group when launched by ``torchrun`` (default: if it did).
+        distributed: join the process group when launched by the launcher (default: if it did).
         shards: emulate that many data-parallel processes in this one (see :func:`train_step`).
     """
 
@@ -309,9 +295,8 @@ class Backend:
 
     def __init__(self, cfg: Any, *, distributed: Optional[bool] = None, shards: int = 1) -> None:
         self.cfg = cfg
-        if distributed is None:
-            distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        self.rank, self.world_size = init_distributed() if distributed else (0, 1)
+        self.backend = Backend(distributed=distributed)
+        self.rank, self.world_size = self.backend.rank, self.backend.world_size
         self.shards = shards
         self.model = build_model(cfg)
         self.optimizer = create_optimizer(self.model, cfg)
@@ -319,11 +304,7 @@ class Backend:
         self.ema = ModelEma(self.model, decay=cfg.ema_decay) if cfg.ema else None
         self.injector = MaskInjector(self.model)
         self.loss_fn = create_loss(cfg)
-        self.forward_model: nn.Module = self.model
-        if self.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.forward_model = DistributedDataParallel(self.model)
+        self.forward_model: nn.Module = self.backend.data_parallel(self.model)
 
     @property
     def has_ema(self) -> bool:
@@ -361,19 +342,10 @@ class Backend:
         return load_train_checkpoint(path, self.model, self.ema, self.optimizer, self.cfg)
 
     def mean_over_ranks(self, value: float) -> float:
-        if self.world_size <= 1:
-            return value
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t.item()) / self.world_size
+        return self.backend.mean_over_ranks(value)
 
     def barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+        self.backend.barrier()
 
 
 def train(cfg: Any, train_set: ImageDataset, val_set: Optional[ImageDataset] = None,
@@ -381,6 +353,6 @@ def train(cfg: Any, train_set: ImageDataset, val_set: Optional[ImageDataset] = N
           workers: Optional[int] = None, progress: bool = True, max_steps: Optional[int] = None,
           shards: int = 1, log: Any = print) -> TrainResult:
     """Retrain ``cfg.model`` on ``train_set`` (evaluating on ``val_set``); see ``run_training``."""
-    backend = Backend(cfg, shards=shards)
-    return run_training(cfg, backend, train_set, val_set, output_dir, resume=resume,
+    trainer = Trainer(cfg, shards=shards)
+    return run_training(cfg, trainer, train_set, val_set, output_dir, resume=resume,
                         workers=workers, progress=progress, max_steps=max_steps, log=log)

@@ -125,6 +125,29 @@ def _first_tensor(args: Any, is_tensor: Callable[[Any], bool]) -> Any:
     return None
 
 
+Register = Callable[[Any, Callable[..., None], Callable[..., None]], List[Any]]
+
+
+def _hook_modules(rec: _Recorder, named: List[Tuple[str, Any]], is_tensor: Callable[[Any], bool],
+                  add_grad_hook: Callable[[str, Any], None], register: Register) -> List[Any]:
+    """Hooks on every named module recording what it receives and returns (and, through
+    ``add_grad_hook``, the gradient w.r.t. its output); ``register(module, pre, post)`` installs
+    them the framework's way and returns the handles."""
+    handles: List[Any] = []
+    for name, mod in named:
+        def pre(m: Any, args: Any, n: str = name) -> None:
+            rec.pre(n, _first_tensor(args, is_tensor))
+
+        def post(m: Any, args: Any, out: Any, n: str = name) -> None:
+            t = out if is_tensor(out) else None
+            rec.post(n, t)
+            if t is not None:
+                add_grad_hook(n, t)
+
+        handles += register(mod, pre, post)
+    return handles
+
+
 def capture_torch(model: Any, x: np.ndarray, *, train: bool = False, grads: bool = False,
                   target: Optional[np.ndarray] = None, loss_fn: Optional[LossSpec] = None,
                   configure: Optional[Callable[[Any], None]] = None,
@@ -138,7 +161,6 @@ def capture_torch(model: Any, x: np.ndarray, *, train: bool = False, grads: bool
 
     rec = _Recorder("torch", lambda t: t.detach().cpu().numpy().copy(), lambda t: t._version)
     dtype = next(model.parameters()).dtype
-    handles = []
     inplace = [m for m in model.modules() if getattr(m, "inplace", False) is True]
     for m in inplace:
         m.inplace = False
@@ -148,21 +170,9 @@ def capture_torch(model: Any, x: np.ndarray, *, train: bool = False, grads: bool
         if grads and t.requires_grad:
             t.register_hook(lambda g, n=name: out_grads.append((n, g.detach().numpy().copy())))
 
-    for name, mod in model.named_modules():
-        if not name:
-            continue
-
-        def pre(m: Any, args: Any, n: str = name) -> None:
-            rec.pre(n, _first_tensor(args, torch.is_tensor))
-
-        def post(m: Any, args: Any, out: Any, n: str = name) -> None:
-            t = out if torch.is_tensor(out) else None
-            rec.post(n, t)
-            if t is not None:
-                add_grad_hook(n, t)
-
-        handles.append(mod.register_forward_pre_hook(pre))
-        handles.append(mod.register_forward_hook(post))
+    handles = _hook_modules(rec, [(n, m) for n, m in model.named_modules() if n], torch.is_tensor,
+                            add_grad_hook, lambda mod, pre, post: [
+                                mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)])
     try:
         model.train(train)
         if configure is not None:  # e.g. dropout layers back to inference mode
@@ -206,7 +216,6 @@ def capture_paddle(model: Any, x: np.ndarray, *, train: bool = False, grads: boo
     rec = _Recorder("paddle", lambda t: t.detach().numpy().copy(),
                     lambda t: t._inplace_version() if hasattr(t, "_inplace_version") else 0)
     dtype = model.parameters()[0].dtype
-    handles = []
     out_grads = rec.cap.out_grads
 
     def is_tensor(t: Any) -> bool:
@@ -218,18 +227,9 @@ def capture_paddle(model: Any, x: np.ndarray, *, train: bool = False, grads: boo
                 out_grads.append((n, g.detach().numpy().copy()))
             t.register_hook(hook)
 
-    for name, layer in model.named_sublayers():
-        def pre(m: Any, args: Any, n: str = name) -> None:
-            rec.pre(n, _first_tensor(args, is_tensor))
-
-        def post(m: Any, args: Any, out: Any, n: str = name) -> None:
-            t = out if is_tensor(out) else None
-            rec.post(n, t)
-            if t is not None:
-                add_grad_hook(n, t)
-
-        handles.append(layer.register_forward_pre_hook(pre))
-        handles.append(layer.register_forward_post_hook(post))
+    handles = _hook_modules(rec, list(model.named_sublayers()), is_tensor, add_grad_hook,
+                            lambda layer, pre, post: [layer.register_forward_pre_hook(pre),
+                                                      layer.register_forward_post_hook(post)])
     try:
         model.train() if train else model.eval()
         if configure is not None:

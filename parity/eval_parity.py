@@ -31,17 +31,18 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from cream_core.arch import child_spec, model_names
-from cream_core.io.cli_errors import float_in, int_at_least, run_body, run_cli
+from cream_core.io.cli_errors import float_in, int_at_least
 from cream_core.io.outputs import prepare_outputs
 from cream_core.data import (EVAL_LAYOUTS, BadDataError, BadItem, EvalAccumulator, EvalLoader, EvalResult,
                         iterate_normalized, open_eval_data, progress_bar,
                         write_json)
 from cream_core.data.loader import DEFAULT_BATCH_SIZE, OMP_ENV
 
-from .compare import LAYER_FP32, LOGITS_FP32, Tolerance
+from .subcommand import Subcommand
+from .tolerances import LAYER_FP32, LOGITS_FP32, Tolerance
 
 __all__ = ["EVAL_LOGITS", "MIN_TOP1_AGREEMENT", "MAX_DISAGREEMENTS_SHOWN", "Disagreement",
-           "EvalParityResult", "eval_parity", "register", "run", "main"]
+           "EvalParityResult", "eval_parity", "register", "main"]
 
 #: Logit bound for the evaluation run: ``|paddle - torch| <= atol + rtol * max|torch logit|`` over
 #: the whole run, atol from ``LOGITS_FP32`` (trained nets' O(1-10) logits), rtol from ``LAYER_FP32``.
@@ -272,10 +273,6 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Handler of ``parity eval``: 0 pass, 1 beyond tolerance, 2 bad input, 130 interrupted."""
-    return run_body(None, args, _run, prog="parity eval")
-
 
 def _run(args: argparse.Namespace) -> int:
     """The work of ``parity eval``; bad input (data, checkpoint, output) raises a ``ValueError``."""
@@ -297,21 +294,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if res.ok else 1
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
-    """Add the ``eval`` subcommand to the ``parity`` command line."""
-    p = subparsers.add_parser("eval", help="top-1/top-5 of torch and Paddle on the same images",
-                              description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_arguments(p)
-    p.set_defaults(func=run)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Stand-alone entry (``python -m parity.eval_parity``); the console script is ``parity eval``."""
-    parser = argparse.ArgumentParser(prog="parity eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_arguments(parser)
-    return run_cli(parser, argv, _run)
+#: ``parity eval`` (``register``: into ``parity``; ``main``: ``python -m parity.eval_parity``).
+SUBCOMMAND = Subcommand("eval", __doc__, _add_arguments, _run,
+                        help="top-1/top-5 of torch and Paddle on the same images")
+register, main = SUBCOMMAND.register, SUBCOMMAND.main
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ for float64 (semantics) and float32 (deployment):
 Before running, every matched layer pair's configuration is diffed (:mod:`parity.layer_config`): a
 constant the port chose differently is a divergence even where float32 hides its effect, and the
 first divergence names the layer on both sides with the configuration difference behind it.
-Tolerances are the named constants of :mod:`parity.compare`; in float32 each bound is raised to
+Tolerances are the named constants of :mod:`parity.tolerances`; in float32 each bound is raised to
 ``NOISE_FACTOR`` x the torch reference's own measured noise where that is larger
 (:mod:`parity.generic_noise`: perturbed torch fp32 runs, ``noise_members``), and every fp32 row
 reports its error, noise and ratio. If an op has no float64 kernel in one framework, the float64
@@ -36,12 +36,14 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .capture import Capture, capture_paddle, capture_torch
-from .compare import GRAD_CONTEXT_FLOOR, Comparison, compare_arrays, compare_named
+from .engine import (CurvePoint, compare_out_grads, curve_point, grad_context, owner, paddle_at,
+                     param_and_input_grads, stage_error, torch_at)
+from .tolerances import Comparison, compare_arrays, compare_named
 from .generic_noise import GENERIC_NOISE_MEMBERS
 from .noise import NOISE_FACTOR, max_abs_diff
 from . import generic_noise as gn
 from .layer_config import CONVENTIONS, ConfigDiff, diff_configs, fused_activation, class_key
-from .runner import ParityConfig, ParityResult, align_bn_constants_to_paddle, param_and_input_grads
+from .runner import ParityConfig, ParityResult
 
 __all__ = ["GenericResult", "compare", "SGD_LR", "SGD_MOMENTUM", "SGD_WEIGHT_DECAY", "SGD_STEPS",
            "TARGET_SEED", "no_fp64_kernel", "reference_problem"]
@@ -223,17 +225,11 @@ def no_fp64_kernel(exc: BaseException) -> bool:
 
 def _copies(torch_model: Any, paddle_model: Any, precision: str,
             mutate: Optional[PaddleMutator]) -> Tuple[Any, Any]:
-    tm = copy.deepcopy(torch_model)
+    """Fresh copies of both models at ``precision`` (the port with ``mutate`` applied)."""
     pm = copy.deepcopy(paddle_model)
     if mutate is not None:
         mutate(pm)
-    if precision == "fp64":
-        tm = align_bn_constants_to_paddle(tm.double())
-        pm.to(dtype="float64")
-    else:
-        tm = tm.float()
-        pm.to(dtype="float32")
-    return tm.eval(), pm
+    return torch_at(copy.deepcopy(torch_model), precision).eval(), paddle_at(pm, precision)
 
 
 def _dropout_to_inference(model: Any) -> None:
@@ -280,7 +276,7 @@ def _forward(t: Capture, p: Capture, pairs: Mapping[str, str], stage: str, preci
              alias: Optional[Mapping[Tuple[str, int], Tuple[str, int]]] = None,
              containers: Sequence[str] = (), boundaries: Optional[set] = None,
              fused: Mapping[str, str] = {}
-             ) -> Tuple[List[Comparison], List[Tuple[str, float, float]]]:
+             ) -> Tuple[List[Comparison], List[CurvePoint]]:
     """Outputs of every matched layer, paired by (torch path, paddle path, call), then logits.
 
     ``alias``: see :func:`_fused_targets`; a fused layer without a torch activation module after
@@ -296,7 +292,7 @@ def _forward(t: Capture, p: Capture, pairs: Mapping[str, str], stage: str, preci
     tev = {e.key: e for e in t.events}
     alias = alias or {}
     out: List[Comparison] = []
-    curve: List[Tuple[str, float, float]] = []
+    curve: List[CurvePoint] = []
     for i, e in enumerate(t.events):
         if e.kind != "out" or e.module not in pairs:
             continue
@@ -314,7 +310,7 @@ def _forward(t: Capture, p: Capture, pairs: Mapping[str, str], stage: str, preci
                            precision=precision, module=e.module,
                            truth=tv if tv is None or act is None else act(tv))
         out.append(c)
-        curve.append((e.module, c.max_abs / c.ref_scale if c.ref_scale else 0.0, c.excess))
+        curve.append(curve_point(e.module, c))
     out.append(compare_arrays(p.logits, t.logits, category="logits", stage=stage, name="logits",
                               order=len(t.events), precision=precision, module="logits",
                               truth=truth.logits if truth is not None else None))
@@ -370,53 +366,23 @@ def _paddle_of(matching: Any, torch_path: str) -> str:
     return ""
 
 
-def _owner(key: str) -> str:
-    return key.rsplit(".", 1)[0] if "." in key else key
-
-
 def _backward(t: Capture, p: Capture, pairs: Mapping[str, str], matching: Any, stage: str,
               precision: str, truth: Optional[Capture],
               alias: Optional[Mapping[Tuple[str, int], Tuple[str, int]]] = None,
               fused: Mapping[str, str] = {}, containers: Sequence[str] = ()
-              ) -> Tuple[List[Comparison], List[Tuple[str, float, float]]]:
+              ) -> Tuple[List[Comparison], List[CurvePoint]]:
     """Gradients w.r.t. matched layer outputs (backward order), every parameter, the input.
 
     A layer whose Paddle twin has a fused activation (``alias``) is compared with the gradient
     w.r.t. the torch activation's output.
     """
     renamed = {n: a for (n, _), (a, _) in (alias or {}).items()}
-    tall: Dict[str, List[np.ndarray]] = {}
-    for n, g in t.out_grads:
-        tall.setdefault(n, []).append(g)
-    gscale = max((float(np.abs(v).max()) for v in t.param_grads.values() if v.size), default=0.0)
-    ctx = GRAD_CONTEXT_FLOOR * gscale
-    pg: Dict[str, List[np.ndarray]] = {}
-    for n, g in p.out_grads:
-        pg.setdefault(n, []).append(g)
-    tg: Dict[str, List[np.ndarray]] = {}
-    for n, g in (truth.out_grads if truth is not None else []):
-        tg.setdefault(n, []).append(g)
-    out: List[Comparison] = []
-    curve: List[Tuple[str, float, float]] = []
-    seen: Dict[str, int] = {}
-    first_at: Dict[str, int] = {}
-    for i, (n, g) in enumerate(t.out_grads):
-        if n not in pairs or (n in fused and n not in renamed):
-            continue  # a fused activation torch applies functionally: no torch gradient to pair
-        k = seen.get(n, 0)
-        seen[n] = k + 1
-        first_at.setdefault(n, i)
-        lst, tl = pg.get(pairs[n], []), tg.get(renamed.get(n, n), [])
-        if n in renamed:
-            ref = tall.get(renamed[n], [])
-            g = ref[k] if k < len(ref) else g
-        if n in containers and k < len(lst) and lst[k].shape != g.shape:
-            continue  # containers ending at different points (see _forward)
-        c = compare_arrays(lst[k] if k < len(lst) else None, g, category="out_grad", stage=stage,
-                           name=f"d/d {n}", order=i, precision=precision, module=n, scale=ctx,
-                           truth=tl[k] if k < len(tl) else None)
-        out.append(c)
-        curve.append((n, c.max_abs / c.ref_scale if c.ref_scale else 0.0, c.excess))
+    ctx = grad_context(t)
+    # a fused activation torch applies functionally has no torch gradient to pair
+    unpaired = [n for n in fused if n not in renamed]
+    out, curve, first_at = compare_out_grads(t, p, stage, precision, truth, ctx, pairs=pairs,
+                                             alias_of=renamed, skip=unpaired,
+                                             containers=containers)
     got = _map_paddle(p.param_grads, matching, list(t.param_grads))
     out += param_and_input_grads(got, p.input_grad, t, truth, stage, precision, first_at, ctx,
                                  "input")
@@ -540,7 +506,7 @@ def _sgd_steps(tm: Any, pm: Any, matching: Any, stage: str, precision: str) -> L
         if got is not None and n in matching.transposed:
             got = got.T
         out.append(compare_arrays(got, q.detach().numpy(), category="optim_params", stage=stage,
-                                  name=n, order=i, precision=precision, module=_owner(n)))
+                                  name=n, order=i, precision=precision, module=owner(n)))
     return out
 
 
@@ -695,9 +661,7 @@ def compare(torch_model: Any, paddle_model: Any, inputs: np.ndarray, *,
             if problem is not None:  # not the port: the reference itself cannot run on this input
                 raise ValueError(f"input {list(x.shape)}: the torch model itself fails in train "
                                  f"mode ({problem}); give another --input-shape") from None
-            from .runner import _error
-
-            result.comparisons.append(_error(f"forward/eval/{prec}", "layer", f"{prec} run", e))
+            result.comparisons.append(stage_error(f"forward/eval/{prec}", "layer", f"{prec} run", e))
         result.timings[prec] = round(time.perf_counter() - t1, 3)
     result.timings["total"] = round(time.perf_counter() - t0, 3)
     return result

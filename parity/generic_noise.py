@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .capture import Capture, capture_torch
-from .compare import LAYER_TRAIN_FP32, Comparison
+from .tolerances import LAYER_TRAIN_FP32, Comparison
 from .noise import NOISE_FACTOR, NOISE_THREADS, Perturbation, ensemble, judge_with_noise, max_abs_diff
 
 __all__ = ["GENERIC_NOISE_MEMBERS", "NoiseKey", "noise_keys", "record", "apply_noise",

@@ -210,7 +210,7 @@ def measure_noise(run_reference: Callable[[Perturbation], Mapping[str, np.ndarra
 
 
 def judge_with_noise(comparison: "object", noise: float, factor: float = NOISE_FACTOR) -> None:
-    """Record ``noise`` and error/noise on a :class:`parity.compare.Comparison`; a failing one
+    """Record ``noise`` and error/noise on a :class:`parity.tolerances.Comparison`; a failing one
     passes if it is within ``factor`` x its measured noise (its named bound stays a floor). The
     one rule of `parity train-step` and the generic engine."""
     c: Any = comparison

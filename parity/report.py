@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from cream_core.io.atomic import atomic_write
 
-from .compare import CATEGORIES, Comparison, STAGE_ORDER, tolerance_for
+from .tolerances import CATEGORIES, Comparison, STAGE_ORDER, tolerance_for
 from .runner import ParityResult
 
 __all__ = ["summary_rows", "format_table", "format_first_divergence", "write_json", "write_plot"]
@@ -88,11 +88,11 @@ def write_json(result: ParityResult, path: str, extra: Optional[Dict[str, Any]] 
 
 
 def _tolerance_table(comparisons: Sequence[Comparison]) -> Dict[str, Dict[str, Any]]:
-    from . import compare
+    from . import tolerances
 
     out: Dict[str, Dict[str, Any]] = {}
     for c in comparisons:
-        t = getattr(compare, c.tolerance, None)
+        t = getattr(tolerances, c.tolerance, None)
         if t is not None and c.tolerance not in out:
             out[c.tolerance] = {"atol": t.atol, "rtol": t.rtol, "floor": t.floor,
                                 "reason": t.reason}

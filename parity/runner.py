@@ -1,7 +1,7 @@
 """The parity run: both frameworks, identical weights and inputs, every comparison, one verdict.
 
 :func:`run_parity` is what ``parity run`` and ``pytest parity/`` call. Stages, in order (each
-compared under the named tolerances of :mod:`parity.compare`):
+compared under the named tolerances of :mod:`parity.tolerances`):
 
 1. ``forward/eval/fp64``, ``forward/train/fp64``, ``bn_stats/fp64``, ``loss/fp64``,
    ``backward/fp64`` — the semantic check: in float64 rounding cannot hide a wrong constant, so the
@@ -25,12 +25,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import math
 import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -38,11 +37,13 @@ from cream_core.arch import child_spec, seeded_input
 from cream_core.io.atomic import atomic_write
 
 from .capture import Capture, Event, capture_paddle, capture_torch
-from .compare import (GRAD_CONTEXT_FLOOR, Comparison, compare_arrays, compare_named,
-                      first_divergence)
+from .engine import (CurvePoint, align_bn_constants_to_paddle, compare_out_grads, curve_point,
+                     grad_context, owner, paddle_at, param_and_input_grads, stage_error, torch_at,
+                     torch_threads)
+from .tolerances import Comparison, compare_arrays, compare_named, first_divergence
 
+# align_bn_constants_to_paddle lives in parity.engine; re-exported (bench/parity_bench.py uses it)
 __all__ = ["ParityConfig", "ParityResult", "run_parity", "align_bn_constants_to_paddle",
-           "param_and_input_grads",
            "make_seeded_checkpoint", "STAGES", "PRECISIONS"]
 
 #: Stage groups a run can be limited to (``ParityConfig.stages``).
@@ -86,7 +87,7 @@ class ParityResult:
     comparisons: List[Comparison] = field(default_factory=list)
     timings: Dict[str, float] = field(default_factory=dict)
     info: Dict[str, Any] = field(default_factory=dict)
-    curves: Dict[str, List[Tuple[str, float, float]]] = field(default_factory=dict)  # for the plot
+    curves: Dict[str, List[CurvePoint]] = field(default_factory=dict)  # for the plot
 
     @property
     def ok(self) -> bool:
@@ -134,13 +135,13 @@ class _Models:
     mutate: Optional[PaddleMutator]
     weights_sha256: str = ""
     _paddle: Any = None
+    _layout: Optional[Dict[str, Any]] = None
     _copies: Dict[Tuple[str, str], Tuple[Any, Dict[str, Any]]] = field(default_factory=dict)
 
     def torch(self, dtype: str) -> Any:
         key = ("torch", dtype)
         if key not in self._copies:
-            m = copy.deepcopy(self.torch_model)
-            m = align_bn_constants_to_paddle(m.double()) if dtype == "fp64" else m.float()
+            m = torch_at(copy.deepcopy(self.torch_model), dtype)
             self._copies[key] = (m, {k: v.detach().clone() for k, v in m.state_dict().items()})
         m, init = self._copies[key]
         m.load_state_dict(init)
@@ -148,44 +149,46 @@ class _Models:
             p.grad = None
         return m.eval()
 
+    def _loaded_paddle(self) -> Any:
+        """The port, loaded once through its own loader (never handed out: copies are)."""
+        if self._paddle is None:
+            import cream_paddle
+
+            self._paddle = cream_paddle.create_model(self.name, num_classes=self.num_classes,
+                                                     checkpoint=self.pdparams)
+        return self._paddle
+
+    def to_torch(self, paddle_values: Mapping[str, np.ndarray], like: Iterable[str]
+                 ) -> Dict[str, np.ndarray]:
+        """Paddle-named arrays (gradients, statistics, parameters) in torch's names and layouts
+        by the converter's rules (:func:`cream_core.rules.paddle_to_torch_names`), for the torch
+        keys ``like``; a key the port lacks is left out (compared as missing)."""
+        from cream_core.rules import paddle_to_torch_names
+
+        mapped = paddle_to_torch_names(paddle_values, self.layout())
+        return {k: mapped[k] for k in like if k in mapped}
+
+    def layout(self) -> Dict[str, Any]:
+        """The port's keys and layer kinds (:func:`cream_core.rules.paddle_layout`)."""
+        if self._layout is None:
+            from cream_core.rules import paddle_layout
+
+            self._layout = paddle_layout(self._loaded_paddle())
+        return self._layout
+
     def paddle(self, dtype: str) -> Any:
         key = ("paddle", dtype)
         if key not in self._copies:
-            if self._paddle is None:  # loaded once through the port's own loader
-                import cream_paddle
-
-                self._paddle = cream_paddle.create_model(self.name, num_classes=self.num_classes,
-                                                         checkpoint=self.pdparams)
-            m = copy.deepcopy(self._paddle)
+            m = copy.deepcopy(self._loaded_paddle())
             if self.mutate is not None:
                 self.mutate(m)
-            if dtype == "fp64":
-                m.to(dtype="float64")
+            paddle_at(m, dtype)
             self._copies[key] = (m, {k: v.detach().clone() for k, v in m.state_dict().items()})
         m, init = self._copies[key]
         m.set_state_dict(init)
         m.clear_gradients(set_to_zero=False)
         m.eval()
         return m
-
-
-def align_bn_constants_to_paddle(model: Any) -> Any:
-    """Round every BatchNorm's epsilon and momentum to the float32 values Paddle computes with.
-
-    Paddle stores BN ``epsilon`` and ``momentum`` as float32 attributes even for float64 tensors
-    (1e-5 -> 9.99999975e-06, 0.9 -> 0.89999998; pinned by ``parity/test_ops.py``). In float64 that
-    representational difference alone moves a BN output by up to ~1e-8 of its scale where a channel's
-    running variance is ~0, enough to hide a semantic one. The float64 reference therefore uses the
-    same rounded constants; the float32 stages use the reference untouched.
-    """
-    import torch
-
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eps = float(np.float32(m.eps))
-            if m.momentum is not None:
-                m.momentum = 1.0 - float(np.float32(1.0 - m.momentum))
-    return model
 
 
 def make_seeded_checkpoint(name: str, path: str, seed: int = 1, resolution: Optional[int] = None
@@ -240,59 +243,19 @@ def _prepare_models(cfg: ParityConfig, work: str, mutate: Optional[PaddleMutator
 
 
 # ------------------------------------------------------------------------------------------------
-# name mapping through the converter's rules
-
-
-def _to_torch_names(paddle_values: Dict[str, np.ndarray], torch_model: Any,
-                    ref: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """Paddle-named arrays as torch-named, torch-laid-out arrays, for the torch keys of ``ref``.
-
-    Uses the converter's rules (renames such as ``_mean`` -> ``running_mean``, the Linear transpose);
-    shapes and dtypes are taken from ``ref`` so gradients of an fp64 run map too.
-    """
-    from cream_core.rules import RuleError, TargetKey, apply_rules, torch_layout
-
-    kinds = torch_layout(torch_model)
-    layout = {k: TargetKey(tuple(v.shape), v.dtype.name, kinds[k].kind) for k, v in ref.items()}
-    src = {k: v for k, v in paddle_values.items()}
-    wanted = {_paddle_twin(k) for k in ref}
-    src = {k: v for k, v in src.items() if k in wanted}
-    try:
-        mapped = apply_rules(src, layout, to="torch", fill=lambda k, tk: np.asarray(ref[k]))
-    except RuleError as e:
-        raise RuntimeError(f"names do not map through the converter rules: {e}") from None
-    return mapped.state_dict
-
-
-def _paddle_twin(torch_key: str) -> str:
-    """The Paddle name of a torch state-dict key, for filtering only (the rules do the mapping)."""
-    from cream_core.rules import RULES
-
-    prefix, _, leaf = torch_key.rpartition(".")
-    for r in RULES:
-        if r.torch_leaf == leaf and r.paddle_leaf is not None:
-            return f"{prefix}.{r.paddle_leaf}" if prefix else r.paddle_leaf
-    return torch_key
-
-
-# ------------------------------------------------------------------------------------------------
 # comparisons of captures
-
-
-def _owner(param: str) -> str:
-    return param.rsplit(".", 1)[0] if "." in param else param
 
 
 def _compare_forward(t: Capture, p: Capture, stage: str, precision: str, category: str,
                      truth: Optional[Capture] = None
-                     ) -> Tuple[List[Comparison], List[Tuple[str, float, float]]]:
+                     ) -> Tuple[List[Comparison], List[CurvePoint]]:
     """Module outputs (and inline-computed inputs) paired by name and call, then the logits.
 
     ``truth``: the reference's fp64 capture of the same pass (fp32 stages; see
-    :data:`parity.compare.FP32_ACCURACY_FACTOR`).
+    :data:`parity.tolerances.FP32_ACCURACY_FACTOR`).
     """
     out: List[Comparison] = []
-    curve: List[Tuple[str, float, float]] = []
+    curve: List[CurvePoint] = []
     pev: Dict[Tuple[str, str, int], Event] = {e.key: e for e in p.events}
     tru: Dict[Tuple[str, str, int], Event] = {e.key: e for e in truth.events} if truth else {}
     tkeys = {e.key for e in t.events}
@@ -318,7 +281,7 @@ def _compare_forward(t: Capture, p: Capture, stage: str, precision: str, categor
             c.note = (c.note + "; " if c.note else "") + f"computed inline in {e.culprit}"
         out.append(c)
         if e.kind == "out":
-            curve.append((e.module, c.max_abs / c.ref_scale if c.ref_scale else 0.0, c.excess))
+            curve.append(curve_point(e.module, c))
     for j, e in enumerate(p.events):  # modules the port runs that the reference does not
         if e.key not in tkeys and (e.kind == "out" or e.inline):
             out.append(compare_arrays(p.array(e), None, category=category, stage=stage,
@@ -331,67 +294,25 @@ def _compare_forward(t: Capture, p: Capture, stage: str, precision: str, categor
 
 def _compare_backward(t: Capture, p: Capture, models: _Models, stage: str, precision: str,
                       truth: Optional[Capture] = None
-                      ) -> Tuple[List[Comparison], List[Tuple[str, float, float]]]:
-    """Module-output gradients in backward order, then parameter and input gradients."""
-    out: List[Comparison] = []
-    curve: List[Tuple[str, float, float]] = []
-    gscale = max((float(np.abs(v).max()) for v in t.param_grads.values() if v.size), default=0.0)
-    ctx = GRAD_CONTEXT_FLOOR * gscale
-    by_name: Dict[str, List[np.ndarray]] = {}
-    for n, g in p.out_grads:
-        by_name.setdefault(n, []).append(g)
-    tru: Dict[str, List[np.ndarray]] = {}
-    for n, g in (truth.out_grads if truth is not None else []):
-        tru.setdefault(n, []).append(g)
-    seen: Dict[str, int] = {}
-    first_at: Dict[str, int] = {}
-    for i, (n, g) in enumerate(t.out_grads):
-        k = seen.get(n, 0)
-        seen[n] = k + 1
-        first_at.setdefault(n, i)
-        lst = by_name.get(n, [])
-        got = lst[k] if k < len(lst) else None
-        tl = tru.get(n, [])
-        c = compare_arrays(got, g, category="out_grad", stage=stage, name=f"d/d {n}", order=i,
-                           precision=precision, module=n, scale=ctx,
-                           truth=tl[k] if k < len(tl) else None)
-        out.append(c)
-        curve.append((n, c.max_abs / c.ref_scale if c.ref_scale else 0.0, c.excess))
-    pg = _to_torch_names(p.param_grads, models.torch_model, t.param_grads)
+                      ) -> Tuple[List[Comparison], List[CurvePoint]]:
+    """Module-output gradients in backward order (the same names on both sides), then parameter
+    gradients (mapped by the converter's rules) and the input gradient."""
+    ctx = grad_context(t)
+    out, curve, first_at = compare_out_grads(t, p, stage, precision, truth, ctx)
+    pg = models.to_torch(p.param_grads, t.param_grads)
     out += param_and_input_grads(pg, p.input_grad, t, truth, stage, precision, first_at, ctx,
                                  "conv_stem")
     return out, curve
 
 
-def param_and_input_grads(port_param_grads: Mapping[str, np.ndarray], port_input_grad: Any,
-                          t: Any, truth: Any, stage: str, precision: str,
-                          first_at: Mapping[str, int], ctx: Optional[float],
-                          input_module: str) -> List[Comparison]:
-    """Every parameter gradient (in torch names, ordered after the module that owns it) and the
-    input gradient (blamed on ``input_module``), compared with the reference capture ``t``."""
-    n_out = len(t.out_grads)
-    order = {k: first_at.get(_owner(k), n_out) + 0.5 for k in t.param_grads}
-    out = compare_named(port_param_grads, t.param_grads, category="param_grad", stage=stage,
-                        precision=precision, order=order,
-                        modules={k: _owner(k) for k in t.param_grads}, scale=ctx,
-                        truth=truth.param_grads if truth is not None else None)
-    out.append(compare_arrays(port_input_grad, t.input_grad, category="input_grad", stage=stage,
-                              name="d/d input", order=n_out + 1, precision=precision,
-                              module=input_module,
-                              truth=truth.input_grad if truth is not None else None))
-    return out
-
-
 def _bn_stats(t: Capture, p: Capture, models: _Models, stage: str, precision: str,
               truth: Optional[Capture] = None) -> List[Comparison]:
     keys = [k for k in t.state if k.endswith(("running_mean", "running_var"))]
-    allkeys = [k for k in t.state if k in keys or k.endswith("num_batches_tracked")]
-    mapped = _to_torch_names(p.state, models.torch_model, {k: t.state[k] for k in allkeys})
     ref = {k: t.state[k] for k in keys}
-    got = {k: mapped[k] for k in keys if k in mapped}
+    got = models.to_torch(p.state, keys)
     order = {k: i for i, k in enumerate(keys)}
     return compare_named(got, ref, category="bn_stats", stage=stage, precision=precision,
-                         order=order, modules={k: _owner(k) for k in keys},
+                         order=order, modules={k: owner(k) for k in keys},
                          truth=truth.state if truth is not None else None)
 
 
@@ -410,45 +331,35 @@ def _soft_target(shape: Tuple[int, int], seed: int, dtype: Any) -> np.ndarray:
     return (z / z.sum(axis=1, keepdims=True)).astype(dtype)
 
 
-def _losses_torch(logits: np.ndarray, target: np.ndarray, soft: np.ndarray, grad: bool
-                  ) -> Dict[str, np.ndarray]:
-    import torch
-    import cream_torch_ref.losses as L
+def _loss_values(framework: str, logits: np.ndarray, target: np.ndarray, soft: np.ndarray,
+                 grad: bool) -> Dict[str, np.ndarray]:
+    """Cream's four losses (and with ``grad`` their gradients w.r.t. the logits) computed by one
+    framework's twins (:mod:`cream_torch_ref.losses` / :mod:`cream_paddle.losses`)."""
+    if framework == "torch":
+        import torch
+        import cream_torch_ref.losses as L
 
-    out: Dict[str, np.ndarray] = {}
-    fns = {"cross_entropy": lambda z: L.cross_entropy(z, torch.tensor(target)),
-           "label_smoothing_cross_entropy":
-               lambda z: L.label_smoothing_cross_entropy(z, torch.tensor(target), 0.1),
-           "cross_entropy_loss_with_soft_target":
-               lambda z: L.cross_entropy_loss_with_soft_target(z, torch.tensor(soft)),
-           "cream_distill_loss":
-               lambda z: L.cream_distill_loss(z, torch.tensor(target), torch.tensor(soft), 0.7)}
-    for n, f in fns.items():
-        z = torch.tensor(logits, requires_grad=grad)
-        v = f(z)
-        out[n] = np.asarray(v.detach().numpy())
-        if grad:
-            v.backward()
-            out[f"d {n} / d logits"] = z.grad.numpy().copy()
-    return out
+        tensor: Callable[[np.ndarray], Any] = torch.tensor
+        leaf: Callable[[np.ndarray], Any] = lambda a: torch.tensor(a, requires_grad=grad)
+    else:
+        import paddle
+        import cream_paddle.losses as L
 
+        tensor = paddle.to_tensor
 
-def _losses_paddle(logits: np.ndarray, target: np.ndarray, soft: np.ndarray, grad: bool
-                   ) -> Dict[str, np.ndarray]:
-    import paddle
-    import cream_paddle.losses as L
-
-    out: Dict[str, np.ndarray] = {}
-    tgt = paddle.to_tensor(target.astype(np.int64))
+        def leaf(a: np.ndarray) -> Any:
+            z = paddle.to_tensor(a)
+            z.stop_gradient = not grad
+            return z
+    tgt, sft = tensor(target.astype(np.int64)), tensor(soft)
     fns = {"cross_entropy": lambda z: L.cross_entropy(z, tgt),
            "label_smoothing_cross_entropy": lambda z: L.label_smoothing_cross_entropy(z, tgt, 0.1),
            "cross_entropy_loss_with_soft_target":
-               lambda z: L.cross_entropy_loss_with_soft_target(z, paddle.to_tensor(soft)),
-           "cream_distill_loss":
-               lambda z: L.cream_distill_loss(z, tgt, paddle.to_tensor(soft), 0.7)}
+               lambda z: L.cross_entropy_loss_with_soft_target(z, sft),
+           "cream_distill_loss": lambda z: L.cream_distill_loss(z, tgt, sft, 0.7)}
+    out: Dict[str, np.ndarray] = {}
     for n, f in fns.items():
-        z = paddle.to_tensor(logits)
-        z.stop_gradient = not grad
+        z = leaf(logits)
         v = f(z)
         out[n] = np.asarray(v.detach().numpy())
         if grad:
@@ -460,29 +371,13 @@ def _losses_paddle(logits: np.ndarray, target: np.ndarray, soft: np.ndarray, gra
 def _compare_losses(t_logits: np.ndarray, p_logits: np.ndarray, target: np.ndarray, stage: str,
                     precision: str, grad: bool, seed: int) -> List[Comparison]:
     soft = _soft_target(t_logits.shape, seed + 2000, t_logits.dtype)
-    ref = _losses_torch(t_logits, target, soft, grad)
-    got = _losses_paddle(p_logits, target, soft, grad)
+    ref = _loss_values("torch", t_logits, target, soft, grad)
+    got = _loss_values("paddle", p_logits, target, soft, grad)
     return compare_named(got, ref, category="loss", stage=stage, precision=precision)
 
 
 # ------------------------------------------------------------------------------------------------
 # optimizers and schedules
-
-
-def _to_paddle_names(torch_values: Dict[str, np.ndarray], paddle_model: Any
-                     ) -> Dict[str, np.ndarray]:
-    """Torch-named arrays (gradients) as the Paddle model's names and layouts, by the converter rules."""
-    from cream_core.rules import RuleError, TargetKey, apply_rules, paddle_layout
-
-    trainable = {n for n, p in paddle_model.named_parameters() if not p.stop_gradient}
-    kinds = paddle_layout(paddle_model)
-    some = next(iter(torch_values.values()))
-    layout = {k: TargetKey(v.shape, some.dtype.name, v.kind) for k, v in kinds.items()
-              if k in trainable}
-    try:
-        return apply_rules(torch_values, layout, to="paddle").state_dict
-    except RuleError as e:
-        raise RuntimeError(f"gradient names do not map through the converter rules: {e}") from None
 
 
 def _gradient_sequence(models: _Models, cfg: ParityConfig, res: int) -> List[Dict[str, np.ndarray]]:
@@ -516,12 +411,15 @@ def _optimizer_steps(models: _Models, kind: str, grads: List[Dict[str, np.ndarra
     and step them on the *same* gradients (``grads``, mapped to Paddle with the converter's rules).
     What is compared is then the update rule and its schedule alone: with each framework computing
     its own gradients, lr 1.0 over a batch of 2 would amplify a 3e-8 gradient difference ~500x in
-    three steps. (The gradients themselves are compared by the backward stages.)
+    three steps. (The gradients themselves are compared by the backward stages.) Returns the
+    reference's parameters, the port's state (in torch's names and layouts, by its backend) and
+    each side's LR of every step.
     """
     import paddle
     import torch
     import cream_paddle.optim as PO
     import cream_torch_ref.optim as TO
+    from cream_paddle.backend import Backend as PaddleBackend
 
     tm, pm = models.torch("fp64"), models.paddle("fp64")
     if kind == "sgd":  # experiments/configs/train/train.yaml and lib/utils/util.py
@@ -544,7 +442,7 @@ def _optimizer_steps(models: _Models, kind: str, grads: List[Dict[str, np.ndarra
         plr.append(float(po.get_lr()))
         for n, v in g.items():
             tparams[n].grad = torch.from_numpy(v.copy())
-        for n, v in _to_paddle_names(g, pm).items():
+        for n, v in PaddleBackend.named_from_torch(pm, g).items():  # by the shared rules
             pparams[n].grad.set_value(v)
         to.step()
         po.step()
@@ -555,8 +453,7 @@ def _optimizer_steps(models: _Models, kind: str, grads: List[Dict[str, np.ndarra
             ts.step(step + 1)
             ps.step(step + 1)
     tstate = {k: v.detach().numpy().copy() for k, v in tparams.items()}
-    pstate = {k: v.detach().numpy().copy() for k, v in pm.state_dict().items()}
-    return tstate, pstate, tlr, plr
+    return tstate, PaddleBackend.torch_state(pm), tlr, plr
 
 
 def _compare_optim(models: _Models, kind: str, grads: List[Dict[str, np.ndarray]]
@@ -566,9 +463,9 @@ def _compare_optim(models: _Models, kind: str, grads: List[Dict[str, np.ndarray]
     out = [compare_arrays(np.array(plr), np.array(tlr), category="lr", stage=stage,
                           name=f"lr of steps 1..{len(grads)}", order=-1, precision="fp64",
                           module="scheduler")]
-    mapped = _to_torch_names(pstate, models.torch_model, tstate)
+    mapped = {k: pstate[k] for k in tstate if k in pstate}
     out += compare_named(mapped, tstate, category="optim_params", stage=stage, precision="fp64",
-                         modules={k: _owner(k) for k in tstate})
+                         modules={k: owner(k) for k in tstate})
     return out
 
 
@@ -637,22 +534,21 @@ def _x2paddle_export(models: _Models, x: np.ndarray, cache_dir: str) -> Tuple[st
             pass
     parent = os.path.dirname(os.path.abspath(cache_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".x2paddle-", dir=parent)
-    try:
+    # removed on any failure; once renamed into place there is nothing left to clean up
+    with tempfile.TemporaryDirectory(prefix=".x2paddle-", dir=parent,
+                                     ignore_cleanup_errors=True) as tmp:
         X.export_with_x2paddle(models.torch("fp32"), tmp, tuple(x.shape))
         with open(os.path.join(tmp, "key.json"), "w") as f:
             json.dump(key, f)
         if os.path.isdir(cache_dir):
             shutil.rmtree(cache_dir)
         os.replace(tmp, cache_dir)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
     return cache_dir, False
 
 
 def _compare_x2paddle(models: _Models, x: np.ndarray, t_logits: np.ndarray, cache_dir: str,
                       info: Dict[str, Any], truth: Optional[np.ndarray] = None) -> List[Comparison]:
+    """The x2paddle-traced reference run by Paddle Inference, against the torch logits."""
     from converters import x2paddle_engine as X
 
     t0 = time.perf_counter()
@@ -666,175 +562,185 @@ def _compare_x2paddle(models: _Models, x: np.ndarray, t_logits: np.ndarray, cach
 
 
 # ------------------------------------------------------------------------------------------------
-# the run
+# the run: named steps
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    import torch
+@dataclass
+class _Step:
+    """One step of a run: its label (progress, timings) and the stage and category a failure of
+    it is recorded under (empty: bad input, raised to the caller)."""
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(n)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def _error(stage: str, category: str, what: str, exc: BaseException) -> Comparison:
-    """A stage that raised: a failed comparison at the start of its stage, with the message."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    side = ""
-    tb = exc.__traceback__
-    files = []
-    while tb is not None:
-        files.append(tb.tb_frame.f_code.co_filename)
-        tb = tb.tb_next
-    for f in reversed(files):  # innermost project frame tells which side raised
-        if "cream_paddle" in f or f"{os.sep}paddle{os.sep}" in f:
-            side = "in the Paddle port: "
-            break
-        if "cream_torch_ref" in f or f"{os.sep}torch{os.sep}" in f:
-            side = "in the torch reference: "
-            break
-    c = Comparison(category, stage, f"{what} raised", -1, module=what)
-    c.note = f"error: {side}{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
-    c.max_abs = c.max_rel = c.excess = math.inf
-    return c
+    label: str
+    stage: str
+    category: str
+    run: Callable[[], None]
 
 
-def run_parity(cfg: ParityConfig, mutate_paddle: Optional[PaddleMutator] = None) -> ParityResult:
-    """Run every configured stage; ``mutate_paddle`` edits each fresh Paddle model (fault injection)."""
+@dataclass
+class _Run:
+    """The state one run carries from step to step: models, labels, fp64 captures, logits."""
+
+    cfg: ParityConfig
+    result: ParityResult
+    work: str
+    resolution: int
+    mutate: Optional[PaddleMutator]
+    x: np.ndarray = field(init=False)
+    models: Optional[_Models] = None
+    target: Optional[np.ndarray] = None
+    truths: Dict[str, Capture] = field(default_factory=dict)  # fp64 torch passes, for fp32
+    logits: Dict[str, np.ndarray] = field(default_factory=dict)  # eval logits per precision
+    grads: Optional[List[Dict[str, np.ndarray]]] = None
+
+    def __post_init__(self) -> None:
+        self.x = seeded_input(self.cfg.batch, self.resolution, self.cfg.seed)
+
+    def prepare(self) -> None:
+        """Weights for both frameworks (bad input raises) and the fixed labels."""
+        self.models = _prepare_models(self.cfg, self.work, self.mutate, self.result.info)
+        self.target = np.random.RandomState(self.cfg.seed).randint(
+            0, self.models.num_classes, self.cfg.batch).astype(np.int64)
+
+    def _truth(self, kind: str, prec: str, t: Capture) -> Optional[Capture]:
+        """fp64: keep the torch pass as the truth of the fp32 stage; fp32: hand it over once."""
+        if prec == "fp64":
+            self.truths[kind] = t
+            return None
+        return self.truths.pop(kind, None)
+
+    def eval_stage(self, prec: str) -> None:
+        """Every module output and the logits in eval mode."""
+        m = self.models
+        stage = f"forward/eval/{prec}"
+        t = capture_torch(m.torch(prec), self.x)
+        p = capture_paddle(m.paddle(prec), self.x)
+        comps, self.result.curves[stage] = _compare_forward(t, p, stage, prec, "layer",
+                                                            self._truth("eval", prec, t))
+        self.result.comparisons += comps
+        self.logits[prec] = t.logits
+
+    def train_stage(self, prec: str) -> None:
+        """Train mode with the official loss: outputs, BN statistics, losses, every gradient."""
+        import cream_paddle.losses as PL
+        import cream_torch_ref.losses as TL
+
+        m, y, res = self.models, self.target, self.result
+        t = capture_torch(m.torch(prec), self.x, train=True, grads=True, target=y,
+                          loss_fn=lambda z, tgt: TL.label_smoothing_cross_entropy(z, tgt, 0.1))
+        p = capture_paddle(m.paddle(prec), self.x, train=True, grads=True, target=y,
+                           loss_fn=lambda z, tgt: PL.label_smoothing_cross_entropy(z, tgt, 0.1))
+        truth = self._truth("train", prec, t)
+        stage = f"forward/train/{prec}"
+        comps, res.curves[stage] = _compare_forward(t, p, stage, prec, "layer_train", truth)
+        res.comparisons += comps
+        res.comparisons += _bn_stats(t, p, m, f"bn_stats/{prec}", prec, truth)
+        if "losses" in self.cfg.stages:
+            res.comparisons += _compare_losses(t.logits, p.logits, y, f"loss/{prec}", prec,
+                                               grad=False, seed=self.cfg.seed)
+        comps, res.curves[f"backward/{prec}"] = _compare_backward(t, p, m, f"backward/{prec}",
+                                                                  prec, truth)
+        res.comparisons += comps
+
+    def optim(self, kind: str) -> None:
+        """k optimizer steps of ``kind`` on the reference's gradients (always fp64)."""
+        if self.grads is None:
+            self.grads = _gradient_sequence(self.models, self.cfg, self.resolution)
+        self.result.comparisons += _compare_optim(self.models, kind, self.grads)
+
+    def shared_losses(self) -> None:
+        """The loss twins on the same logits (the fp32 eval logits, or seeded ones)."""
+        cfg = self.cfg
+        logits = self.logits.get("fp32")
+        if logits is None:
+            logits = seeded_input(cfg.batch, 1, cfg.seed + 7, channels=self.models.num_classes
+                                  ).reshape(cfg.batch, -1)
+        self.result.comparisons += _compare_losses(logits, logits, self.target,
+                                                   "loss/shared/fp32", "fp32", grad=True,
+                                                   seed=cfg.seed)
+
+    def schedules(self) -> None:
+        """The whole LR schedules, value by value."""
+        self.result.comparisons += _compare_schedules()
+
+    def x2paddle(self) -> None:
+        """The x2paddle-traced reference against the torch logits."""
+        cfg, m = self.cfg, self.models
+        logits = self.logits.get("fp32")
+        if logits is None:
+            logits = capture_torch(m.torch("fp32"), self.x).logits
+        cache = os.path.join(self.work, "x2paddle",
+                             f"{cfg.model}-b{cfg.batch}-r{self.resolution}")
+        self.result.comparisons += _compare_x2paddle(m, self.x, logits, cache, self.result.info,
+                                                     self.logits.get("fp64"))
+
+
+def _plan(run: _Run) -> List[_Step]:
+    """The steps of the configured stages, in run order (fp64 first: fp32 is judged against it)."""
+    stages = run.cfg.stages
+    precs = [p for p in PRECISIONS if p in run.cfg.precisions]
+    plan = [_Step("weights", "", "", run.prepare)]
+    if "eval" in stages:
+        plan += [_Step(f"forward/eval/{p}", f"forward/eval/{p}", "layer",
+                       lambda p=p: run.eval_stage(p)) for p in precs]
+    if "train" in stages:
+        plan += [_Step(f"train+backward/{p}", f"forward/train/{p}", "layer_train",
+                       lambda p=p: run.train_stage(p)) for p in precs]
+    if "optim" in stages:  # always fp64: a semantic check of the update rule and schedule
+        plan += [_Step(f"optim/{k}/fp64", f"optim/{k}/fp64", "optim_params",
+                       lambda k=k: run.optim(k)) for k in ("sgd", "rmsproptf")]
+    if "losses" in stages:
+        plan.append(_Step("loss/shared", "loss/shared/fp32", "loss", run.shared_losses))
+    if "lr" in stages:
+        plan.append(_Step("lr/schedules", "lr/schedules", "lr", run.schedules))
+    if "x2paddle" in stages:
+        plan.append(_Step("x2paddle", "x2paddle/eval/fp32", "x2paddle_logits", run.x2paddle))
+    return plan
+
+
+def _execute(plan: List[_Step], result: ParityResult) -> None:
+    """Run the steps in order, timing each; a step that raises is a failed comparison of its
+    stage (a crash in the port is a finding), except the weights step (bad input: raised)."""
     import warnings
 
     from tqdm import tqdm
 
+    cfg = result.config
+    with torch_threads(cfg.threads), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bar = tqdm(plan, desc=f"parity {cfg.model}", unit="stage", disable=not cfg.progress,
+                   leave=False)
+        for step in bar:
+            bar.set_postfix_str(step.label)
+            t0 = time.perf_counter()
+            if not step.stage:
+                step.run()
+            else:
+                try:
+                    step.run()
+                except Exception as e:  # noqa: BLE001 - a crash in the port is a finding
+                    result.comparisons.append(stage_error(step.stage, step.category,
+                                                          step.label, e))
+            result.timings[step.label] = round(time.perf_counter() - t0, 3)
+
+
+@contextlib.contextmanager
+def _work_dir(cfg: ParityConfig) -> Iterator[str]:
+    """The report folder (created), or a temporary folder removed after the run."""
+    if cfg.report_dir:
+        os.makedirs(cfg.report_dir, exist_ok=True)
+        yield cfg.report_dir
+    else:
+        with tempfile.TemporaryDirectory(prefix="parity-") as tmp:
+            yield tmp
+
+
+def run_parity(cfg: ParityConfig, mutate_paddle: Optional[PaddleMutator] = None) -> ParityResult:
+    """Run every configured stage; ``mutate_paddle`` edits each fresh Paddle model (fault injection)."""
     result = ParityResult(cfg)
     res = cfg.resolution or child_spec(cfg.model).resolution
     result.info["resolution"] = res
-    tmp = None
-    if cfg.report_dir:
-        os.makedirs(cfg.report_dir, exist_ok=True)
-        work = cfg.report_dir
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="parity-")
-        work = tmp.name
-    # (label, stage and category an exception is recorded under, function)
-    plan: List[Tuple[str, str, str, Callable[[], None]]] = []
-    state: Dict[str, Any] = {}
-    x = seeded_input(cfg.batch, res, cfg.seed)
-
-    def prepare() -> None:
-        state["models"] = _prepare_models(cfg, work, mutate_paddle, result.info)
-        state["target"] = np.random.RandomState(cfg.seed).randint(
-            0, state["models"].num_classes, cfg.batch).astype(np.int64)
-
-    plan.append(("weights", "", "", prepare))  # bad input: raised to the caller
-
-    def eval_stage(prec: str) -> None:
-        m = state["models"]
-        stage = f"forward/eval/{prec}"
-        t = capture_torch(m.torch(prec), x)
-        p = capture_paddle(m.paddle(prec), x)
-        truth = state.pop("truth_eval", None) if prec == "fp32" else None
-        comps, curve = _compare_forward(t, p, stage, prec, "layer", truth)
-        result.comparisons += comps
-        result.curves[stage] = curve
-        state[f"eval_logits_{prec}"] = t.logits
-        if prec == "fp64":
-            state["truth_eval"] = t
-
-    def train_stage(prec: str) -> None:
-        import cream_paddle.losses as PL
-        import cream_torch_ref.losses as TL
-
-        m = state["models"]
-        y = state["target"]
-
-        def tl(z: Any, tgt: Any) -> Any:
-            return TL.label_smoothing_cross_entropy(z, tgt, 0.1)
-
-        def pl(z: Any, tgt: Any) -> Any:
-            return PL.label_smoothing_cross_entropy(z, tgt, 0.1)
-
-        t = capture_torch(m.torch(prec), x, train=True, grads=True, target=y, loss_fn=tl)
-        p = capture_paddle(m.paddle(prec), x, train=True, grads=True, target=y, loss_fn=pl)
-        stage = f"forward/train/{prec}"
-        truth = state.pop("truth_train", None) if prec == "fp32" else None
-        if prec == "fp64":
-            state["truth_train"] = t
-        comps, curve = _compare_forward(t, p, stage, prec, "layer_train", truth)
-        result.comparisons += comps
-        result.curves[stage] = curve
-        result.comparisons += _bn_stats(t, p, m, f"bn_stats/{prec}", prec, truth)
-        if "losses" in cfg.stages:
-            result.comparisons += _compare_losses(t.logits, p.logits, y, f"loss/{prec}", prec,
-                                                  grad=False, seed=cfg.seed)
-        comps, curve = _compare_backward(t, p, m, f"backward/{prec}", prec, truth)
-        result.comparisons += comps
-        result.curves[f"backward/{prec}"] = curve
-
-    def shared_losses() -> None:
-        logits = state.get("eval_logits_fp32")
-        if logits is None:
-            logits = seeded_input(cfg.batch, 1, cfg.seed + 7, channels=state["models"].num_classes
-                                  ).reshape(cfg.batch, -1)
-        result.comparisons += _compare_losses(logits, logits, state["target"], "loss/shared/fp32",
-                                              "fp32", grad=True, seed=cfg.seed)
-
-    precs = [p for p in PRECISIONS if p in cfg.precisions]  # fp64 first: fp32 is judged against it
-    if "eval" in cfg.stages:
-        for prec in precs:
-            plan.append((f"forward/eval/{prec}", f"forward/eval/{prec}", "layer",
-                         lambda p=prec: eval_stage(p)))
-    if "train" in cfg.stages:
-        for prec in precs:
-            plan.append((f"train+backward/{prec}", f"forward/train/{prec}", "layer_train",
-                         lambda p=prec: train_stage(p)))
-    if "optim" in cfg.stages:  # always fp64: a semantic check of the update rule and schedule
-        def optim(kind: str) -> None:
-            if "grads" not in state:
-                state["grads"] = _gradient_sequence(state["models"], cfg, res)
-            result.comparisons.extend(_compare_optim(state["models"], kind, state["grads"]))
-
-        for kind in ("sgd", "rmsproptf"):
-            plan.append((f"optim/{kind}/fp64", f"optim/{kind}/fp64", "optim_params",
-                         lambda k=kind: optim(k)))
-    if "losses" in cfg.stages:
-        plan.append(("loss/shared", "loss/shared/fp32", "loss", shared_losses))
-    if "lr" in cfg.stages:
-        plan.append(("lr/schedules", "lr/schedules", "lr",
-                     lambda: result.comparisons.extend(_compare_schedules())))
-    if "x2paddle" in cfg.stages:
-        def x2p() -> None:
-            m = state["models"]
-            logits = state.get("eval_logits_fp32")
-            if logits is None:
-                logits = capture_torch(m.torch("fp32"), x).logits
-            cache = os.path.join(work, "x2paddle", f"{cfg.model}-b{cfg.batch}-r{res}")
-            result.comparisons += _compare_x2paddle(m, x, logits, cache, result.info,
-                                                    state.get("eval_logits_fp64"))
-        plan.append(("x2paddle", "x2paddle/eval/fp32", "x2paddle_logits", x2p))
-
     t_all = time.perf_counter()
-    try:
-        with _torch_threads(cfg.threads), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            bar = tqdm(plan, desc=f"parity {cfg.model}", unit="stage", disable=not cfg.progress,
-                       leave=False)
-            for name, stage, category, fn in bar:
-                bar.set_postfix_str(name)
-                t0 = time.perf_counter()
-                if not stage:
-                    fn()
-                else:
-                    try:
-                        fn()
-                    except Exception as e:  # noqa: BLE001 - a crash in the port is a finding
-                        result.comparisons.append(_error(stage, category, name, e))
-                result.timings[name] = round(time.perf_counter() - t0, 3)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+    with _work_dir(cfg) as work:
+        _execute(_plan(_Run(cfg, result, work, res, mutate_paddle)), result)
     result.timings["total"] = round(time.perf_counter() - t_all, 3)
     return result

@@ -52,14 +52,15 @@ import numpy as np
 
 from cream_core.io.atomic import atomic_write
 from cream_core.io.digest import is_digest, sample_positions
-from cream_core.io.cli_errors import UsageError, int_at_least, run_body, run_cli
+from cream_core.io.cli_errors import UsageError, int_at_least
 from cream_core.config.search import SearchConfig
 from cream_core.arch.supernet import plan_supernet, search_for_layer
 from cream_core.arch.official_init import OFFICIAL_INIT, official_init_state
 from cream_core.io.outputs import prepare_outputs
 from cream_core.arch.seeded import seeded_state
 
-from .compare import GRAD_CONTEXT_FLOOR, Tolerance
+from .subcommand import Subcommand
+from .tolerances import GRAD_CONTEXT_FLOOR, Tolerance
 from .noise import NOISE_FACTOR, NOISE_MEMBERS, NoiseModel, Perturbation, measure_noise
 
 __all__ = ["register", "run_search_step", "load_golden", "Golden", "Row", "SearchStepResult",
@@ -879,10 +880,6 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                        f"{n} ({f.description})" for n, f in FAULTS.items()).replace("%", "%%"))
 
 
-def run(args: argparse.Namespace) -> int:
-    """Handler of ``parity search-step``: 0 pass, 1 divergence, 2 bad input, 130 interrupted."""
-    return run_body(None, args, _run, prog="parity search-step")
-
 
 def _run(args: argparse.Namespace) -> int:
     """The work of ``parity search-step``; bad input (golden file, options, output) raises."""
@@ -924,21 +921,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def register(subparsers: "argparse._SubParsersAction") -> None:
-    """Add the ``search-step`` subcommand to the ``parity`` command line."""
-    p = subparsers.add_parser("search-step", help="one supernet search iteration in both frameworks "
-                                                  "vs the official code", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_arguments(p)
-    p.set_defaults(func=run)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Stand-alone entry (``python -m parity.search_step``); the console script is ``parity search-step``."""
-    parser = argparse.ArgumentParser(prog="parity search-step", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_arguments(parser)
-    return run_cli(parser, argv, _run)
+#: ``parity search-step`` (``register``: into ``parity``; ``main``: ``python -m parity.search_step``).
+SUBCOMMAND = Subcommand("search-step", __doc__, _add_arguments, _run, help="one supernet search "
+                        "iteration in both frameworks vs the official code")
+register, main = SUBCOMMAND.register, SUBCOMMAND.main
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ def test_paddle_bn_epsilon_is_a_float32_attribute() -> None:
     """Why the fp64 reference rounds its BN epsilon: with a ~0 running variance it shows at 1e-8."""
     import torch.nn.functional as TF
 
-    from parity.runner import align_bn_constants_to_paddle
+    from parity.engine import align_bn_constants_to_paddle
 
     x = np.random.RandomState(0).standard_normal((2, 3, 4, 4))
     stats = [np.zeros(3), np.array([1e-8, 1e-4, 1.0]), np.ones(3), np.zeros(3)]

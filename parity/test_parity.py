@@ -2,7 +2,7 @@
 
 Small inputs (batch 2, 64 px) keep the six nets within the time budget; the comparisons are the same
 as at full resolution (all layers are convolutional, the pooling is global), and the bounds are the
-named tolerances of :mod:`parity.compare`, unchanged.
+named tolerances of :mod:`parity.tolerances`, unchanged.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cream_core.arch import model_names
-from parity.compare import CATEGORIES, STAGE_ORDER
+from parity.tolerances import CATEGORIES, STAGE_ORDER
 from parity.runner import ParityConfig, run_parity
 
 ROOT = Path(__file__).resolve().parents[1]

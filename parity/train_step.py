@@ -22,7 +22,7 @@ gradient, every parameter, the optimizer state (RMSprop mean square and momentum
 * ``synced`` — before each step the Paddle side is set to the torch side's exact state (weights,
   BN statistics, optimizer state, EMA), so step ``k`` is compared from identical states under the
   conditions of step ``k`` (its LR, its optimizer state, its batch and masks). Differences do not
-  compound, so the strict per-category tolerances of :mod:`parity.compare` apply, in fp32 and fp64.
+  compound, so the strict per-category tolerances of :mod:`parity.tolerances` apply, in fp32 and fp64.
 * ``free`` — both frameworks train on their own for k steps (the end-to-end claim). Training at
   lr 0.064 on batches of 8 is chaotic: any difference grows several-fold per step (measured in
   fp64: torch's float32 hardsigmoid-backward constant, 3e-8, reaches 5e-4 of a gradient's scale by
@@ -40,7 +40,7 @@ gradient, every parameter, the optimizer state (RMSprop mean square and momentum
   difference, and no reference accuracy bounds it.
 
 Near-zero tensors (gradients that cancel, biases that never move) are compared on a scale of at
-least :data:`parity.compare.GRAD_CONTEXT_FLOOR` of the largest tensor of their group. fp32 is the
+least :data:`parity.tolerances.GRAD_CONTEXT_FLOOR` of the largest tensor of their group. fp32 is the
 deployed precision; the float64 synced run (default ``--precision both``) is the semantic check: it
 alone sees the weight-decay filter (1e-5 on biases/BN) and the EMA of the BN statistics, whose
 effects after a step (~1e-5 of a tensor) are below fp32 resolution. Exit 0 iff every comparison
@@ -61,10 +61,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from cream_core.arch import model_names
-from cream_core.io.cli_errors import float_in, int_at_least, run_body
+from cream_core.io.cli_errors import float_in, int_at_least
 from cream_core.io.outputs import prepare_outputs
 
-from .compare import (BN_STATS_FP32, BN_STATS_FP64, GRAD_CONTEXT_FLOOR, GRAD_FP32, GRAD_FP64,
+from .subcommand import Subcommand
+from .tolerances import (BN_STATS_FP32, BN_STATS_FP64, GRAD_CONTEXT_FLOOR, GRAD_FP32, GRAD_FP64,
                       LOSS_FP32, LR_VALUES, OPTIM_PARAMS_FP32, OPTIM_PARAMS_FP64, STRICT_FP64,
                       Comparison, Tolerance, compare_arrays, compare_named)
 from .noise import (NOISE_FACTOR, NOISE_MEMBERS, NOISE_THREADS, NoiseAccumulator, NoiseModel,
@@ -249,24 +250,20 @@ class _Side:
         if perturbation is not None:
             state = perturbation.perturb_all(state)
         if framework == "torch":
-            import torch
             from cream_torch_ref import train as T
-
-            self.mod = T
-            model = T.build_model(recipe)
-            model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
-            if dtype == "fp64":
-                model = model.double()
+            from cream_torch_ref.backend import Backend
         else:
             from cream_paddle import train as T
-            from cream_core.rules import apply_rules, paddle_layout
-
-            self.mod = T
-            model = T.build_model(recipe)
-            mapped = apply_rules(state, paddle_layout(model), to="paddle")
-            model.set_state_dict({k: np.asarray(v) for k, v in mapped.state_dict.items()})
-            if dtype == "fp64":
-                model.to(dtype="float64")
+            from cream_paddle.backend import Backend
+        #: state to and from numpy in torch's names and layouts (cream_core.rules for Paddle)
+        self.backend: Any = Backend
+        self.mod = T
+        model = T.build_model(recipe)
+        Backend.load_torch_state(model, state)
+        if dtype == "fp64" and framework == "torch":
+            model = model.double()
+        elif dtype == "fp64":
+            model.to(dtype="float64")
         self.model = model
         self.optimizer = T.create_optimizer(model, recipe)
         self.scheduler, _ = T.create_scheduler(self.optimizer, recipe)
@@ -348,86 +345,59 @@ class _Side:
     def _paddle_acc(self, acc: str, param: Any) -> Any:
         return self.optimizer._get_accumulator(acc, param)  # Paddle's accessor (private)
 
-    def snapshot(self) -> Dict[str, Dict[str, np.ndarray]]:
-        """Parameters, gradients, optimizer state, EMA entries and BN statistics, in this framework's
-        names and layouts (optimizer state as ``<param>.<torch state name>``)."""
-        state: Dict[str, np.ndarray] = {}
-        if self.framework == "torch":
-            named = list(self.model.named_parameters())
-            params = {k: v.detach().numpy().copy() for k, v in named}
-            grads = {k: v.grad.detach().numpy().copy() for k, v in named if v.grad is not None}
-            for k, v in named:
-                st = self.optimizer.state.get(v, {})
-                for tname, _ in self._STATE:
-                    if tname in st:
-                        state[f"{k}.{tname}"] = st[tname].detach().numpy().copy()
-            bufs = {k: v.detach().numpy().copy() for k, v in self.model.named_buffers()
-                    if not k.endswith("num_batches_tracked")}
-            ema = {k: v.detach().numpy().copy() for k, v in self.ema.ema.state_dict().items()
-                   if not k.endswith("num_batches_tracked")}
-        else:
-            trainable = [(k, v) for k, v in self.model.named_parameters() if not v.stop_gradient]
-            params = {k: np.array(v.numpy()) for k, v in trainable}
-            grads = {k: np.array(v.grad.numpy()) for k, v in trainable if v.grad is not None}
-            for k, v in trainable:
-                for tname, pname in self._STATE:
+    def _optimizer_state(self, trainable: List[Tuple[str, Any]]) -> List[Tuple[str, str, Any]]:
+        """``(parameter, torch state name, tensor)`` of the optimizer's state, parameter by
+        parameter (entries not created before the first step are absent)."""
+        out: List[Tuple[str, str, Any]] = []
+        for k, v in trainable:
+            for tname, pname in self._STATE:
+                if self.framework == "torch":
+                    t = self.optimizer.state.get(v, {}).get(tname)
+                else:
                     try:
-                        state[f"{k}.{tname}"] = np.array(self._paddle_acc(pname, v).numpy())
+                        t = self._paddle_acc(pname, v)
                     except Exception:  # noqa: BLE001 - not created before the first step
-                        pass
-            bufs = {k: np.array(v.numpy()) for k, v in self.mod.bn_buffers(self.model).items()}
-            ema = {k: np.array(v.numpy()) for k, v in self.ema.ema.state_dict().items()}
-        return {"params": params, "grads": grads, "state": state, "buffers": bufs, "ema": ema}
+                        t = None
+                if t is not None:
+                    out.append((k, tname, t))
+        return out
+
+    def _bn_buffers(self) -> List[Tuple[str, Any]]:
+        if self.framework == "torch":
+            return [(k, v) for k, v in self.model.named_buffers()
+                    if not k.endswith("num_batches_tracked")]
+        return list(self.mod.bn_buffers(self.model).items())
+
+    def snapshot(self) -> Dict[str, Dict[str, np.ndarray]]:
+        """Parameters, gradients, optimizer state (as ``<param>.<torch state name>``), BN
+        statistics and EMA entries, as numpy copies in torch's names and layouts (the backend's
+        conversion, :mod:`cream_core.rules` for Paddle)."""
+        b, m = self.backend, self.model
+        trainable = b.trainable(m)
+        entries = self._optimizer_state(trainable)
+        by_name = {tname: b.named_to_torch(m, [(k, t) for k, tn, t in entries if tn == tname])
+                   for tname, _ in self._STATE}
+        state = {f"{k}.{tn}": by_name[tn][k] for k, tn, _ in entries}  # trainable names agree
+        ema = [(k, v) for k, v in self.ema.ema.state_dict().items()
+               if not k.endswith("num_batches_tracked")]
+        return {"params": b.named_to_torch(m, trainable),
+                "grads": b.named_to_torch(m, [(k, v.grad) for k, v in trainable
+                                              if v.grad is not None]),
+                "state": state, "buffers": b.named_to_torch(m, self._bn_buffers()),
+                "ema": b.named_to_torch(self.ema.ema, ema)}
 
     def load_from_torch(self, snap: Dict[str, Dict[str, np.ndarray]]) -> None:
         """Set this (Paddle) side to a torch snapshot: weights, BN statistics, optimizer state, EMA."""
-        import paddle
-        from cream_core.rules import apply_rules, paddle_layout
-
-        layout = paddle_layout(self.model)
-        weights = apply_rules({**snap["params"], **snap["buffers"]}, layout, to="paddle").state_dict
-        self.model.set_state_dict({k: np.asarray(v) for k, v in weights.items()})
-        ema = apply_rules(snap["ema"], layout, to="paddle").state_dict
-        self.ema.ema.set_state_dict({k: np.asarray(v) for k, v in ema.items()})
-        linear = {k for k, t in layout.items() if t.kind == "linear"}
-        for k, v in self.model.named_parameters():
-            if v.stop_gradient:
-                continue
-            for tname, pname in self._STATE:
-                value = snap["state"].get(f"{k}.{tname}")
-                if value is None:
-                    continue
-                if k in linear and value.ndim == 2:
-                    value = np.ascontiguousarray(value.T)
-                acc = self._paddle_acc(pname, v)
-                acc.set_value(paddle.to_tensor(value.astype(np.asarray(acc.numpy()).dtype)))
-
-
-def _to_torch_names(values: Dict[str, np.ndarray], torch_ref: Dict[str, np.ndarray],
-                    torch_model: Any) -> Dict[str, np.ndarray]:
-    """Paddle-named arrays in torch's names and layouts (the converter's rules), for ``torch_ref``'s keys."""
-    from cream_core.rules import RuleError, TargetKey, apply_rules, torch_layout
-
-    kinds = torch_layout(torch_model)
-    layout = {k: TargetKey(tuple(v.shape), v.dtype.name, kinds[k].kind) for k, v in torch_ref.items()}
-    try:
-        return apply_rules(values, layout, to="torch").state_dict
-    except RuleError as e:
-        raise RuntimeError(f"Paddle names do not map onto torch's: {e}") from None
-
-
-def _state_to_torch(values: Dict[str, np.ndarray], torch_ref: Dict[str, np.ndarray],
-                    torch_model: Any) -> Dict[str, np.ndarray]:
-    """Optimizer state ``<param>.<name>`` of the Paddle side in torch's layout (Linear transposed)."""
-    from cream_core.rules import torch_layout
-
-    kinds = torch_layout(torch_model)
-    out = {}
-    for key, v in values.items():
-        param = key.rsplit(".", 1)[0]
-        kind = kinds[param].kind if param in kinds else "other"
-        out[key] = np.ascontiguousarray(v.T) if kind == "linear" and v.ndim == 2 else v
-    return out
+        b = self.backend
+        b.load_torch_state(self.model, {**snap["params"], **snap["buffers"]})
+        b.load_torch_state(self.ema.ema, snap["ema"])
+        params = dict(b.trainable(self.model))
+        for tname, pname in self._STATE:
+            wanted = {k: snap["state"][f"{k}.{tname}"] for k in params
+                      if f"{k}.{tname}" in snap["state"]}
+            for k, value in b.named_from_torch(self.model, wanted).items():  # Linear transposed
+                acc = self._paddle_acc(pname, params[k])
+                acc.set_value(value.astype(acc.dtype))
 
 
 _GROUPS = (("grads", "param_grad"), ("params", "optim_params"), ("state", "optim_state"),
@@ -436,7 +406,7 @@ _GROUPS = (("grads", "param_grad"), ("params", "optim_params"), ("state", "optim
 
 def _compare_step(k: int, mode: str, prec: str, t: Dict[str, Dict[str, np.ndarray]],
                   p: Dict[str, Dict[str, np.ndarray]],
-                  truth: Optional[Dict[str, Dict[str, np.ndarray]]], torch_model: Any,
+                  truth: Optional[Dict[str, Dict[str, np.ndarray]]],
                   lrs: Tuple[float, float], losses: Tuple[float, float],
                   truth_loss: Optional[float]) -> List[Comparison]:
     stage = f"train-step/{mode}/{prec}/step{k + 1:02d}"
@@ -450,11 +420,7 @@ def _compare_step(k: int, mode: str, prec: str, t: Dict[str, Dict[str, np.ndarra
                           stage=stage, name="loss", order=1, precision=prec, tol=tol("loss"),
                           truth=None if truth_loss is None else np.array([truth_loss]))]
     for i, (what, category) in enumerate(_GROUPS):
-        ref = t[what]
-        if what == "state":
-            got = _state_to_torch(p[what], ref, torch_model)
-        else:
-            got = _to_torch_names(p[what], ref, torch_model)
+        ref, got = t[what], p[what]  # both in torch's names and layouts (the snapshots)
         context = max((float(np.abs(v).max()) for v in ref.values() if v.size), default=0.0)
         cs = compare_named(got, ref, category=category, stage=stage, precision=prec,
                            tol=tol(category), scale=GRAD_CONTEXT_FLOOR * context,
@@ -539,7 +505,7 @@ def _run(cfg: TrainStepConfig, progress: bool, log: Callable[[str], None]) -> Tr
             previous = snaps["torch"]
             noise = _step_noise(snaps, losses) if mode == "free" else None
             comps = _compare_step(k, mode, prec, snaps["torch"], snaps["paddle"], snaps.get("truth"),
-                                  sides["torch"].model, (lrs["torch"], lrs["paddle"]),
+                                  (lrs["torch"], lrs["paddle"]),
                                   (losses["torch"], losses["paddle"]), losses.get("truth"))
             spread, judged = None, True
             if noise is not None:
@@ -681,11 +647,7 @@ def _tolerance_lines(result: TrainStepResult) -> List[str]:
 # ------------------------------------------------------------------------------------------------
 # command line
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """Add ``parity train-step`` to the ``parity`` command."""
-    p = subparsers.add_parser(
-        "train-step", help="k retraining steps in both frameworks, compared after every step",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="cream-14", choices=model_names(), metavar="NAME",
                    help="child net (default cream-14)")
     p.add_argument("--steps", type=int_at_least(1), default=10, metavar="K", help="steps (default 10, >= 10 "
@@ -711,13 +673,6 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                         f"{NOISE_MEMBERS})")
     p.add_argument("--json", metavar="FILE", help="write every comparison as JSON")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=command)
-
-
-def command(args: argparse.Namespace) -> int:
-    """Handler of ``parity train-step``: 0 all within tolerance, 1 divergence (or an inconclusive
-    free run), 2 bad input, 130 interrupted."""
-    return run_body(None, args, _command, prog="parity train-step")
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -743,7 +698,7 @@ def _print_result(args: argparse.Namespace, cfg: TrainStepConfig, result: TrainS
     """The steps' table, the tolerances, the verdict, the first divergence and the free run's
     judged steps."""
     print(format_steps(result))
-    print("tolerances (see parity/compare.py and parity/train_step.py):")
+    print("tolerances (see parity/tolerances.py and parity/train_step.py):")
     print("\n".join(_tolerance_lines(result)))
     n, failed = len(result.comparisons), sum(not c.ok for c in result.comparisons)
     if args.precision != "fp32" and "free" in cfg.modes:
@@ -769,3 +724,10 @@ def _print_result(args: argparse.Namespace, cfg: TrainStepConfig, result: TrainS
                   "inside the predictable horizon (try another --seed or a larger --batch)")
     if cfg.fault:
         print(f"injected fault: {FAULTS[cfg.fault]}")
+
+
+#: ``parity train-step``: exit 0 all within tolerance, 1 divergence or an inconclusive free run,
+#: 2 bad input, 130 interrupted.
+SUBCOMMAND = Subcommand("train-step", __doc__, _add_arguments, _command,
+                        help="k retraining steps in both frameworks, compared after every step")
+command, register = SUBCOMMAND.handler, SUBCOMMAND.register

@@ -25,7 +25,7 @@ from cream_torch_ref.checkpoint import read_checkpoint
 from cream_torch_ref.models import seeded_official_checkpoint
 from converters import convert_checkpoint, pdparams_to_pth
 from converters.cli import main
-from converters.convert import default_output, sidecar_path
+from converters.files import default_output, sidecar_path
 
 pytestmark = pytest.mark.paddle
 

@@ -18,7 +18,7 @@ import torchvision.models as tvm
 
 from converters.cli import main
 from converters.weights import bundled_photos, seed_and_calibrate
-from parity.compare import LOGITS_FP32
+from parity.tolerances import LOGITS_FP32
 
 pytestmark = pytest.mark.paddle
 

@@ -108,14 +108,14 @@ def test_set_with_a_non_utf8_name_recovers(tmp_path: Path, monkeypatch) -> None:
 def test_sidecar_always_describes_its_file_even_under_a_concurrent_force(tmp_path: Path,
                                                                          monkeypatch) -> None:
     """Run B commits while run A is between its two renames: the set must be A's or B's."""
-    from converters.convert import _write_outputs, sidecar_path
+    from converters.files import sidecar_path, write_outputs
 
     dst = tmp_path / "x.pdparams"
     real = os.replace
     state = {"inside": False}
 
     def run_b() -> None:
-        _write_outputs(str(dst), lambda f: f.write(b"B" * 1000) and None, {"run": "B"})
+        write_outputs(str(dst), lambda f: f.write(b"B" * 1000) and None, {"run": "B"})
 
     def replace(src: Any, dst_: Any) -> None:
         real(src, dst_)
@@ -128,7 +128,7 @@ def test_sidecar_always_describes_its_file_even_under_a_concurrent_force(tmp_pat
             state["thread"] = t
 
     monkeypatch.setattr(os, "replace", replace)
-    _write_outputs(str(dst), lambda f: f.write(b"A" * 1000) and None, {"run": "A"})
+    write_outputs(str(dst), lambda f: f.write(b"A" * 1000) and None, {"run": "A"})
     state["thread"].join()
     side = json.loads(Path(sidecar_path(str(dst))).read_text())
     assert side["output_sha256"] == _digest(dst), (side["run"], dst.read_bytes()[:1])
@@ -136,15 +136,15 @@ def test_sidecar_always_describes_its_file_even_under_a_concurrent_force(tmp_pat
 
 
 def test_convert_killed_between_renames_recovers(tmp_path: Path, monkeypatch) -> None:
-    from converters.convert import _write_outputs, sidecar_path
+    from converters.files import sidecar_path, write_outputs
 
     dst = tmp_path / "x.pdparams"
-    _write_outputs(str(dst), lambda f: f.write(b"old") and None, {"v": 1})
+    write_outputs(str(dst), lambda f: f.write(b"old") and None, {"v": 1})
     kill_at(monkeypatch, name="x.pdparams.json")  # the .pdparams is in place, not yet its sidecar
     with pytest.raises(Killed):
-        _write_outputs(str(dst), lambda f: f.write(b"new") and None, {"v": 2})
+        write_outputs(str(dst), lambda f: f.write(b"new") and None, {"v": 2})
     monkeypatch.undo()
-    _write_outputs(str(tmp_path / "other.pdparams"), lambda f: f.write(b"o") and None, {})  # next run
+    write_outputs(str(tmp_path / "other.pdparams"), lambda f: f.write(b"o") and None, {})  # next run
     side = json.loads(Path(sidecar_path(str(dst))).read_text())
     assert side["output_sha256"] == _digest(dst) and side["v"] == 2
 

@@ -20,7 +20,7 @@ with warnings.catch_warnings():
     import paddle.nn.functional as F
 
 from cream_paddle import second_order as so
-from parity.compare import LAYER_TRAIN_FP32
+from parity.tolerances import LAYER_TRAIN_FP32
 
 pytestmark = pytest.mark.paddle
 

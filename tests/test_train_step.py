@@ -132,7 +132,7 @@ def test_seed_8_free_run_is_no_false_alarm() -> None:
 
 
 def test_noise_lifts_a_bound_and_records_the_ratio() -> None:
-    from parity.compare import Comparison
+    from parity.tolerances import Comparison
     from parity.noise import NoiseModel
     from parity.train_step import _apply_noise, _noise_spread, _not_judged
 
@@ -151,7 +151,7 @@ def test_noise_lifts_a_bound_and_records_the_ratio() -> None:
 
 
 def test_a_free_run_that_judged_no_step_is_inconclusive_not_a_pass() -> None:
-    from parity.compare import Comparison
+    from parity.tolerances import Comparison
     from parity.train_step import MIN_JUDGED_STEPS, TrainStepResult
 
     ok = Comparison(category="loss", stage="train-step/free/fp32/step01", name="loss", order=0.0,

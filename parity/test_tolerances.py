@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from parity import compare as C
+from parity import tolerances as C
 
 
 def test_metrics_relative_to_scale_with_floor() -> None:

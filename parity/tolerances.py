@@ -1,4 +1,6 @@
-"""Compare tensors from two frameworks, framework-free: metrics, named tolerances, verdicts.
+"""Named tolerances and the framework-free comparison of tensors: metrics, bounds, verdicts.
+
+(``parity.compare(...)``, the Python API of generic pairs, is :func:`parity.generic.compare`.)
 
 Everything here works on numpy arrays, so the same rules judge a torch/Paddle pair, a torch/x2paddle
 pair or any two runs saved to disk.
@@ -25,8 +27,6 @@ reason for its size; ``README`` lists them.
 from __future__ import annotations
 
 import math
-import sys
-import types
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -428,18 +428,3 @@ def tolerance_table_markdown() -> str:
             t = TOLERANCES[(cat, prec)]
             rows.append(f"| {cat} | {prec} | `{tolerance_name(t)}` | {t.describe()} | {t.reason} |")
     return "\n".join(rows)
-
-
-class _CallableModule(types.ModuleType):
-    """This module, called: ``parity.compare(torch_model, paddle_model, inputs, ...)`` runs
-    :func:`parity.generic.compare` on two model objects. (The name ``parity.compare`` is this module,
-    which other code imports for its constants; making it callable keeps both working.)"""
-
-    def __call__(self, torch_model: object, paddle_model: object, inputs: np.ndarray,
-                 **kwargs: object) -> object:
-        from .generic import compare as run_compare
-
-        return run_compare(torch_model, paddle_model, inputs, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,208 @@
+"""The Paddle half every tool shares: threads, processes, all-reduce, tensors and state as numpy.
+
+Twin of :mod:`cream_torch_ref.backend` (same class, same methods). State leaves the framework as
+numpy arrays in *torch's* names and layouts through the shared rules of :mod:`cream_core.rules`
+(BatchNorm ``_mean``/``_variance`` -> ``running_mean``/``running_var``, Linear weights transposed,
+no ``num_batches_tracked``, which Paddle does not keep); ``native_state`` keeps Paddle's own.
+
+Data-parallel runs use ``paddle.distributed.launch`` (``PADDLE_TRAINERS_NUM > 1``) on the CPU.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import paddle
+
+from cream_core.rules import paddle_layout, paddle_to_torch_names, torch_to_paddle_names
+
+__all__ = ["FRAMEWORK", "CHECKPOINT_SUFFIX", "WORLD_SIZE_ENV", "Backend", "init_distributed",
+           "launched", "set_threads"]
+
+FRAMEWORK = "paddle"
+CHECKPOINT_SUFFIX = ".pdparams"
+#: The variable the launcher (``paddle.distributed.launch``) sets to the number of processes.
+WORLD_SIZE_ENV = "PADDLE_TRAINERS_NUM"
+
+
+def launched() -> bool:
+    """Whether this process was started by the launcher as one of several."""
+    return int(os.environ.get(WORLD_SIZE_ENV, "1")) > 1
+
+
+def init_distributed() -> Tuple[int, int]:
+    """``(rank, world_size)``; under ``paddle.distributed.launch`` (several trainers) joins the
+    collective group (gloo on CPU)."""
+    if not launched():
+        return 0, 1
+    import paddle.distributed as dist
+
+    paddle.set_device("cpu")
+    dist.init_parallel_env()
+    return dist.get_rank(), dist.get_world_size()
+
+
+def set_threads(threads: Optional[int]) -> None:
+    """Use ``threads`` intra-op threads (``None``/0: Paddle's default); worker processes started
+    later read ``OMP_NUM_THREADS``."""
+    if not threads:
+        return
+    os.environ["OMP_NUM_THREADS"] = str(int(threads))
+    core = getattr(getattr(paddle, "base", None), "core", None)
+    if core is not None and hasattr(core, "set_num_threads"):
+        core.set_num_threads(int(threads))  # the math libraries' thread count
+
+
+class Backend:
+    """Processes, collectives and numpy conversions of one Paddle run (twin of the torch class).
+
+    Collectives return new values and leave their inputs untouched (:meth:`mean_tensors`).
+    """
+
+    framework = FRAMEWORK
+    checkpoint_suffix = CHECKPOINT_SUFFIX
+
+    def __init__(self, *, distributed: Optional[bool] = None, threads: Optional[int] = None) -> None:
+        set_threads(threads)
+        if distributed is None:
+            distributed = launched()
+        self.rank, self.world_size = init_distributed() if distributed else (0, 1)
+
+    # --- processes ------------------------------------------------------------------------------
+    def mean_over_ranks(self, value: float) -> float:
+        """The mean of a float over all processes (float64 all-reduce)."""
+        if self.world_size <= 1:
+            return value
+        t = paddle.to_tensor([value], dtype="float64")
+        paddle.distributed.all_reduce(t)
+        return float(t.numpy()[0]) / self.world_size
+
+    def mean_tensors(self, tensors: Sequence[paddle.Tensor]) -> List[paddle.Tensor]:
+        """The means of ``tensors`` over all processes (one flat all-reduce in their dtype), as new
+        tensors; the inputs are not changed. One process: the inputs themselves."""
+        if self.world_size <= 1 or not tensors:
+            return list(tensors)
+        flat = paddle.concat([t.detach().reshape([-1]) for t in tensors])
+        paddle.distributed.all_reduce(flat)
+        flat = flat / self.world_size
+        out, offset = [], 0
+        for t in tensors:
+            n = int(np.prod(t.shape)) if t.ndim else 1
+            out.append(flat[offset:offset + n].reshape(t.shape))
+            offset += n
+        return out
+
+    def mean_floats(self, values: Sequence[float]) -> List[float]:
+        """The means of float32 scalars over all processes (one all-reduce)."""
+        if self.world_size <= 1:
+            return [float(v) for v in values]
+        red = self.mean_tensors([paddle.to_tensor(list(values), dtype="float32")])[0]
+        return [float(v) for v in red.numpy()]
+
+    def broadcast_model(self, model: paddle.nn.Layer) -> None:
+        """Every process takes rank 0's weights and buffers."""
+        if self.world_size <= 1:
+            return
+        for t in model.state_dict().values():
+            paddle.distributed.broadcast(t, src=0)
+
+    def barrier(self) -> None:
+        """Wait for every process."""
+        if self.world_size > 1:
+            paddle.distributed.barrier()
+
+    def data_parallel(self, model: paddle.nn.Layer) -> paddle.nn.Layer:
+        """What to call for a data-parallel forward (``paddle.DataParallel``), or ``model``."""
+        return paddle.DataParallel(model) if self.world_size > 1 else model
+
+    # --- tensors <-> numpy ----------------------------------------------------------------------
+    @staticmethod
+    def seed(seed: int) -> None:
+        """Seed Paddle's generator (weights drawn at construction)."""
+        paddle.seed(seed)
+
+    @staticmethod
+    def tensor(array: Any) -> paddle.Tensor:
+        """A tensor of a numpy array."""
+        return paddle.to_tensor(np.asarray(array))
+
+    @staticmethod
+    def to_numpy(tensor: Any) -> np.ndarray:
+        """A numpy copy of a tensor (detached)."""
+        return np.asarray(tensor.detach().numpy()).copy()
+
+    @staticmethod
+    def item(value: Any) -> float:
+        """The first element of a tensor, or a number, as a float."""
+        if isinstance(value, paddle.Tensor):
+            return float(value.detach().reshape([-1])[0])
+        return float(value)
+
+    @classmethod
+    def tree_to_numpy(cls, obj: Any) -> Any:
+        """``obj`` with every tensor inside dicts, lists and tuples made a numpy array."""
+        if isinstance(obj, paddle.Tensor):
+            return np.asarray(obj.numpy())
+        if isinstance(obj, Mapping):
+            return {k: cls.tree_to_numpy(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [cls.tree_to_numpy(v) for v in obj]
+        return obj
+
+    @classmethod
+    def tree_from_numpy(cls, obj: Any) -> Any:
+        """``obj`` with every numpy array inside dicts and lists made a tensor (copied)."""
+        if isinstance(obj, np.ndarray):
+            return paddle.to_tensor(np.array(obj, copy=True))
+        if isinstance(obj, Mapping):
+            return {k: cls.tree_from_numpy(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [cls.tree_from_numpy(v) for v in obj]
+        return obj
+
+    # --- model state ----------------------------------------------------------------------------
+    @staticmethod
+    def native_state(model: paddle.nn.Layer) -> Dict[str, np.ndarray]:
+        """``model``'s state dict as numpy arrays in Paddle's own names and layouts."""
+        return {k: np.asarray(v.numpy()) for k, v in model.state_dict().items()}
+
+    @staticmethod
+    def load_native_state(model: paddle.nn.Layer, state: Mapping[str, Any]) -> None:
+        """Load numpy arrays in Paddle's names and layouts."""
+        model.set_state_dict({k: np.asarray(v) for k, v in state.items()})
+
+    @staticmethod
+    def torch_state(model: paddle.nn.Layer) -> Dict[str, np.ndarray]:
+        """``model``'s state dict as numpy copies in torch's names and layouts (by the rules)."""
+        native = {k: np.asarray(v.numpy()).copy() for k, v in model.state_dict().items()}
+        return paddle_to_torch_names(native, paddle_layout(model))
+
+    @staticmethod
+    def load_torch_state(model: paddle.nn.Layer, state: Mapping[str, Any]) -> None:
+        """Load a state dict in torch's names and layouts; every missing, unexpected or mis-shaped
+        entry is reported (:class:`cream_core.rules.RuleError`) before anything changes."""
+        from cream_core.rules import apply_rules
+
+        mapped = apply_rules(state, paddle_layout(model), to="paddle")
+        model.set_state_dict({k: np.asarray(v) for k, v in mapped.state_dict.items()})
+
+    @staticmethod
+    def named_to_torch(model: paddle.nn.Layer, named: Iterable[Tuple[str, Any]]
+                       ) -> Dict[str, np.ndarray]:
+        """Per-parameter tensors (gradients, momentum) keyed by parameter name, as numpy copies in
+        torch's names and layouts."""
+        arrays = {n: np.asarray(t.detach().numpy()).copy() for n, t in named}
+        return paddle_to_torch_names(arrays, paddle_layout(model))
+
+    @staticmethod
+    def named_from_torch(model: paddle.nn.Layer, arrays: Mapping[str, np.ndarray]
+                         ) -> Dict[str, paddle.Tensor]:
+        """The inverse of :meth:`named_to_torch`: tensors keyed by this model's parameter names."""
+        mapped = torch_to_paddle_names(arrays, paddle_layout(model))
+        return {n: paddle.to_tensor(np.array(a, copy=True)) for n, a in mapped.items()}
+
+    @staticmethod
+    def trainable(model: paddle.nn.Layer) -> List[Tuple[str, paddle.Tensor]]:
+        """``(name, parameter)`` of every parameter that takes gradients, in model order."""
+        return [(n, p) for n, p in model.named_parameters() if not p.stop_gradient]
