@@ -73,7 +73,7 @@ def digest_errors(name: str, got: np.ndarray, ref: Mapping[str, object]) -> Dict
     """Relative errors of ``got`` against the digest ``ref``.
 
     ``sampled``: max over sampled elements of |diff| / max(|ref elem|, 1e-3 * absmax) (the floor of
-    ``parity.compare``); ``norm``/``sum``/``proj``: differences divided by the reference norm.
+    ``parity.tolerances``); ``norm``/``sum``/``proj``: differences divided by the reference norm.
     A shape mismatch gives ``inf`` everywhere.
     """
     g = np.asarray(got, dtype=np.float64)
