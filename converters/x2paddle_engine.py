@@ -28,6 +28,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 import numpy as np
 
 from cream_core.io.errors import CheckpointError
+from cream_core.io.native_output import redirect_native_output
 
 __all__ = ["X2PaddleExport", "export_with_x2paddle", "run_x2paddle", "load_predictor",
            "convert_with_x2paddle", "inference_files"]
@@ -64,18 +65,12 @@ def _quiet(log: io.StringIO) -> Iterator[None]:
     logger = logging.getLogger("x2paddle")
     old_level = logger.level
     logger.setLevel(logging.WARNING)
-    saved = [os.dup(1), os.dup(2)]
     with tempfile.TemporaryFile(mode="w+b") as sink:
         try:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            with redirect_native_output(sink), contextlib.redirect_stdout(log), \
+                    contextlib.redirect_stderr(log):
                 yield
         finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
             logger.setLevel(old_level)
             sink.seek(0)
             log.write(sink.read().decode("utf-8", "replace"))

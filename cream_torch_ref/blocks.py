@@ -10,13 +10,6 @@ from timm.layers.adaptive_avgmax_pool import FastAdaptiveAvgPool
 from timm.models._efficientnet_blocks import (ConvBnAct, DepthwiseSeparableConv, InvertedResidual,
                                               SqueezeExcite)
 
-__all__ = [
-    "BatchNormAct2d",
-    "SqueezeExcite",
-    "ConvBnAct",
-    "DepthwiseSeparableConv",
-    "InvertedResidual",
-    "SelectAdaptivePool2d",
-    "FastAdaptiveAvgPool",
-    "DropPath",
-]
+from cream_core.arch.assembly import BLOCK_CLASS_NAMES
+
+__all__ = list(BLOCK_CLASS_NAMES)  # the names cream_core.arch.assembly builds with
