@@ -17,7 +17,6 @@ import contextlib
 import io
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cream_core.io.atomic import replaced_folder
 from cream_core.io.errors import CheckpointError
 from cream_core.io.native_output import redirect_native_output
 
@@ -207,18 +207,11 @@ def convert_with_x2paddle(src: "os.PathLike[str] | str", out_dir: "Optional[os.P
     check_state_dict(expected, ck.state_dict, src, what=f"torch ChildNet {arch.label}")
     net.load_state_dict(ck.state_dict, strict=True)
     res = arch.resolution or 224
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
-    usual_mode(tmp)
-    try:
+    with replaced_folder(out, f".{os.path.basename(out)}.") as tmp:
+        usual_mode(tmp)
         try:
             exp = export_with_x2paddle(net, tmp, (batch, 3, res, res))
         except RuntimeError as e:
             raise CheckpointError(src, str(e)) from None
-        if os.path.isdir(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
     model_file, params_file = inference_files(out)
     return X2PaddleExport(out, model_file, params_file, exp.input_shape, exp.seconds, arch.label, src)
