@@ -55,7 +55,7 @@ def _worker(kind: str, src: str, out: str, repeat: int) -> Dict[str, Any]:
         import x2paddle.convert  # noqa: F401
     imports = time.perf_counter() - t0
     base = rss_now()
-    reset = resetpeak_rss()
+    reset = reset_peak_rss()
     times: List[float] = []
     peak_after_first = 0
     for i in range(repeat):

@@ -218,7 +218,7 @@ def _print(res: Dict[str, Any]) -> None:
                      runs[-1].get("where") or ""])
     print()
     print(github_table(rows, ["correct port", "wall s", "CPU s", "verdict",
-                        "tensors compared / PaDiff's complaint"]))
+                              "tensors compared / PaDiff's complaint"]))
     print()
     print(github_table([list(c) for c in CHECKS], ["check", "parity run", "PaDiff"]))
     if res["faults"]:

@@ -300,22 +300,24 @@ def main(argv: Optional[List[str]] = None) -> int:
                                     "tensors_compared"], r)) for r in rows]
     print()
     print(github_table(rows, ["tool", "wall s (median)", "CPU s (median)", "verdict",
-                        "tensors compared"]))
+                              "tensors compared"]))
     print()
     print(github_table([[c, "yes" if a else "-", "yes" if b else "-"] for c, a, b in CHECKS],
-                 ["check", "parity run", "PaDiff"]))
+                       ["check", "parity run", "PaDiff"]))
     if not args.no_fault:
         fp, fd, fs = results["fault_parity"], results["fault_padiff"], results["fault_padiff_suite"]
         print()
-        print(github_table([["parity run", verdict(fp), fp.get("first")],
-                      ["PaDiff strict, atol 1e-4 rtol 1e-3, 1 step", verdict(fd), fd.get("first")],
-                      ["PaDiff suite", verdict(fs), fs.get("first")]],
-                     ["hard-sigmoid slope 0.1666667 injected", "verdict", "reported where"]))
+        print(github_table(
+            [["parity run", verdict(fp), fp.get("first")],
+             ["PaDiff strict, atol 1e-4 rtol 1e-3, 1 step", verdict(fd), fd.get("first")],
+             ["PaDiff suite", verdict(fs), fs.get("first")]],
+            ["hard-sigmoid slope 0.1666667 injected", "verdict", "reported where"]))
     if results["padiff_suite"].get("runs"):
         print()
-        print(github_table([[r["config"], "PASS" if r["ok"] else "FAIL", r.get("auto_diff_s", ""),
-                       r.get("error", "")] for r in results["padiff_suite"]["runs"]],
-                     ["PaDiff suite (correct port)", "verdict", "auto_diff s", "error"]))
+        print(github_table(
+            [[r["config"], "PASS" if r["ok"] else "FAIL", r.get("auto_diff_s", ""),
+              r.get("error", "")] for r in results["padiff_suite"]["runs"]],
+            ["PaDiff suite (correct port)", "verdict", "auto_diff s", "error"]))
     results["checks"] = [{"check": c, "parity": a, "padiff": b} for c, a, b in CHECKS]
     write_results(args.json, results)
     return 0

@@ -5,10 +5,11 @@ two trees have the same files with the same class names (``tests/test_mirror.py`
 """
 from __future__ import annotations
 
-from timm.layers import BatchNormAct2d, DropPath, SelectAdaptivePool2d
-from timm.layers.adaptive_avgmax_pool import FastAdaptiveAvgPool
-from timm.models._efficientnet_blocks import (ConvBnAct, DepthwiseSeparableConv, InvertedResidual,
-                                              SqueezeExcite)
+# re-exported: __all__ is cream_core.arch.assembly.BLOCK_CLASS_NAMES
+from timm.layers import BatchNormAct2d, DropPath, SelectAdaptivePool2d  # noqa: F401
+from timm.layers.adaptive_avgmax_pool import FastAdaptiveAvgPool  # noqa: F401
+from timm.models._efficientnet_blocks import (ConvBnAct, DepthwiseSeparableConv,  # noqa: F401
+                                              InvertedResidual, SqueezeExcite)
 
 from cream_core.arch.assembly import BLOCK_CLASS_NAMES
 
