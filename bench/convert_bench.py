@@ -15,7 +15,7 @@ that process's own. Goals (issue 3): in-process conversion >= 5x faster than x2p
 <= 1.3x the bare import; peak RSS added by the conversion < 3x the checkpoint size. Prints a
 table and writes JSON (``--json``).
 
-    python bench/convert_bench.py [--models cream-14 cream-604] [--repeat 3] [--json PATH]
+    python -m bench.convert_bench [--models cream-14 cream-604] [--repeat 3] [--json PATH]
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,45 +30,11 @@ import tempfile
 import time
 from typing import Any, Dict, List, Tuple
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from bench.common import ROOT, peak_rss, reset_peak_rss, rss_now, run_json_worker, write_results
 
 GOAL_SPEEDUP = 5.0
 GOAL_CLI_RATIO = 1.3
 GOAL_RSS_RATIO = 3.0
-
-
-def _rss_now() -> int:
-    """Resident set size of this process in bytes (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (Linux >= 4.0: VmHWM), so that import-time transients, which
-    exceed the RSS after the imports, do not count as conversion memory."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss() -> int:
-    """Peak RSS of this process in bytes since the last reset (VmHWM), else ru_maxrss."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r if sys.platform == "darwin" else r * 1024
 
 
 def _worker(kind: str, src: str, out: str, repeat: int) -> Dict[str, Any]:
@@ -89,8 +54,8 @@ def _worker(kind: str, src: str, out: str, repeat: int) -> Dict[str, Any]:
         import cream_torch_ref.childnet  # noqa: F401  (timm)
         import x2paddle.convert  # noqa: F401
     imports = time.perf_counter() - t0
-    base = _rss_now()
-    reset = _reset_peak_rss()
+    base = rss_now()
+    reset = reset_peak_rss()
     times: List[float] = []
     peak_after_first = 0
     for i in range(repeat):
@@ -101,7 +66,7 @@ def _worker(kind: str, src: str, out: str, repeat: int) -> Dict[str, Any]:
             convert_with_x2paddle(src, out, force=True)
         times.append(time.perf_counter() - t)
         if i == 0:
-            peak_after_first = _peak_rss()
+            peak_after_first = peak_rss()
     return {"imports_s": imports, "times_s": times, "rss_base": base, "peak_reset": reset,
             "rss_peak_first": peak_after_first, "rss_added_first": peak_after_first - base}
 
@@ -120,11 +85,8 @@ def _timed_peak(args: List[str], cwd: str) -> Tuple[float, int, str, int]:
 
 def _run_worker(kind: str, src: str, out: str, repeat: int) -> Dict[str, Any]:
     # "-m" from the repository root: the worker imports this checkout whatever is installed
-    cmd = [sys.executable, "-m", "bench.convert_bench", "--worker", kind, src, out, str(repeat)]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"{kind} worker failed: {p.stderr.strip().splitlines()[-1:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return run_json_worker([sys.executable, "-m", "bench.convert_bench", "--worker", kind, src,
+                            out, str(repeat)], kind)
 
 
 def main(argv: "List[str] | None" = None) -> int:
@@ -230,10 +192,7 @@ def main(argv: "List[str] | None" = None) -> int:
                                   f"CLI wall s, min (goal <= {GOAL_CLI_RATIO}x bare)",
                                   f"RSS added MiB (goal < {GOAL_RSS_RATIO:g}x ckpt)",
                                   "CLI peak RSS MiB", "x2paddle RSS added MiB"]))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(results, f, indent=2)
-        print(f"wrote {a.json}")
+    write_results(a.json, results)
     return 0
 
 

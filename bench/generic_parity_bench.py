@@ -1,6 +1,6 @@
 """``parity run --torch/--paddle`` next to PaDiff on a generic pair (torchvision <-> paddle.vision).
 
-    python bench/generic_parity_bench.py [--pair resnet18] [--input-shape 2,3,64,64] [--rounds 1]
+    python -m bench.generic_parity_bench [--pair resnet18] [--input-shape 2,3,64,64] [--rounds 1]
                                          [--json FILE] [--no-fault] [--keep DIR]
 
 Both tools get the same torchvision state dict (seeded, BatchNorm statistics calibrated on the
@@ -31,16 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from bench.common import (ROOT, child_env, github_table, run_script_in, run_timed, verdict,
+                          write_results)
 
 #: PaDiff option sets: (label, options). parity's fp32 bounds are LAYER_FP32 / GRAD_FP32 (1e-5 /
 #: 1e-4 of scale) with LOGITS_FP32's 1e-5 absolute; PaDiff has one atol/rtol for every tensor.
@@ -69,23 +67,8 @@ CHECKS = [
 ]
 
 
-def _run(cmd: List[str], cwd: str, env: Optional[Dict[str, str]] = None,
-         timeout: int = 1800) -> Dict[str, Any]:
-    """Run a process; wall seconds and the CPU seconds it (and its children) used."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "exit": proc.returncode,
-            "stdout": proc.stdout, "stderr": proc.stderr}
-
-
 def _env() -> Dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
+    return child_env(OMP_NUM_THREADS="1")
 
 
 def _parity(pair: str, shape: str, sd: str, report: str, fault: Optional[str] = None
@@ -93,7 +76,7 @@ def _parity(pair: str, shape: str, sd: str, report: str, fault: Optional[str] = 
     cmd = [sys.executable, "-m", "parity.cli", "run", "--torch", f"torchvision.models:{pair}",
            "--paddle", f"paddle.vision.models:{pair}", "--input-shape", shape, "--ckpt", sd,
            "--report", report, "--no-progress"] + (["--inject-fault", fault] if fault else [])
-    r = _run(cmd, ROOT, _env())
+    r = run_timed(cmd, ROOT, _env())
     out = {k: r[k] for k in ("wall_s", "cpu_s", "exit")}
     try:
         with open(os.path.join(report, "parity.json")) as f:
@@ -110,20 +93,10 @@ def _parity(pair: str, shape: str, sd: str, report: str, fault: Optional[str] = 
 
 def _padiff(pair: str, shape: str, sd: str, config: int, fault: Optional[str], work: str
             ) -> Dict[str, Any]:
-    os.makedirs(work, exist_ok=True)
     argv = ["--padiff-worker", "--pair", pair, "--input-shape", shape, "--sd", sd,
             "--config", str(config)] + (["--fault", fault] if fault else [])
-    # PaDiff writes its diff_log next to sys.path[0]: run the worker with -c from the work folder
-    code = ("import runpy, sys; sys.argv = [%r] + %r; runpy.run_path(%r, run_name='__main__')"
-            % (__file__, argv, os.path.abspath(__file__)))
-    r = _run([sys.executable, "-c", code], work, _env())
-    out = {k: r[k] for k in ("wall_s", "cpu_s", "exit")}
-    lines = [ln for ln in r["stdout"].splitlines() if ln.startswith("PADIFF_RESULT ")]
-    if lines:
-        out.update(json.loads(lines[-1][len("PADIFF_RESULT "):]))
-    else:
-        out["error"] = (r["stderr"] or r["stdout"]).strip().splitlines()[-3:]
-    return out
+    # PaDiff writes its diff_log next to sys.path[0]: run the worker from the work folder
+    return run_script_in(work, __file__, argv, "PADIFF_RESULT ", _env())
 
 
 def _where(stdout: str) -> Optional[str]:
@@ -204,18 +177,6 @@ def _weights(pair: str, shape: Tuple[int, ...], path: str) -> None:
     torch.save(model.state_dict(), path)
 
 
-def _verdict(r: Dict[str, Any]) -> str:
-    if "ok" not in r:
-        return f"error: {str(r.get('error'))[:80]}"
-    return "PASS" if r["ok"] else "FAIL"
-
-
-def _table(rows: List[List[Any]], headers: List[str]) -> str:
-    from tabulate import tabulate
-
-    return tabulate(rows, headers=headers, tablefmt="github")
-
-
 def _median(runs: List[Dict[str, Any]], key: str) -> float:
     return round(statistics.median(r[key] for r in runs), 1)
 
@@ -250,25 +211,25 @@ def _measure(args: argparse.Namespace, work: str, sd: str) -> Dict[str, Any]:
 def _print(res: Dict[str, Any]) -> None:
     p = res["parity"]
     rows = [["parity run --torch/--paddle", _median(p, "wall_s"), _median(p, "cpu_s"),
-             _verdict(p[-1]), p[-1].get("compared", "")]]
+             verdict(p[-1]), p[-1].get("compared", "")]]
     for i, (label, _) in enumerate(PADIFF_CONFIGS):
         runs = res["padiff"][i]
-        rows.append([label, _median(runs, "wall_s"), _median(runs, "cpu_s"), _verdict(runs[-1]),
+        rows.append([label, _median(runs, "wall_s"), _median(runs, "cpu_s"), verdict(runs[-1]),
                      runs[-1].get("where") or ""])
     print()
-    print(_table(rows, ["correct port", "wall s", "CPU s", "verdict",
-                        "tensors compared / PaDiff's complaint"]))
+    print(github_table(rows, ["correct port", "wall s", "CPU s", "verdict",
+                              "tensors compared / PaDiff's complaint"]))
     print()
-    print(_table([list(c) for c in CHECKS], ["check", "parity run", "PaDiff"]))
+    print(github_table([list(c) for c in CHECKS], ["check", "parity run", "PaDiff"]))
     if res["faults"]:
         rows = []
         for f in res["faults"]:
-            rows.append([f["fault"], "parity run", _verdict(f["parity"]), f["parity"].get("where"),
+            rows.append([f["fault"], "parity run", verdict(f["parity"]), f["parity"].get("where"),
                          f["expected"]])
-            rows += [[f["fault"], PADIFF_CONFIGS[i][0], _verdict(r), r.get("where") or "", ""]
+            rows += [[f["fault"], PADIFF_CONFIGS[i][0], verdict(r), r.get("where") or "", ""]
                      for i, r in enumerate(f["padiff"])]
         print()
-        print(_table(rows, ["fault", "tool", "verdict", "reported where", "injected at"]))
+        print(github_table(rows, ["fault", "tool", "verdict", "reported where", "injected at"]))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -304,11 +265,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                versions={k: md.version(k) for k in ("torch", "torchvision", "paddlepaddle",
                                                       "padiff")})
     _print(res)
-    if args.json:
-        from cream_core.io.atomic import atomic_write_text
-
-        atomic_write_text(args.json, json.dumps(res, indent=1, default=str) + "\n")
-        print(f"\nJSON: {args.json}")
+    write_results(args.json, res)
     return 0
 
 

@@ -1,6 +1,6 @@
 """``parity run`` next to PaDiff on the same model, weights and input: wall time and what each checks.
 
-    python bench/parity_bench.py [--model cream-14] [--rounds 3] [--json FILE] [--no-fault]
+    python -m bench.parity_bench [--model cream-14] [--rounds 3] [--json FILE] [--no-fault]
 
 Both tools get the same official-format checkpoint (seeded, BN statistics calibrated) and the same
 seeded batch of 2 at the model's test resolution:
@@ -30,16 +30,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any, Dict, List, Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from bench.common import (ROOT, child_env, github_table, run_script_in, run_timed, verdict,
+                          write_results)
 
 #: What each tool compares in the configuration benchmarked (PaDiff 0.2 as called above).
 CHECKS = [
@@ -61,17 +59,8 @@ CHECKS = [
 ]
 
 
-def _run(cmd: List[str], cwd: str, env: Optional[Dict[str, str]] = None,
-         timeout: int = 3600) -> Dict[str, Any]:
-    """Run a process; wall seconds and the CPU seconds it (and its children) used."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 2), "returncode": proc.returncode,
-            "stdout": proc.stdout, "stderr": proc.stderr}
+#: Longest a tool's run may take (seconds).
+_TIMEOUT = 3600
 
 
 def _parity(model: str, ckpt: str, report: str, fault: Optional[str] = None) -> Dict[str, Any]:
@@ -79,9 +68,8 @@ def _parity(model: str, ckpt: str, report: str, fault: Optional[str] = None) -> 
            report, "--no-progress"]
     if fault:
         cmd += ["--inject-fault", fault]
-    r = _run(cmd, ROOT)
-    out: Dict[str, Any] = {"wall_s": r["seconds"], "cpu_s": r["cpu_seconds"],
-                           "exit": r["returncode"]}
+    r = run_timed(cmd, ROOT, timeout=_TIMEOUT)
+    out: Dict[str, Any] = {k: r[k] for k in ("wall_s", "cpu_s", "exit")}
     try:
         with open(os.path.join(report, "parity.json")) as f:
             data = json.load(f)
@@ -95,26 +83,13 @@ def _parity(model: str, ckpt: str, report: str, fault: Optional[str] = None) -> 
 
 def _padiff(model: str, ckpt: str, pdparams: str, atol: float, rtol: float, steps: int,
             fault: Optional[str], work: str, suite: bool = False) -> Dict[str, Any]:
-    os.makedirs(work, exist_ok=True)
     argv = ["--padiff-worker", "--model", model, "--ckpt", ckpt, "--pdparams", pdparams,
             "--atol", str(atol), "--rtol", str(rtol), "--steps", str(steps)]
     argv += ["--fault", fault] if fault else []
     argv += ["--suite"] if suite else []
-    # PaDiff writes its diff_log into sys.path[0]: run the worker with ``-c`` from the work folder
-    # (sys.path[0] = the folder), and with this checkout importable.
-    code = ("import runpy, sys; sys.argv = [%r] + %r; runpy.run_path(%r, run_name='__main__')"
-            % (__file__, argv, os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    r = _run([sys.executable, "-c", code], work, env=env)
-    out: Dict[str, Any] = {"wall_s": r["seconds"], "cpu_s": r["cpu_seconds"],
-                           "exit": r["returncode"]}
-    lines = [ln for ln in r["stdout"].splitlines() if ln.startswith("PADIFF_RESULT ")]
-    if lines:
-        out.update(json.loads(lines[-1][len("PADIFF_RESULT "):]))
-    else:
-        out["error"] = (r["stderr"] or r["stdout"]).strip().splitlines()[-3:]
-    return out
+    # PaDiff writes its diff_log into sys.path[0]: run the worker from the work folder, with this
+    # checkout importable.
+    return run_script_in(work, __file__, argv, "PADIFF_RESULT ", child_env(), _TIMEOUT)
 
 
 #: PaDiff runs that together cover what PaDiff can of parity's scope (one process, imports paid
@@ -233,12 +208,6 @@ def padiff_worker(args: argparse.Namespace) -> int:
     os._exit(0)  # skip torch's and Paddle's slow teardown, as `parity` itself does
 
 
-def _table(rows: List[List[Any]], headers: List[str]) -> str:
-    from tabulate import tabulate
-
-    return tabulate(rows, headers=headers, tablefmt="github")
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="cream-14")
@@ -309,11 +278,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                 "hardsigmoid-slope",
                                                 os.path.join(work, "padiff-fs"), suite=True)
 
-    def verdict(r: Dict[str, Any]) -> str:
-        if "ok" not in r:
-            return f"error: {str(r.get('error'))[:80]}"
-        return "PASS" if r["ok"] else "FAIL"
-
     def med(key: str, field: str) -> float:
         return round(statistics.median(x[field] for x in runs[key]), 1)
 
@@ -335,28 +299,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     results["summary"] = [dict(zip(["tool", "wall_s_median", "cpu_s_median", "verdict",
                                     "tensors_compared"], r)) for r in rows]
     print()
-    print(_table(rows, ["tool", "wall s (median)", "CPU s (median)", "verdict",
-                        "tensors compared"]))
+    print(github_table(rows, ["tool", "wall s (median)", "CPU s (median)", "verdict",
+                              "tensors compared"]))
     print()
-    print(_table([[c, "yes" if a else "-", "yes" if b else "-"] for c, a, b in CHECKS],
-                 ["check", "parity run", "PaDiff"]))
+    print(github_table([[c, "yes" if a else "-", "yes" if b else "-"] for c, a, b in CHECKS],
+                       ["check", "parity run", "PaDiff"]))
     if not args.no_fault:
         fp, fd, fs = results["fault_parity"], results["fault_padiff"], results["fault_padiff_suite"]
         print()
-        print(_table([["parity run", verdict(fp), fp.get("first")],
-                      ["PaDiff strict, atol 1e-4 rtol 1e-3, 1 step", verdict(fd), fd.get("first")],
-                      ["PaDiff suite", verdict(fs), fs.get("first")]],
-                     ["hard-sigmoid slope 0.1666667 injected", "verdict", "reported where"]))
+        print(github_table(
+            [["parity run", verdict(fp), fp.get("first")],
+             ["PaDiff strict, atol 1e-4 rtol 1e-3, 1 step", verdict(fd), fd.get("first")],
+             ["PaDiff suite", verdict(fs), fs.get("first")]],
+            ["hard-sigmoid slope 0.1666667 injected", "verdict", "reported where"]))
     if results["padiff_suite"].get("runs"):
         print()
-        print(_table([[r["config"], "PASS" if r["ok"] else "FAIL", r.get("auto_diff_s", ""),
-                       r.get("error", "")] for r in results["padiff_suite"]["runs"]],
-                     ["PaDiff suite (correct port)", "verdict", "auto_diff s", "error"]))
+        print(github_table(
+            [[r["config"], "PASS" if r["ok"] else "FAIL", r.get("auto_diff_s", ""),
+              r.get("error", "")] for r in results["padiff_suite"]["runs"]],
+            ["PaDiff suite (correct port)", "verdict", "auto_diff s", "error"]))
     results["checks"] = [{"check": c, "parity": a, "padiff": b} for c, a, b in CHECKS]
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-        print(f"\nJSON: {args.json}")
+    write_results(args.json, results)
     return 0
 
 

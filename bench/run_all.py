@@ -17,9 +17,9 @@ from typing import List, Optional
 
 __all__ = ["BENCHES", "main"]
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-#: Benchmark name -> script in this folder (every one accepts ``--json PATH``).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Benchmark name -> script in this folder (every one accepts ``--json PATH``); each runs as a module
+#: from the repository root (``python -m bench.NAME``), so ``bench.common`` and this checkout import.
 BENCHES = {
     "convert": "convert_bench.py",
     "parity": "parity_bench.py",
@@ -38,11 +38,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     failed = []
     for name in args.only or list(BENCHES):
-        script = os.path.join(HERE, BENCHES[name])
+        module = "bench." + os.path.splitext(BENCHES[name])[0]
         dest = os.path.join(args.out, f"{name}.json")
-        print(f"== {name}: python bench/{BENCHES[name]} --json {dest}", flush=True)
+        print(f"== {name}: python -m {module} --json {dest}", flush=True)
         t = time.perf_counter()
-        rc = subprocess.call([sys.executable, script, "--json", dest], cwd=ROOT)
+        rc = subprocess.call([sys.executable, "-m", module, "--json", dest], cwd=ROOT)
         print(f"== {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - t:.0f} s",
               flush=True)
         if rc != 0:

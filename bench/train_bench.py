@@ -10,7 +10,7 @@ and how much the steps added to the RSS after the setup. Both frameworks run wit
 intra-op threads (``--threads``, default: all cores). Goal (issue 7): Paddle step time <= 1.3x
 torch. Prints a table and writes JSON (``--json``).
 
-    python bench/train_bench.py [--cases cream-14:64:32 cream-287:224:16] [--steps 10]
+    python -m bench.train_bench [--cases cream-14:64:32 cream-287:224:16] [--steps 10]
                                 [--threads N] [--json PATH]
 """
 from __future__ import annotations
@@ -19,30 +19,15 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any, Dict, List, Tuple
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from bench.common import child_env, peak_rss, rss_now, run_json_worker, write_results
+
 GOAL_RATIO = 1.3
 DEFAULT_CASES = ("cream-14:64:32", "cream-287:224:16")
-
-
-def _rss_now() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
-
-
-def _peak_rss() -> int:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r if sys.platform == "darwin" else r * 1024
 
 
 def _worker(framework: str, model: str, px: int, batch: int, warmup: int, steps: int,
@@ -78,27 +63,23 @@ def _worker(framework: str, model: str, px: int, batch: int, warmup: int, steps:
                      injector=backend.injector, masks=masks, ema=backend.ema)
         return time.perf_counter() - t0
 
-    rss_setup = _rss_now()
+    rss_setup = rss_now()
     for _ in range(warmup):
         step()
     times = [step() for _ in range(steps)]
     return {"framework": framework, "model": model, "px": px, "batch": batch, "threads": threads,
             "median_s": statistics.median(times), "best_s": min(times), "times_s": times,
             "images_per_s": batch / statistics.median(times),
-            "peak_rss_mb": _peak_rss() / 2**20,
-            "added_rss_mb": max(0, _peak_rss() - rss_setup) / 2**20}
+            "peak_rss_mb": peak_rss() / 2**20,
+            "added_rss_mb": max(0, peak_rss() - rss_setup) / 2**20}
 
 
 def _run_worker(framework: str, model: str, px: int, batch: int, warmup: int, steps: int,
                 threads: int) -> Dict[str, Any]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, model, str(px),
+    env = child_env(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmd = [sys.executable, "-m", "bench.train_bench", "--worker", framework, model, str(px),
            str(batch), str(warmup), str(steps), str(threads)]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
-    if p.returncode != 0:
-        raise RuntimeError(f"{framework} {model} worker failed:\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return run_json_worker(cmd, f"{framework} {model}", env)
 
 
 def _cases(specs: List[str]) -> List[Tuple[str, int, int]]:
@@ -154,12 +135,9 @@ def main(argv: "List[str] | None" = None) -> int:
     print(f"goal: Paddle step time <= {GOAL_RATIO}x torch: {'met' if met else 'NOT met'} "
           f"({a.threads} thread(s), {platform.processor() or platform.machine()}, "
           f"load average {os.getloadavg()[0]:.1f})")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"results": results, "threads": a.threads, "steps": a.steps,
-                       "warmup": a.warmup, "loadavg": os.getloadavg(),
-                       "python": platform.python_version()}, f, indent=1)
-        print(f"wrote {a.json}")
+    write_results(a.json, {"results": results, "threads": a.threads, "steps": a.steps,
+                           "warmup": a.warmup, "loadavg": os.getloadavg(),
+                           "python": platform.python_version()})
     return 0
 
 

@@ -17,7 +17,6 @@ import contextlib
 import io
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -27,7 +26,9 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cream_core.io.atomic import replaced_folder
 from cream_core.io.errors import CheckpointError
+from cream_core.io.native_output import redirect_native_output
 
 __all__ = ["X2PaddleExport", "export_with_x2paddle", "run_x2paddle", "load_predictor",
            "convert_with_x2paddle", "inference_files"]
@@ -64,18 +65,12 @@ def _quiet(log: io.StringIO) -> Iterator[None]:
     logger = logging.getLogger("x2paddle")
     old_level = logger.level
     logger.setLevel(logging.WARNING)
-    saved = [os.dup(1), os.dup(2)]
     with tempfile.TemporaryFile(mode="w+b") as sink:
         try:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            with redirect_native_output(sink), contextlib.redirect_stdout(log), \
+                    contextlib.redirect_stderr(log):
                 yield
         finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
             logger.setLevel(old_level)
             sink.seek(0)
             log.write(sink.read().decode("utf-8", "replace"))
@@ -213,18 +208,11 @@ def convert_with_x2paddle(src: "os.PathLike[str] | str", out_dir: "Optional[os.P
     check_state_dict(expected, ck.state_dict, src, what=f"torch ChildNet {arch.label}")
     net.load_state_dict(ck.state_dict, strict=True)
     res = arch.resolution or 224
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
-    usual_mode(tmp)
-    try:
+    with replaced_folder(out, f".{os.path.basename(out)}.") as tmp:
+        usual_mode(tmp)
         try:
             exp = export_with_x2paddle(net, tmp, (batch, 3, res, res))
         except RuntimeError as e:
             raise CheckpointError(src, str(e)) from None
-        if os.path.isdir(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
     model_file, params_file = inference_files(out)
     return X2PaddleExport(out, model_file, params_file, exp.input_shape, exp.seconds, arch.label, src)

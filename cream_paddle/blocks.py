@@ -21,20 +21,12 @@ from typing import Any, Callable, Dict, Optional, Tuple, Type, Union
 import paddle
 import paddle.nn as nn
 
+from cream_core.arch.assembly import BLOCK_CLASS_NAMES
 from cream_core.arch.plan import make_divisible
 
 from . import compat
 
-__all__ = [
-    "BatchNormAct2d",
-    "SqueezeExcite",
-    "ConvBnAct",
-    "DepthwiseSeparableConv",
-    "InvertedResidual",
-    "SelectAdaptivePool2d",
-    "FastAdaptiveAvgPool",
-    "DropPath",
-]
+__all__ = list(BLOCK_CLASS_NAMES)  # the names cream_core.arch.assembly builds with
 
 LayerType = Union[str, Callable, Type[nn.Layer]]
 
@@ -192,11 +184,7 @@ class ConvBnAct(nn.Layer):
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate else nn.Identity()
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:  # noqa: D102
-        shortcut = x
-        x = self.aa(self.bn1(self.conv(x)))
-        if self.has_skip:
-            x = self.drop_path(x) + shortcut
-        return x
+        return _add_skip(self, self.aa(self.bn1(self.conv(x))), x)
 
 
 class DepthwiseSeparableConv(nn.Layer):
@@ -209,9 +197,7 @@ class DepthwiseSeparableConv(nn.Layer):
                  aa_layer: Optional[LayerType] = None, se_layer: Optional[Callable[..., nn.Layer]] = None,
                  drop_path_rate: float = 0.0, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
-        _check_common(type(self).__name__, aa_layer, device, dtype)
-        if s2d:
-            _refuse(type(self).__name__, s2d=s2d)
+        _check_common(type(self).__name__, aa_layer, device, dtype, s2d=s2d)
         norm_act_layer = _norm_act_layer(norm_layer, act_layer)
         self.has_skip = (stride == 1 and in_chs == out_chs) and not noskip
         self.has_pw_act = pw_act
@@ -227,12 +213,8 @@ class DepthwiseSeparableConv(nn.Layer):
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate else nn.Identity()
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:  # noqa: D102
-        shortcut = x
-        x = self.aa(self.bn1(self.conv_dw(x)))
-        x = self.bn2(self.conv_pw(self.se(x)))
-        if self.has_skip:
-            x = self.drop_path(x) + shortcut
-        return x
+        y = self.aa(self.bn1(self.conv_dw(x)))
+        return _add_skip(self, self.bn2(self.conv_pw(self.se(y))), x)
 
 
 class InvertedResidual(nn.Layer):
@@ -246,11 +228,8 @@ class InvertedResidual(nn.Layer):
                  conv_kwargs: Optional[Dict] = None, drop_path_rate: float = 0.0,
                  device: Any = None, dtype: Any = None) -> None:
         super().__init__()
-        _check_common(type(self).__name__, aa_layer, device, dtype)
-        if s2d:
-            _refuse(type(self).__name__, s2d=s2d)
-        if conv_kwargs:
-            _refuse(type(self).__name__, conv_kwargs=conv_kwargs)
+        _check_common(type(self).__name__, aa_layer, device, dtype, s2d=s2d,
+                      conv_kwargs=conv_kwargs)
         norm_act_layer = _norm_act_layer(norm_layer, act_layer)
         mid_chs = make_divisible(in_chs * exp_ratio)
         self.has_skip = (in_chs == out_chs and stride == 1) and not noskip
@@ -269,21 +248,24 @@ class InvertedResidual(nn.Layer):
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate else nn.Identity()
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:  # noqa: D102
-        shortcut = x
-        x = self.bn2(self.conv_dw(self.bn1(self.conv_pw(x))))
-        x = self.bn3(self.conv_pwl(self.se(self.aa(x))))
-        if self.has_skip:
-            x = self.drop_path(x) + shortcut
-        return x
+        y = self.bn2(self.conv_dw(self.bn1(self.conv_pw(x))))
+        return _add_skip(self, self.bn3(self.conv_pwl(self.se(self.aa(y)))), x)
 
 
-def _check_common(cls: str, aa_layer: Any, device: Any, dtype: Any) -> None:
-    if aa_layer is not None:
-        _refuse(cls, aa_layer=aa_layer)
-    if device is not None:
-        _refuse(cls, device=device)
-    if dtype is not None:
-        _refuse(cls, dtype=dtype)
+def _add_skip(block: nn.Layer, x: paddle.Tensor, shortcut: paddle.Tensor) -> paddle.Tensor:
+    """``block``'s output ``x`` plus its input through drop path when the block has a skip (timm)."""
+    return block.drop_path(x) + shortcut if block.has_skip else x
+
+
+def _check_common(cls: str, aa_layer: Any, device: Any, dtype: Any, **off: Any) -> None:
+    """Refuse ``aa_layer``/``device``/``dtype`` unless None, and each option of ``off`` unless
+    false (``s2d=0``, no ``conv_kwargs``): options Cream never sets (see :func:`_refuse`)."""
+    for name, value in (("aa_layer", aa_layer), ("device", device), ("dtype", dtype)):
+        if value is not None:
+            _refuse(cls, **{name: value})
+    for name, value in off.items():
+        if value:
+            _refuse(cls, **{name: value})
 
 
 class DropPath(nn.Layer):

@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 import pickle
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
 
 from cream_core.io.errors import CheckpointError
-from cream_core.io.statecheck import KeyReport, compare_shapes
+from cream_core.io.safe_checkpoint import (BARE, LoadedCheckpoint, check_state_dict, load_selected,
+                                           read_error, read_head, restricted_unpickler)
 
 __all__ = [
     "CheckpointError",
@@ -57,27 +57,12 @@ def _allowed_globals() -> Dict[Tuple[str, str], Any]:
 ALLOWED_GLOBALS = _allowed_globals()
 
 
-class _Refused(pickle.UnpicklingError):
-    """A global outside the allow-list; carries its dotted name."""
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D102 - pickle API
-        try:
-            return ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise _Refused(f"{module}.{name}") from None
+#: An unpickler that resolves only :data:`ALLOWED_GLOBALS` and refuses everything else.
+_RestrictedUnpickler = restricted_unpickler(ALLOWED_GLOBALS)
 
 
 def _sniff(path: str) -> None:
-    if not os.path.exists(path):
-        raise CheckpointError(path, "no such file")
-    if os.path.isdir(path):
-        raise CheckpointError(path, "is a directory, not a checkpoint file")
-    if os.path.getsize(path) == 0:
-        raise CheckpointError(path, "is empty (0 bytes), not a checkpoint")
-    with open(path, "rb") as f:
-        head = f.read(2)
+    head = read_head(path, 2)
     if head[:1] != b"\x80":
         kind = "a zip archive (a torch checkpoint?)" if head == b"PK" else "not a pickle"
         raise CheckpointError(path, f"is not a Paddle .pdparams file ({kind})")
@@ -90,16 +75,9 @@ def read_checkpoint(path: "os.PathLike[str] | str") -> Any:
     try:
         with open(p, "rb") as f:
             return _RestrictedUnpickler(f).load()
-    except _Refused as e:
-        raise CheckpointError(p, f"refused: the pickle references {e.args[0]}, which is not data "
-                                 "(loading it could run code)") from None
     except (EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError,
             KeyError, OSError, UnicodeDecodeError, OverflowError, MemoryError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if isinstance(e, EOFError) or "truncated" in msg or "EOF" in msg:
-            raise CheckpointError(p, f"is truncated or corrupt ({msg[:80]})") from None
-        raise CheckpointError(p, f"is not a readable .pdparams file ({type(e).__name__}: "
-                                 f"{msg[:160]})") from None
+        raise read_error(p, e, ".pdparams file", ("truncated", "EOF"), (EOFError,)) from None
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -118,7 +96,7 @@ def select_state_dict(obj: Any, path: str, use_ema: bool = True
     (``state_dict_ema`` first when ``use_ema``, then ``state_dict``, then ``model``).
     """
     if _is_state_dict(obj):
-        return OrderedDict((k, v) for k, v in obj.items() if k != PADDLE_META_KEY), "bare state_dict"
+        return OrderedDict((k, v) for k, v in obj.items() if k != PADDLE_META_KEY), BARE
     if not isinstance(obj, Mapping):
         raise CheckpointError(path, f"holds a {type(obj).__name__}, not a state dict")
     order = ("state_dict_ema", "state_dict", "model") if use_ema else ("state_dict", "model")
@@ -134,34 +112,11 @@ def select_state_dict(obj: Any, path: str, use_ema: bool = True
                                 "array)" if bad else "is not a state dict of numeric arrays")
 
 
-def check_state_dict(expected: Mapping[str, Tuple[int, ...]], sd: Mapping[str, Any], path: str,
-                     what: str = "model") -> KeyReport:
-    """Compare ``sd`` with the keys/shapes a model expects; raise a one-line error on any difference."""
-    report = compare_shapes(expected, {k: tuple(np.shape(v)) for k, v in sd.items()})
-    if not report.ok:
-        raise CheckpointError(path, f"does not fit {what}: {report.summary()}")
-    return report
-
-
-@dataclass
-class LoadedCheckpoint:
-    """Arrays chosen from a ``.pdparams`` file, with where they came from and the rest of the file."""
-
-    path: str
-    state_dict: "OrderedDict[str, np.ndarray]"
-    source: str  # 'bare state_dict', 'state_dict_ema', 'state_dict' or 'model'
-    meta: Dict[str, Any]
-
-
 def load_checkpoint(path: "os.PathLike[str] | str", use_ema: bool = True) -> LoadedCheckpoint:
-    """Read ``path`` safely and select its arrays (see :func:`select_state_dict`)."""
-    p = os.fspath(path)
-    obj = read_checkpoint(p)
-    sd, source = select_state_dict(obj, p, use_ema=use_ema)
-    meta = {k: v for k, v in obj.items() if k not in ("state_dict", "state_dict_ema", "model",
-                                                      PADDLE_META_KEY)} \
-        if source != "bare state_dict" else {}
-    return LoadedCheckpoint(p, sd, source, meta)
+    """Read ``path`` safely and select its arrays (see :func:`select_state_dict`); ``meta`` is the
+    rest of a checkpoint dict."""
+    return load_selected(path, read_checkpoint, select_state_dict, use_ema,
+                         ("state_dict", "state_dict_ema", "model", PADDLE_META_KEY))
 
 
 def save_checkpoint(file: Any, state_dict: Mapping[str, np.ndarray]) -> None:

@@ -31,15 +31,9 @@ cream_se_layer = partial(SqueezeExcite, gate_layer="hard_sigmoid", force_act_lay
 
 
 class ChildNet(nn.Layer):
-    """A Cream child net given by its choice list (one index into ``cream_core.arch.CHOICES`` per block).
-
-    Args:
-        arch_list: stage-wise choice indices, e.g. ``[[0], [3], [3, 3], [3, 3], [3], [3], [0]]``.
-        num_classes: classifier width (0: no classifier, the pooled features are returned).
-        drop_rate: dropout before the classifier (retraining used 0.2).
-        drop_path_rate: stochastic depth, linearly increasing over blocks.
-        global_pool: pooling type, ``'avg'`` as in every official config.
-    """
+    """A Cream child net given by its choice list: the arguments of its twin
+    :class:`cream_torch_ref.childnet.ChildNet` (the mirror test holds them equal), the same layers;
+    ``num_classes=0`` builds no classifier (the pooled features are returned)."""
 
     def __init__(self, arch_list: Sequence[Sequence[int]], num_classes: int = 1000,
                  drop_rate: float = 0.0, drop_path_rate: float = 0.0,

@@ -23,16 +23,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import sys
 import tempfile
 from typing import Iterator, Optional
 
 import numpy as np
 import paddle
 
-from cream_core.data import EvalLoader, EvalResult, ForwardFn, run_evaluation
-from cream_core.data.eval_journal import PredictionJournal
+from cream_core.data import ForwardFn
+from cream_core.data.framework_eval import bind_evaluate
 from cream_core.data.sharded_eval import Comm
+from cream_core.io.native_output import redirect_native_output
 
 __all__ = ["FRAMEWORK", "FORWARD_MODES", "AUTO_MODE", "AUTO_COMPILE_MIN_IMAGES", "INFERENCE_ONEDNN",
            "resolve_mode", "make_forward", "forward_logits", "init_comm", "evaluate"]
@@ -76,19 +76,8 @@ def _static_layer(model: paddle.nn.Layer, img_size: Optional[int]) -> paddle.nn.
 def _quiet_native_output() -> Iterator[None]:
     """Silence what Paddle's C++ side prints while compiling (oneDNN pass notes on stdout, glog on
     stderr); Python exceptions still propagate."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
+    with open(os.devnull, "w") as null, redirect_native_output(null):
+        yield
 
 
 def _inference_forward(model: paddle.nn.Layer, img_size: Optional[int], threads: int) -> ForwardFn:
@@ -189,19 +178,6 @@ def init_comm() -> Comm:
     return Comm(rank, world, all_gather)
 
 
-def forward_logits(model: paddle.nn.Layer, images: np.ndarray) -> np.ndarray:
-    """Logits of one normalised float32 NCHW batch (eager, eval mode)."""
-    return make_forward(model, "eager")(images)
-
-
-def evaluate(model: paddle.nn.Layer, loader: EvalLoader, *, mode: str = "auto",
-             threads: Optional[int] = None, keep_logits: bool = False, progress: bool = False,
-             desc: Optional[str] = None, comm: Optional[Comm] = None,
-             journal: Optional[PredictionJournal] = None, resume: bool = False
-             ) -> Optional[EvalResult]:
-    """Top-1/top-5 (percent), mean cross-entropy and images/s of ``model`` over ``loader``; with
-    ``comm`` (:func:`init_comm`) this process's share, merged on rank 0 (the others get ``None``);
-    ``journal``/``resume``: the predictions file as it goes (:mod:`cream_core.data.sharded_eval`)."""
-    forward = make_forward(model, resolve_mode(mode, loader.num_images), loader.img_size, threads)
-    return run_evaluation(forward, loader, FRAMEWORK, keep_logits=keep_logits, progress=progress,
-                          desc=desc or FRAMEWORK, comm=comm, journal=journal, resume=resume)
+#: ``forward_logits(model, images)`` and ``evaluate(model, loader, *, mode, threads, ...)``: the
+#: framework-free pair of :mod:`cream_core.data.framework_eval` around this module's forward.
+forward_logits, evaluate = bind_evaluate(FRAMEWORK, make_forward, resolve_mode)

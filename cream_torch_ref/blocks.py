@@ -5,18 +5,12 @@ two trees have the same files with the same class names (``tests/test_mirror.py`
 """
 from __future__ import annotations
 
-from timm.layers import BatchNormAct2d, DropPath, SelectAdaptivePool2d
-from timm.layers.adaptive_avgmax_pool import FastAdaptiveAvgPool
-from timm.models._efficientnet_blocks import (ConvBnAct, DepthwiseSeparableConv, InvertedResidual,
-                                              SqueezeExcite)
+# re-exported: __all__ is cream_core.arch.assembly.BLOCK_CLASS_NAMES
+from timm.layers import BatchNormAct2d, DropPath, SelectAdaptivePool2d  # noqa: F401
+from timm.layers.adaptive_avgmax_pool import FastAdaptiveAvgPool  # noqa: F401
+from timm.models._efficientnet_blocks import (ConvBnAct, DepthwiseSeparableConv,  # noqa: F401
+                                              InvertedResidual, SqueezeExcite)
 
-__all__ = [
-    "BatchNormAct2d",
-    "SqueezeExcite",
-    "ConvBnAct",
-    "DepthwiseSeparableConv",
-    "InvertedResidual",
-    "SelectAdaptivePool2d",
-    "FastAdaptiveAvgPool",
-    "DropPath",
-]
+from cream_core.arch.assembly import BLOCK_CLASS_NAMES
+
+__all__ = list(BLOCK_CLASS_NAMES)  # the names cream_core.arch.assembly builds with

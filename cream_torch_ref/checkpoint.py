@@ -22,13 +22,13 @@ import pickle
 import types
 import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import IO, Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
 from cream_core.io.errors import CheckpointError  # framework-free, shared with cream_paddle
-from cream_core.io.statecheck import KeyReport, compare_shapes
+from cream_core.io.safe_checkpoint import (BARE, LoadedCheckpoint, check_state_dict, load_selected,
+                                           read_error, read_head, restricted_unpickler)
 
 __all__ = [
     "CheckpointError",
@@ -94,18 +94,8 @@ def _allowed_globals() -> Dict[Tuple[str, str], Any]:
 ALLOWED_GLOBALS: Mapping[Tuple[str, str], Any] = _allowed_globals()
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only :data:`ALLOWED_GLOBALS` and refuses everything else."""
-
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D102 - pickle API
-        try:
-            return ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise _Refused(f"{module}.{name}") from None
-
-
-class _Refused(pickle.UnpicklingError):
-    """Raised for a global outside the allow-list; carries the global's dotted name."""
+#: An unpickler that resolves only :data:`ALLOWED_GLOBALS` and refuses everything else.
+_RestrictedUnpickler = restricted_unpickler(ALLOWED_GLOBALS)
 
 
 def _restricted_load(file: Any, **kwargs: Any) -> Any:
@@ -121,15 +111,7 @@ _PICKLE_MODULE.__dict__["UnpicklingError"] = pickle.UnpicklingError
 
 def _sniff(path: str) -> None:
     """Reject what is plainly no torch file before unpickling, with a precise reason."""
-    if not os.path.exists(path):
-        raise CheckpointError(path, "no such file")
-    if os.path.isdir(path):
-        raise CheckpointError(path, "is a directory, not a checkpoint file")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise CheckpointError(path, "is empty (0 bytes), not a checkpoint")
-    with open(path, "rb") as f:
-        head = f.read(4)
+    head = read_head(path)
     if head[:2] == b"PK":  # zip: torch's own format since 1.6; a cut-off one lacks its directory
         try:
             with zipfile.ZipFile(path) as zf:
@@ -147,20 +129,14 @@ def read_checkpoint(path: "os.PathLike[str] | str") -> Any:
     _sniff(p)
     try:
         return torch.load(p, map_location="cpu", pickle_module=_PICKLE_MODULE, weights_only=False)
-    except _Refused as e:
-        raise CheckpointError(p, f"refused: the pickle references {e.args[0]}, which is not data "
-                                 "(loading it could run code)") from None
     except CheckpointError:
         raise
     except (EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(p, f"is truncated or corrupt ({type(e).__name__})") from None
     except (RuntimeError, pickle.UnpicklingError, ValueError, KeyError, TypeError,
             AttributeError, IndexError, OSError, UnicodeDecodeError, OverflowError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if any(w in msg for w in ("EOF", "corrupt", "truncated")) or isinstance(e, IndexError):
-            raise CheckpointError(p, f"is truncated or corrupt ({msg[:80]})") from None
-        raise CheckpointError(p, f"is not a readable torch checkpoint ({type(e).__name__}: "
-                                 f"{msg[:160]})") from None
+        raise read_error(p, e, "torch checkpoint", ("EOF", "corrupt", "truncated"),
+                         (IndexError,)) from None
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -183,7 +159,7 @@ def select_state_dict(obj: Any, path: str, use_ema: bool = True
     taken as it is. A DDP ``module.`` prefix is removed.
     """
     if _is_state_dict(obj):
-        return _strip_module(obj), "bare state_dict"
+        return _strip_module(obj), BARE
     if not isinstance(obj, Mapping):
         raise CheckpointError(path, f"holds a {type(obj).__name__}, not a state dict or a "
                                     "checkpoint dict")
@@ -200,34 +176,11 @@ def select_state_dict(obj: Any, path: str, use_ema: bool = True
     raise CheckpointError(path, f"has no 'state_dict' entry (top-level keys: {keys})")
 
 
-def check_state_dict(expected: Mapping[str, Tuple[int, ...]],
-                     sd: Mapping[str, torch.Tensor], path: str,
-                     what: str = "model") -> KeyReport:
-    """Compare ``sd`` with the keys/shapes a model expects; raise a one-line error on any difference."""
-    report = compare_shapes(expected, {k: tuple(v.shape) for k, v in sd.items()})
-    if not report.ok:
-        raise CheckpointError(path, f"does not fit {what}: {report.summary()}")
-    return report
-
-
-@dataclass
-class LoadedCheckpoint:
-    """Weights chosen from a checkpoint, with where they came from and the rest of the file."""
-
-    path: str
-    state_dict: "OrderedDict[str, torch.Tensor]"
-    source: str  # 'state_dict_ema', 'state_dict' or 'bare state_dict'
-    meta: Dict[str, Any]  # epoch, arch, args, ... (everything but the tensors)
-
-
 def load_checkpoint(path: "os.PathLike[str] | str", use_ema: bool = True) -> LoadedCheckpoint:
-    """Read ``path`` safely and select its weights (see :func:`select_state_dict`)."""
-    p = os.fspath(path)
-    obj = read_checkpoint(p)
-    sd, source = select_state_dict(obj, p, use_ema=use_ema)
-    meta = {k: v for k, v in obj.items() if k not in ("state_dict", "state_dict_ema", "optimizer")} \
-        if isinstance(obj, Mapping) and not _is_state_dict(obj) else {}
-    return LoadedCheckpoint(p, sd, source, meta)
+    """Read ``path`` safely and select its weights (see :func:`select_state_dict`); ``meta`` is the
+    rest of a checkpoint dict but its optimizer state."""
+    return load_selected(path, read_checkpoint, select_state_dict, use_ema,
+                         ("state_dict", "state_dict_ema", "optimizer"))
 
 
 def save_official_checkpoint(path: "os.PathLike[str] | str | IO[bytes]",

@@ -12,8 +12,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from cream_core.data import EvalLoader, EvalResult, ForwardFn, run_evaluation
-from cream_core.data.eval_journal import PredictionJournal
+from cream_core.data import ForwardFn
+from cream_core.data.framework_eval import bind_evaluate
 from cream_core.data.sharded_eval import Comm
 
 __all__ = ["FRAMEWORK", "FORWARD_MODES", "resolve_mode", "make_forward", "forward_logits",
@@ -74,19 +74,6 @@ def init_comm() -> Comm:
     return Comm(rank, world, all_gather)
 
 
-def forward_logits(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
-    """Logits of one normalised float32 NCHW batch (eager, eval mode)."""
-    return make_forward(model, "eager")(images)
-
-
-def evaluate(model: torch.nn.Module, loader: EvalLoader, *, mode: str = "auto",
-             threads: Optional[int] = None, keep_logits: bool = False, progress: bool = False,
-             desc: Optional[str] = None, comm: Optional[Comm] = None,
-             journal: Optional[PredictionJournal] = None, resume: bool = False
-             ) -> Optional[EvalResult]:
-    """Top-1/top-5 (percent), mean cross-entropy and images/s of ``model`` over ``loader``; with
-    ``comm`` (:func:`init_comm`) this process's share, merged on rank 0 (the others get ``None``);
-    ``journal``/``resume``: the predictions file as it goes (:mod:`cream_core.data.sharded_eval`)."""
-    forward = make_forward(model, resolve_mode(mode, loader.num_images), loader.img_size, threads)
-    return run_evaluation(forward, loader, FRAMEWORK, keep_logits=keep_logits, progress=progress,
-                          desc=desc or FRAMEWORK, comm=comm, journal=journal, resume=resume)
+#: ``forward_logits(model, images)`` and ``evaluate(model, loader, *, mode, threads, ...)``: the
+#: framework-free pair of :mod:`cream_core.data.framework_eval` around this module's forward.
+forward_logits, evaluate = bind_evaluate(FRAMEWORK, make_forward, resolve_mode)

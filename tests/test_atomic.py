@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cream_core.io.atomic import atomic_write, atomic_write_text
+from cream_core.io.atomic import atomic_write, atomic_write_text, replaced_folder
 
 
 def test_writes_whole_file_with_umask_permissions(tmp_path: Path) -> None:
@@ -34,3 +34,18 @@ def test_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
     with pytest.raises(ValueError):
         atomic_write(dest, lambda f: None, mode="a")
+
+
+def test_replaced_folder_swaps_in_a_whole_folder_or_keeps_the_old(tmp_path: Path) -> None:
+    dest = tmp_path / "export"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with replaced_folder(dest, ".export.") as tmp:
+            Path(tmp, "new.txt").write_text("half")
+            raise RuntimeError("export failed")
+    assert sorted(os.listdir(tmp_path)) == ["export"] and os.listdir(dest) == ["old.txt"]
+    with replaced_folder(dest, ".export.") as tmp:
+        assert os.path.dirname(tmp) == str(tmp_path)
+        Path(tmp, "new.txt").write_text("new")
+    assert sorted(os.listdir(tmp_path)) == ["export"] and os.listdir(dest) == ["new.txt"]

@@ -56,51 +56,35 @@ def _save(obj, path: Path, zip_format: bool = True) -> None:
     torch.save(obj, path, _use_new_zipfile_serialization=zip_format)
 
 
-# Each case: name -> builder(folder, good, marker) -> (argv after SRC, problem regex). The builder
-# writes SRC into the folder (or not) and returns the SRC path and the extra CLI arguments.
+# Each case: name -> builder(folder, good, marker) -> (SRC path, argv after SRC, problem regex). The
+# builder writes SRC into the folder (or not).
 Case = Callable[[Path, Dict[str, bytes], Path], Tuple[Path, List[str], str]]
+#: What every case holding code must be refused with.
+_REFUSED_CODE = "refused: the pickle references .*open"
 
 
-def _empty(d, g, m):
-    p = d / "empty.pth.tar"
-    p.write_bytes(b"")
-    return p, [], "empty"
+def _file(name: str, data: Callable[[Dict[str, bytes], Path], bytes], problem: str) -> Case:
+    """A case whose SRC ``name`` holds ``data(good, marker)``."""
+    def build(d: Path, g: Dict[str, bytes], m: Path) -> Tuple[Path, List[str], str]:
+        p = d / name
+        p.write_bytes(data(g, m))
+        return p, [], problem
+    return build
 
 
-def _random(d, g, m):
-    p = d / "random.pth.tar"
-    p.write_bytes(np.random.RandomState(0).bytes(4096))
-    return p, [], "not a torch checkpoint"
+def _edited_state(name: str, edit: Callable[[Dict[str, torch.Tensor]], None], problem: str) -> Case:
+    """A case whose SRC ``name`` is a torch checkpoint of the seeded weights after ``edit``."""
+    def build(d: Path, g: Dict[str, bytes], m: Path) -> Tuple[Path, List[str], str]:
+        sd = _state()
+        edit(sd)
+        p = d / name
+        _save({"state_dict": sd}, p)
+        return p, [], problem
+    return build
 
 
-def _random_pickle_head(d, g, m):
-    p = d / "noise.pth"
-    p.write_bytes(b"\x80\x02" + np.random.RandomState(1).bytes(4096))
-    return p, [], "corrupt|not a readable"
-
-
-def _trunc_legacy(d, g, m):
-    p = d / "trunc_legacy.pth.tar"
-    p.write_bytes(g["legacy"][: len(g["legacy"]) // 2])
-    return p, [], "truncated or corrupt"
-
-
-def _trunc_zip(d, g, m):
-    p = d / "trunc_zip.pth.tar"
-    p.write_bytes(g["zip"][: len(g["zip"]) // 2])
-    return p, [], "truncated or corrupt"
-
-
-def _json(d, g, m):
-    p = d / "model.pth.tar"
-    p.write_text(json.dumps({"state_dict": {"conv_stem.weight": [1, 2, 3]}}))
-    return p, [], "not a torch checkpoint"
-
-
-def _text(d, g, m):
-    p = d / "notes.pth"
-    p.write_text("these are not the weights you are looking for\n")
-    return p, [], "not a torch checkpoint"
+def _half(kind: str) -> Callable[[Dict[str, bytes], Path], bytes]:
+    return lambda g, m: g[kind][: len(g[kind]) // 2]
 
 
 def _directory(d, g, m):
@@ -126,53 +110,10 @@ def _resnet_forced_model(d, g, m):
     return p, ["--model", NAME], "does not fit Paddle ChildNet cream-14: .*missing.*unexpected"
 
 
-def _missing_key(d, g, m):
-    sd = _state()
-    del sd["blocks.3.1.bn2.running_var"]
-    p = d / "missing_key.pth.tar"
-    _save({"state_dict": sd}, p)
-    return p, [], "1 missing key\\(s\\): blocks.3.1.bn2.running_var"
-
-
-def _extra_key(d, g, m):
-    sd = _state()
-    sd["blocks.3.1.extra.weight"] = torch.zeros(3)
-    p = d / "extra_key.pth.tar"
-    _save({"state_dict": sd}, p)
-    return p, [], "1 unexpected key\\(s\\): blocks.3.1.extra.weight"
-
-
-def _wrong_shape(d, g, m):
-    sd = _state()
-    sd["blocks.2.1.conv_pwl.weight"] = torch.zeros(40, 200, 1, 1)
-    p = d / "wrong_shape.pth.tar"
-    _save({"state_dict": sd}, p)
-    return p, [], "shape mismatch.*blocks.2.1.conv_pwl.weight expects \\[40, 240, 1, 1\\] but has " \
-                  "\\[40, 200, 1, 1\\]"
-
-
-def _code_plain_pickle(d, g, m):
-    p = d / "evil.pth.tar"
-    p.write_bytes(pickle.dumps({"state_dict": _RunsCode(m)}, protocol=2))
-    return p, [], "refused: the pickle references .*open"
-
-
 def _code_in_torch_zip(d, g, m):
     p = d / "evil_zip.pth.tar"
     _save({"state_dict": _state(), "args": _RunsCode(m)}, p)
-    return p, [], "refused: the pickle references .*open"
-
-
-def _code_in_pdparams(d, g, m):
-    p = d / "evil.pdparams"
-    p.write_bytes(pickle.dumps({"conv_stem.weight": _RunsCode(m)}, protocol=4))
-    return p, [], "refused: the pickle references .*open"
-
-
-def _torch_named_pdparams(d, g, m):
-    p = d / "really_torch.pdparams"
-    p.write_bytes(g["zip"])
-    return p, [], "not a Paddle .pdparams file \\(a zip archive"
+    return p, [], _REFUSED_CODE
 
 
 def _pdparams_wrong_shape(d, g, m):
@@ -185,51 +126,72 @@ def _pdparams_wrong_shape(d, g, m):
     return p, [], "classifier.weight expects \\[1280, 1000\\] but has \\[1000, 1280\\]"
 
 
-def _missing_output_folder(d, g, m):
+def _good_source(d: Path, g: Dict[str, bytes]) -> Path:
     p = d / "ok.pth.tar"
     p.write_bytes(g["legacy"])
-    return p, ["-o", str(d / "no" / "such" / "dir" / "out.pdparams")], "output folder .* does not exist"
+    return p
+
+
+def _missing_output_folder(d, g, m):
+    return _good_source(d, g), ["-o", str(d / "no" / "such" / "dir" / "out.pdparams")], \
+        "output folder .* does not exist"
 
 
 def _existing_output(d, g, m):
-    p = d / "ok.pth.tar"
-    p.write_bytes(g["legacy"])
+    p = _good_source(d, g)
     (d / "ok.pdparams").write_bytes(b"precious")
     return p, [], "ok.pdparams: already exists; pass --force"
 
 
 def _output_is_source(d, g, m):
-    p = d / "ok.pth.tar"
-    p.write_bytes(g["legacy"])
+    p = _good_source(d, g)
     return p, ["-o", str(p), "--force"], "is the source file"
 
 
 def _output_is_directory(d, g, m):
-    p = d / "ok.pth.tar"
-    p.write_bytes(g["legacy"])
+    p = _good_source(d, g)
     (d / "outdir").mkdir()
     return p, ["-o", str(d / "outdir"), "--force"], "is a directory; give a file name"
 
 
 CASES: Dict[str, Case] = {
-    "empty": _empty,
-    "random_bytes": _random,
-    "random_after_pickle_header": _random_pickle_head,
-    "truncated_legacy": _trunc_legacy,
-    "truncated_zip": _trunc_zip,
-    "json": _json,
-    "text": _text,
+    "empty": _file("empty.pth.tar", lambda g, m: b"", "empty"),
+    "random_bytes": _file("random.pth.tar", lambda g, m: np.random.RandomState(0).bytes(4096),
+                          "not a torch checkpoint"),
+    "random_after_pickle_header": _file(
+        "noise.pth", lambda g, m: b"\x80\x02" + np.random.RandomState(1).bytes(4096),
+        "corrupt|not a readable"),
+    "truncated_legacy": _file("trunc_legacy.pth.tar", _half("legacy"), "truncated or corrupt"),
+    "truncated_zip": _file("trunc_zip.pth.tar", _half("zip"), "truncated or corrupt"),
+    "json": _file("model.pth.tar", lambda g, m: json.dumps(
+        {"state_dict": {"conv_stem.weight": [1, 2, 3]}}).encode(), "not a torch checkpoint"),
+    "text": _file("notes.pth", lambda g, m: b"these are not the weights you are looking for\n",
+                  "not a torch checkpoint"),
     "directory": _directory,
     "missing_path": _missing,
     "resnet18": _resnet,
     "resnet18_with_model": _resnet_forced_model,
-    "missing_key": _missing_key,
-    "unexpected_key": _extra_key,
-    "wrong_shape": _wrong_shape,
-    "code_in_plain_pickle": _code_plain_pickle,
+    "missing_key": _edited_state("missing_key.pth.tar",
+                                 lambda sd: sd.pop("blocks.3.1.bn2.running_var"),
+                                 "1 missing key\\(s\\): blocks.3.1.bn2.running_var"),
+    "unexpected_key": _edited_state("extra_key.pth.tar",
+                                    lambda sd: sd.update(
+                                        {"blocks.3.1.extra.weight": torch.zeros(3)}),
+                                    "1 unexpected key\\(s\\): blocks.3.1.extra.weight"),
+    "wrong_shape": _edited_state(
+        "wrong_shape.pth.tar",
+        lambda sd: sd.update({"blocks.2.1.conv_pwl.weight": torch.zeros(40, 200, 1, 1)}),
+        "shape mismatch.*blocks.2.1.conv_pwl.weight expects \\[40, 240, 1, 1\\] but has "
+        "\\[40, 200, 1, 1\\]"),
+    "code_in_plain_pickle": _file(
+        "evil.pth.tar", lambda g, m: pickle.dumps({"state_dict": _RunsCode(m)}, protocol=2),
+        _REFUSED_CODE),
     "code_in_torch_zip": _code_in_torch_zip,
-    "code_in_pdparams": _code_in_pdparams,
-    "torch_file_named_pdparams": _torch_named_pdparams,
+    "code_in_pdparams": _file(
+        "evil.pdparams", lambda g, m: pickle.dumps({"conv_stem.weight": _RunsCode(m)}, protocol=4),
+        _REFUSED_CODE),
+    "torch_file_named_pdparams": _file("really_torch.pdparams", lambda g, m: g["zip"],
+                                       "not a Paddle .pdparams file \\(a zip archive"),
     "pdparams_wrong_shape": _pdparams_wrong_shape,
     "missing_output_folder": _missing_output_folder,
     "existing_output": _existing_output,

@@ -211,24 +211,23 @@ def test_parameter_free_modules_are_paired_only_when_unambiguous():
     assert any("relu: 2 module(s) in torch" in n for n in m.notes)
 
 
-class _TorchWithAux(torch.nn.Module):
-    """An auxiliary head (as torchvision's Inception v3) that eval mode never calls."""
+def _with_aux(base: type, linear: type) -> type:
+    """A net with an auxiliary head (as torchvision's Inception v3) that eval mode never calls, on
+    ``base`` (``torch.nn.Module`` or ``paddle.nn.Layer``) with that framework's ``linear``."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.body, self.aux = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+    class WithAux(base):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.aux = linear(4, 4), linear(4, 2)
 
-    def forward(self, v):
-        return self.aux(self.body(v)) if self.training else self.body(v)
+        def forward(self, v):
+            return self.aux(self.body(v)) if self.training else self.body(v)
+
+    return WithAux
 
 
-class _PaddleWithAux(paddle.nn.Layer):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body, self.aux = paddle.nn.Linear(4, 4), paddle.nn.Linear(4, 2)
-
-    def forward(self, v):
-        return self.aux(self.body(v)) if self.training else self.body(v)
+_TorchWithAux = _with_aux(torch.nn.Module, torch.nn.Linear)
+_PaddleWithAux = _with_aux(paddle.nn.Layer, paddle.nn.Linear)
 
 
 def test_layers_never_called_pair_by_name_or_are_refused():

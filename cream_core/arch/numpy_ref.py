@@ -51,6 +51,41 @@ _STEM_STRIDE = 2
 _IN_CHANS = 3
 
 
+@dataclass(frozen=True)
+class _Layer:
+    """One layer of a block: ``kind`` is ``conv`` (dense ``k x k``), ``dw`` (depthwise), ``bn``,
+    ``act`` (Swish) or ``se`` (whose ``out_chs`` is the reduced width); ``name`` is torch's."""
+
+    kind: str
+    name: str = ""
+    in_chs: int = 0
+    out_chs: int = 0
+    kernel: int = 1
+    stride: int = 1
+
+
+def _block_layers(b: BlockPlan) -> List[_Layer]:
+    """The layers of block ``b`` in module order, which is also their execution order.
+
+    ``ds`` is ``ir`` without the expansion (its ``mid_chs`` is its input width), numbered from 1.
+    """
+    if b.block_type == "cn":
+        return [_Layer("conv", "conv", b.in_chs, b.out_chs, b.kernel_size, b.stride),
+                _Layer("bn", "bn1", b.out_chs, b.out_chs), _Layer("act")]
+    if b.block_type not in ("ds", "ir"):
+        raise ValueError(f"unsupported block type {b.block_type!r}")
+    expand = b.block_type == "ir"
+    layers = [_Layer("conv", "conv_pw", b.in_chs, b.mid_chs), _Layer("bn", "bn1", b.mid_chs, b.mid_chs),
+              _Layer("act")] if expand else []
+    n = 2 if expand else 1  # the depthwise conv's BN
+    layers += [_Layer("dw", "conv_dw", b.mid_chs, b.mid_chs, b.kernel_size, b.stride),
+               _Layer("bn", f"bn{n}", b.mid_chs, b.mid_chs), _Layer("act")]
+    if b.se_chs:
+        layers.append(_Layer("se", "se", b.mid_chs, b.se_chs))
+    return layers + [_Layer("conv", "conv_pwl" if expand else "conv_pw", b.mid_chs, b.out_chs),
+                     _Layer("bn", f"bn{n + 1}", b.out_chs, b.out_chs)]
+
+
 def child_keys_shapes(plan: NetPlan, num_classes: int = 1000) -> List[Tuple[str, Tuple[int, ...]]]:
     """State-dict keys and shapes of the child net ``plan``, in the torch/official module order."""
     out: List[Tuple[str, Tuple[int, ...]]] = []
@@ -71,29 +106,14 @@ def child_keys_shapes(plan: NetPlan, num_classes: int = 1000) -> List[Tuple[str,
     bn("bn1", plan.stem_size)
     for i, stage in enumerate(plan.stages):
         for j, b in enumerate(stage):
-            p = f"blocks.{i}.{j}"
-            k = b.kernel_size
-            if b.block_type == "ds":
-                conv(p + ".conv_dw", b.in_chs, 1, k)
-                bn(p + ".bn1", b.in_chs)
-                if b.se_chs:
-                    se(p + ".se", b.in_chs, b.se_chs)
-                conv(p + ".conv_pw", b.out_chs, b.in_chs, 1)
-                bn(p + ".bn2", b.out_chs)
-            elif b.block_type == "ir":
-                conv(p + ".conv_pw", b.mid_chs, b.in_chs, 1)
-                bn(p + ".bn1", b.mid_chs)
-                conv(p + ".conv_dw", b.mid_chs, 1, k)
-                bn(p + ".bn2", b.mid_chs)
-                if b.se_chs:
-                    se(p + ".se", b.mid_chs, b.se_chs)
-                conv(p + ".conv_pwl", b.out_chs, b.mid_chs, 1)
-                bn(p + ".bn3", b.out_chs)
-            elif b.block_type == "cn":
-                conv(p + ".conv", b.out_chs, b.in_chs, k)
-                bn(p + ".bn1", b.out_chs)
-            else:
-                raise ValueError(f"unsupported block type {b.block_type!r}")
+            for layer in _block_layers(b):
+                name = f"blocks.{i}.{j}.{layer.name}"
+                if layer.kind in ("conv", "dw"):
+                    conv(name, layer.out_chs, 1 if layer.kind == "dw" else layer.in_chs, layer.kernel)
+                elif layer.kind == "bn":
+                    bn(name, layer.out_chs)
+                elif layer.kind == "se":
+                    se(name, layer.in_chs, layer.out_chs)
     out.append(("conv_head.weight", (plan.num_features, plan.out_chs, 1, 1)))
     out.append(("conv_head.bias", (plan.num_features,)))
     out.append(("classifier.weight", (num_classes, plan.num_features)))
@@ -201,21 +221,18 @@ class _Runner:
 
     def block(self, x: np.ndarray, b: BlockPlan, name: str) -> np.ndarray:
         shortcut = x
-        if b.block_type == "cn":
-            return _swish(self.bn(_conv(x, self.p(name + ".conv.weight"), b.stride), name + ".bn1"))
-        if b.block_type == "ds":
-            x = _swish(self.bn(_depthwise(x, self.p(name + ".conv_dw.weight"), b.stride), name + ".bn1"))
-            if b.se_chs:
-                x = self.se(x, name + ".se")
-            x = self.bn(_pointwise(x, self.p(name + ".conv_pw.weight")[:, :, 0, 0]), name + ".bn2")
-        elif b.block_type == "ir":
-            x = _swish(self.bn(_pointwise(x, self.p(name + ".conv_pw.weight")[:, :, 0, 0]), name + ".bn1"))
-            x = _swish(self.bn(_depthwise(x, self.p(name + ".conv_dw.weight"), b.stride), name + ".bn2"))
-            if b.se_chs:
-                x = self.se(x, name + ".se")
-            x = self.bn(_pointwise(x, self.p(name + ".conv_pwl.weight")[:, :, 0, 0]), name + ".bn3")
-        else:
-            raise ValueError(f"unsupported block type {b.block_type!r}")
+        for layer in _block_layers(b):
+            key = f"{name}.{layer.name}"
+            if layer.kind == "conv":  # a 1x1 stride-1 one is one matrix product (_pointwise)
+                x = _conv(x, self.p(key + ".weight"), layer.stride)
+            elif layer.kind == "dw":
+                x = _depthwise(x, self.p(key + ".weight"), layer.stride)
+            elif layer.kind == "bn":
+                x = self.bn(x, key)
+            elif layer.kind == "se":
+                x = self.se(x, key)
+            else:
+                x = _swish(x)
         return x + shortcut if b.has_skip else x
 
     def run(self, plan: NetPlan, x: np.ndarray) -> np.ndarray:

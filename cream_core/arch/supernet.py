@@ -352,23 +352,23 @@ class FlopsTable:
 
     def get_flops(self, arch: Sequence[Sequence[int]]) -> float:
         """MFLOPs of a path (official summation order; ``-1`` skips a block)."""
-        total = 0
-        for s, stage in enumerate(arch):
-            for j, c in enumerate(stage):
-                if c == -1:
-                    continue
-                total += self.flops[s][j][c]
-        return total + self.flops_fixed
+        return _path_total(self.flops, arch) + self.flops_fixed
 
     def get_params(self, arch: Sequence[Sequence[int]]) -> float:
         """Parameters (M) of a path, as :meth:`get_flops`."""
-        total = 0
-        for s, stage in enumerate(arch):
-            for j, c in enumerate(stage):
-                if c == -1:
-                    continue
-                total += self.params[s][j][c]
-        return total + self.params_fixed
+        return _path_total(self.params, arch) + self.params_fixed
+
+
+def _path_total(table: Tuple[Tuple[Tuple[float, ...], ...], ...],
+                arch: Sequence[Sequence[int]]) -> float:
+    """Sum of ``table[stage][block][choice]`` over a path, in the official order (``-1``: skipped)."""
+    total = 0
+    for s, stage in enumerate(arch):
+        for j, c in enumerate(stage):
+            if c == -1:
+                continue
+            total += table[s][j][c]
+    return total
 
 
 def flops_table(plan: SupernetPlan) -> FlopsTable:

@@ -7,16 +7,20 @@ partial output file, never a clobbered previous result; a failing file system (r
 an :class:`~cream_core.io.errors.OutputError` naming the file. The file gets the permissions
 ``open()`` would give it (``0666 & ~umask``). Text is UTF-8; file names that are not (Python's
 ``surrogateescape`` strings, as ``os.listdir`` returns them) are written back as their original
-bytes. Several files that belong together: :func:`cream_core.io.outputs.commit_files`.
+bytes. Several files that belong together: :func:`cream_core.io.outputs.commit_files`. A whole
+folder: :func:`replaced_folder`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import IO, Any, Callable
+import shutil
+import tempfile
+from typing import IO, Any, Callable, Iterator
 
 from cream_core.io.outputs import commit_files
 
-__all__ = ["atomic_write", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_text", "replaced_folder"]
 
 
 def atomic_write(path: "os.PathLike[str] | str", write: Callable[[IO[Any]], Any], mode: str = "wb"
@@ -31,3 +35,20 @@ def atomic_write(path: "os.PathLike[str] | str", write: Callable[[IO[Any]], Any]
 def atomic_write_text(path: "os.PathLike[str] | str", text: str) -> None:
     """Write ``text`` (UTF-8; undecodable file-name bytes kept) to ``path`` atomically."""
     atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+@contextlib.contextmanager
+def replaced_folder(dest: "os.PathLike[str] | str", prefix: str) -> Iterator[str]:
+    """A new temporary folder (name starting with ``prefix``) beside ``dest`` to build a folder in;
+    when the block succeeds it replaces ``dest`` (an old ``dest`` is removed first), when it raises
+    it is removed and ``dest`` is left as it was. The folder ``dest`` goes in must exist."""
+    dest = os.fspath(dest)
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=os.path.dirname(os.path.abspath(dest)))
+    try:
+        yield tmp
+        if os.path.isdir(dest):
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
