@@ -1,7 +1,7 @@
 """Evaluation throughput, Paddle vs torch, in one run: model only and end to end (decode included).
 
-    python bench/eval_bench.py [--models cream-14 cream-604] [--images 256] [--rounds 3] [--json FILE]
-    python bench/eval_bench.py --suite inputs --models cream-14 --images 1000 [--rounds 3]
+    python -m bench.eval_bench [--models cream-14 cream-604] [--images 256] [--rounds 3] [--json FILE]
+    python -m bench.eval_bench --suite inputs --models cream-14 --images 1000 [--rounds 3]
 
 Every configuration runs in a fresh process holding one framework, as ``cream-eval`` does (two
 frameworks' OpenMP thread pools in one process spin-wait against each other and distort both).

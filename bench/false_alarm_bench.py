@@ -13,7 +13,7 @@ broken port is useless. This measures both, on the project's own correct port:
 * ``faults``: every injected fault of both commands (train-step free and synced runs, search-step
   on the official-initialisation goldens) must fail, at the step or entry it breaks.
 
-    python bench/false_alarm_bench.py [--only train search faults] [--seeds 20] [--json FILE]
+    python -m bench.false_alarm_bench [--only train search faults] [--seeds 20] [--json FILE]
 
 Run it with ``OMP_NUM_THREADS=1``. The train part is 40 runs of 1-2 min each on an idle core (2-4 min
 on a loaded 2-core machine): split it with ``--batches``, ``--seed-start`` and ``--seeds``; the JSON

@@ -10,7 +10,7 @@ tensors (the margin below ``NOISE_FACTOR``), the kink crossings seen, how many g
 twin accepted, and the cost: wall time of the noise measurement next to the whole run, measured
 in the same run.
 
-    OMP_NUM_THREADS=1 python bench/generic_noise_bench.py [--pairs resnet18 mobilenet_v2]
+    OMP_NUM_THREADS=1 python -m bench.generic_noise_bench [--pairs resnet18 mobilenet_v2]
         [--seeds 5] [--shape 2,3,64,64] [--members 2] [--json FILE]
 """
 from __future__ import annotations

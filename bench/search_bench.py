@@ -14,7 +14,7 @@ reported; peak memory is the worker's peak RSS growth over
 the process after the model is built. Goal (issue 5): Paddle <= 1.5x torch. Prints a table and
 writes JSON (``--json``).
 
-    python bench/search_bench.py [--flops-max 600] [--batch 8] [--resolution 128] [--threads 1]
+    python -m bench.search_bench [--flops-max 600] [--batch 8] [--resolution 128] [--threads 1]
 """
 from __future__ import annotations
 

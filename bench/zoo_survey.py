@@ -6,7 +6,7 @@ SHAPE`` does (seeded weights, BN statistics calibrated on the bundled photos, fp
 and the survey writes a table: pair, how the trees were matched, verdict, the first divergence on
 both sides and the reason. Not a test: it takes a while (run it in the background).
 
-    OMP_NUM_THREADS=1 python bench/zoo_survey.py [--shape 2,3,64,64] [--out out/zoo] [NAME ...]
+    OMP_NUM_THREADS=1 python -m bench.zoo_survey [--shape 2,3,64,64] [--out out/zoo] [NAME ...]
 """
 from __future__ import annotations
 
