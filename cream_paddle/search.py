@@ -25,7 +25,7 @@ The control flow of the iteration is :mod:`cream_core.search.step`, shared with 
 from __future__ import annotations
 
 import pickle
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import paddle
@@ -34,6 +34,7 @@ import paddle.nn.functional as F
 
 from cream_core.search import step as core_step
 from cream_core.search.board import PrioritizedBoard
+from cream_core.search.legacy_sgd import LegacySGDBase
 from cream_core.search.records import StepOutput, StepRecord, should_meta_update
 from cream_core.search.step import FirstOrder
 from cream_core.config.search import SearchConfig
@@ -58,98 +59,45 @@ def _trainable(model: nn.Layer) -> List[Tuple[str, paddle.Tensor]]:
 
 
 # ---- torch 1.2 optimizer semantics --------------------------------------------------------------
-class LegacySGD:
-    """SGD with momentum as torch 1.2 ran it, over the official four parameter groups (see torch twin)."""
+class LegacySGD(LegacySGDBase):
+    """SGD with momentum as torch 1.2 ran it, over the official four parameter groups
+    (:class:`~cream_core.search.legacy_sgd.LegacySGDBase`; see the torch twin)."""
 
     def __init__(self, model: nn.Layer, lr: float, meta_lr: float, momentum: float = 0.9,
                  weight_decay: float = 1e-4, nesterov: bool = True) -> None:
-        groups: List[Dict[str, Any]] = [
-            {"params": [], "weight_decay": 0.0, "lr": lr},
-            {"params": [], "weight_decay": weight_decay, "lr": lr},
-            {"params": [], "weight_decay": 0.0, "lr": meta_lr},
-            {"params": [], "weight_decay": 0.0, "lr": meta_lr},
-        ]
-        for name, p in _trainable(model):
-            meta = "meta_layer" in name
-            if p.ndim == 1 or name.endswith(".bias"):
-                groups[2 if meta else 0]["params"].append((name, p))
-            else:
-                groups[3 if meta else 1]["params"].append((name, p))
-        self.param_groups = groups
-        self.momentum = momentum
-        self.nesterov = nesterov
-        self.dampening = 0.0
-        self.state: Dict[str, paddle.Tensor] = {}
-        self.live: set = set()
-
-    def set_lr(self, lr: float, meta_lr: float) -> None:
-        """Learning rates of the student groups and the meta groups."""
-        for i, g in enumerate(self.param_groups):
-            g["lr"] = lr if i < 2 else meta_lr
-
-    @property
-    def meta_lr(self) -> float:
-        """``param_groups[-1]['lr']``: what the official simulated update multiplies by."""
-        return self.param_groups[-1]["lr"]
+        super().__init__(_trainable(model), lr, meta_lr, momentum, weight_decay, nesterov)
 
     def step(self, grads: Mapping[str, paddle.Tensor]) -> None:
         """One torch 1.2 ``SGD.step``; the new weights are written with ``set_value`` (in place,
         no inplace-version bump: the second backward sees them, as it saw torch 1.2's ``.data``)."""
         with paddle.no_grad():
-            for group in self.param_groups:
-                wd, lr = group["weight_decay"], group["lr"]
-                for name, p in group["params"]:
-                    if name in grads:
-                        d_p = grads[name].detach().clone()
-                    elif name in self.live:
-                        d_p = paddle.zeros_like(p)
+            for group, name, p, d_p in self._gradients(grads, paddle.zeros_like):
+                wd = group["weight_decay"]
+                if wd != 0:
+                    d_p = d_p + p.detach() * wd
+                if self.momentum != 0:
+                    if name not in self.state:
+                        buf = self.state[name] = d_p.clone()
                     else:
-                        continue
-                    if wd != 0:
-                        d_p = d_p + p.detach() * wd
-                    if self.momentum != 0:
-                        if name not in self.state:
-                            buf = self.state[name] = d_p.clone()
-                        else:
-                            buf = self.state[name] = (self.state[name] * self.momentum
-                                                      + d_p * (1 - self.dampening))
-                        d_p = d_p + buf * self.momentum if self.nesterov else buf
-                    p.set_value(p.detach() + d_p * (-lr))
+                        buf = self.state[name] = (self.state[name] * self.momentum
+                                                  + d_p * (1 - self.dampening))
+                    d_p = d_p + buf * self.momentum if self.nesterov else buf
+                p.set_value(p.detach() + d_p * (-group["lr"]))
         self.live.update(grads)
 
-    def release(self, names: Iterable[str]) -> None:
-        """Forget the gradients of ``names`` (the official meta step's ``del weight.grad``)."""
-        self.live.difference_update(names)
+    def _buffer_to_numpy(self, buf: paddle.Tensor) -> np.ndarray:
+        return Backend.to_numpy(buf)
 
-    def state_dict(self) -> Dict[str, Any]:
-        """Momentum buffers by parameter name (Paddle layout, numpy), the live set and the lrs."""
-        return {"momentum_buffer": {k: np.asarray(v.numpy()).copy() for k, v in self.state.items()},
-                "live": sorted(self.live), "lr": [g["lr"] for g in self.param_groups]}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore momentum buffers (Paddle layout), the live set and the lrs."""
-        params = {n: p for g in self.param_groups for n, p in g["params"]}
-        unknown = set(state["momentum_buffer"]) - set(params)
-        if unknown:
-            raise ValueError(f"optimizer state names unknown parameters: {sorted(unknown)[:3]}")
-        self.state = {k: paddle.to_tensor(np.asarray(v), dtype=params[k].dtype)
-                      for k, v in state["momentum_buffer"].items()}
-        self.live = set(state["live"])
-        for g, lr in zip(self.param_groups, state["lr"]):
-            g["lr"] = float(lr)
+    def _buffer_from_numpy(self, value: Any, like: paddle.Tensor) -> paddle.Tensor:
+        return paddle.to_tensor(np.asarray(value), dtype=like.dtype)
 
 
 def clip_grad_norm_legacy(grads: Sequence[paddle.Tensor], max_norm: float = 1.0
                           ) -> Tuple[List[paddle.Tensor], float]:
-    """torch 1.2 ``clip_grad_norm_``: Python-float sum of per-tensor norms; returns clipped grads."""
-    total = 0.0
-    for g in grads:
-        total += float(paddle.linalg.norm(g.detach().reshape([-1]), p=2)) ** 2.0
-    total = total ** (1.0 / 2.0)
-    coef = float(max_norm) / (total + 1e-6)
-    if coef < 1:
-        return [g.detach() * coef for g in grads], total
-    return [g.detach() for g in grads], total
+    """torch 1.2 ``clip_grad_norm_``: Python-float sum of per-tensor norms; returns clipped grads
+    (:func:`cream_core.search.step.clip_grad_norm_legacy`)."""
+    return core_step.clip_grad_norm_legacy(
+        grads, max_norm, lambda g: float(paddle.linalg.norm(g.detach().reshape([-1]), p=2)))
 
 
 def accuracy(output: paddle.Tensor, target: paddle.Tensor, topk: Tuple[int, ...] = (1, 5)
@@ -183,32 +131,20 @@ def _select_teacher(model: SuperNet, board: PrioritizedBoard, cand: Sequence[Seq
                     second_inputs: Optional[List[paddle.Tensor]]) -> Tuple[Any, List[List[int]]]:
     """:func:`select_teacher`; ``second_inputs`` (a list) selects the second-order path: the
     twice-differentiable softmax, and each entry's images enter as a copy that requires grad,
-    appended to the list (see :func:`meta_matching_update` for why)."""
+    appended to the list (see :func:`_meta_first_order` for why)."""
     second = second_inputs is not None
-    if pick_method == "top1":
-        return 0.5, board.top1().cand
-    if pick_method != "meta":
-        raise ValueError(f"pick method {pick_method!r} is not supported")
     smax = second_order.softmax if second else (lambda t, axis: F.softmax(t, axis=axis))
-    best: Any = -1000000000
-    best_weight = None
-    teacher = None
-    weight = None
-    for entry in board.entries():
+
+    def score(entry: Any) -> paddle.Tensor:
         data = entry.data
         if second:
             data = entry.data.detach().clone()
             data.stop_gradient = False
             second_inputs.append(data)
-        output = smax(model(data, cand), axis=1)
-        weight = model.forward_meta(output - entry.feat)
-        if Backend.item(weight) > Backend.item(best):
-            best = weight
-            best_weight = weight
-            teacher = entry.cand
-    if teacher is None:
-        raise ValueError("no board entry scored above -1e9; the meta layer produced NaN")
-    return F.sigmoid(-(best_weight if fix_meta_value else weight)), teacher
+        return model.forward_meta(smax(model(data, cand), axis=1) - entry.feat)
+
+    return core_step.pick_teacher(board, pick_method, fix_meta_value, score, Backend.item,
+                                  F.sigmoid)
 
 
 def _meta_first_order(model: SuperNet, board: PrioritizedBoard, x: paddle.Tensor,

@@ -57,7 +57,7 @@ the graph of ``students_weight[0]``); here their gradients are skipped instead (
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -65,6 +65,7 @@ import torch.nn.functional as F
 
 from cream_core.search import step as core_step
 from cream_core.search.board import PrioritizedBoard
+from cream_core.search.legacy_sgd import LegacySGDBase
 from cream_core.search.records import StepOutput, StepRecord, should_meta_update
 from cream_core.search.step import FirstOrder
 from cream_core.config.search import SearchConfig
@@ -84,109 +85,45 @@ torch_state = Backend.torch_state
 
 
 # ---- torch 1.2 optimizer semantics --------------------------------------------------------------
-class LegacySGD:
-    """SGD with momentum as torch 1.2 ran it, over the official four parameter groups.
-
-    Groups as ``add_weight_decay_supernet``: no-decay (1-D and biases, lr), decay (lr, weight decay),
-    meta layer without and with decay (``meta_lr``, weight decay 0 for both). Gradients are passed
-    to :meth:`step` by parameter name; a parameter not passed but *live* (it had a gradient before and
-    torch 1.2's ``zero_grad`` only zeroed it) is stepped with a zero gradient.
-    """
+class LegacySGD(LegacySGDBase):
+    """SGD with momentum as torch 1.2 ran it, over the official four parameter groups
+    (:class:`~cream_core.search.legacy_sgd.LegacySGDBase`); the update is written through
+    ``.data``, as torch 1.2 wrote it."""
 
     def __init__(self, model: torch.nn.Module, lr: float, meta_lr: float, momentum: float = 0.9,
                  weight_decay: float = 1e-4, nesterov: bool = True) -> None:
-        groups: List[Dict[str, Any]] = [
-            {"params": [], "weight_decay": 0.0, "lr": lr},
-            {"params": [], "weight_decay": weight_decay, "lr": lr},
-            {"params": [], "weight_decay": 0.0, "lr": meta_lr},
-            {"params": [], "weight_decay": 0.0, "lr": meta_lr},
-        ]
-        for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            meta = "meta_layer" in name
-            if p.ndim == 1 or name.endswith(".bias"):
-                groups[2 if meta else 0]["params"].append((name, p))
-            else:
-                groups[3 if meta else 1]["params"].append((name, p))
-        self.param_groups = groups
-        self.momentum = momentum
-        self.nesterov = nesterov
-        self.dampening = 0.0
-        self.state: Dict[str, torch.Tensor] = {}
-        self.live: set = set()
-
-    def set_lr(self, lr: float, meta_lr: float) -> None:
-        """Learning rates of the student groups and the meta groups."""
-        for i, g in enumerate(self.param_groups):
-            g["lr"] = lr if i < 2 else meta_lr
-
-    @property
-    def meta_lr(self) -> float:
-        """``param_groups[-1]['lr']``: what the official simulated update multiplies by."""
-        return self.param_groups[-1]["lr"]
+        super().__init__(Backend.trainable(model), lr, meta_lr, momentum, weight_decay, nesterov)
 
     @torch.no_grad()
     def step(self, grads: Mapping[str, torch.Tensor]) -> None:
         """One torch 1.2 ``SGD.step`` with ``grads`` as the ``.grad`` of the named parameters."""
-        for group in self.param_groups:
-            wd, lr = group["weight_decay"], group["lr"]
-            for name, p in group["params"]:
-                if name in grads:
-                    d_p = grads[name].detach().clone()
-                elif name in self.live:
-                    d_p = torch.zeros_like(p)
+        for group, name, p, d_p in self._gradients(grads, torch.zeros_like):
+            if group["weight_decay"] != 0:
+                d_p.add_(p.data, alpha=group["weight_decay"])
+            if self.momentum != 0:
+                if name not in self.state:
+                    buf = self.state[name] = torch.clone(d_p).detach()
                 else:
-                    continue
-                if wd != 0:
-                    d_p.add_(p.data, alpha=wd)
-                if self.momentum != 0:
-                    if name not in self.state:
-                        buf = self.state[name] = torch.clone(d_p).detach()
-                    else:
-                        buf = self.state[name]
-                        buf.mul_(self.momentum).add_(d_p, alpha=1 - self.dampening)
-                    d_p = d_p.add(buf, alpha=self.momentum) if self.nesterov else buf
-                p.data.add_(d_p, alpha=-lr)  # through .data: no version bump, as torch 1.2
+                    buf = self.state[name]
+                    buf.mul_(self.momentum).add_(d_p, alpha=1 - self.dampening)
+                d_p = d_p.add(buf, alpha=self.momentum) if self.nesterov else buf
+            p.data.add_(d_p, alpha=-group["lr"])  # through .data: no version bump, as torch 1.2
         self.live.update(grads)
 
-    def release(self, names: Iterable[str]) -> None:
-        """Forget the gradients of ``names`` (the official meta step's ``del weight.grad``)."""
-        self.live.difference_update(names)
+    def _buffer_to_numpy(self, buf: torch.Tensor) -> np.ndarray:
+        return Backend.to_numpy(buf)
 
-    def state_dict(self) -> Dict[str, Any]:
-        """Momentum buffers by parameter name, the live set and the current lrs."""
-        return {"momentum_buffer": {k: v.detach().clone() for k, v in self.state.items()},
-                "live": sorted(self.live), "lr": [g["lr"] for g in self.param_groups]}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output (tensors are copied)."""
-        params = {n: p for g in self.param_groups for n, p in g["params"]}
-        unknown = set(state["momentum_buffer"]) - set(params)
-        if unknown:
-            raise ValueError(f"optimizer state names unknown parameters: {sorted(unknown)[:3]}")
-        self.state = {k: torch.as_tensor(np.asarray(v)).to(params[k].dtype).clone()
-                      if not torch.is_tensor(v) else v.detach().clone().to(params[k].dtype)
-                      for k, v in state["momentum_buffer"].items()}
-        self.live = set(state["live"])
-        for g, lr in zip(self.param_groups, state["lr"]):
-            g["lr"] = float(lr)
+    def _buffer_from_numpy(self, value: Any, like: torch.Tensor) -> torch.Tensor:
+        if torch.is_tensor(value):
+            return value.detach().clone().to(like.dtype)
+        return torch.as_tensor(np.asarray(value)).to(like.dtype).clone()
 
 
 def clip_grad_norm_legacy(grads: Sequence[torch.Tensor], max_norm: float = 1.0
                           ) -> Tuple[List[torch.Tensor], float]:
-    """torch 1.2 ``clip_grad_norm_`` on a list of gradients: returns the clipped list and the norm.
-
-    The total norm is the Python-float sum of per-tensor norms squared, as torch 1.2 computed it.
-    """
-    total = 0.0
-    for g in grads:
-        total += float(g.detach().norm(2)) ** 2.0
-    total = total ** (1.0 / 2.0)
-    coef = float(max_norm) / (total + 1e-6)
-    if coef < 1:
-        return [g.detach() * coef for g in grads], total
-    return [g.detach() for g in grads], total
+    """torch 1.2 ``clip_grad_norm_`` on a list of gradients: returns the clipped list and the norm
+    (:func:`cream_core.search.step.clip_grad_norm_legacy`)."""
+    return core_step.clip_grad_norm_legacy(grads, max_norm, lambda g: float(g.detach().norm(2)))
 
 
 def accuracy(output: torch.Tensor, target: torch.Tensor, topk: Tuple[int, ...] = (1, 5)
@@ -208,31 +145,17 @@ def make_loss_fn(smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], tor
 def select_teacher(model: SuperNet, board: PrioritizedBoard, cand: Sequence[Sequence[int]],
                    pick_method: str, fix_meta_value: bool = False
                    ) -> Tuple[Any, List[List[int]]]:
-    """The official ``select_teacher``: ``(meta_value, teacher_cand)``.
+    """The official ``select_teacher``: ``(meta_value, teacher_cand)``
+    (:func:`cream_core.search.step.pick_teacher`).
 
-    ``top1``: 0.5 and the best entry. ``meta``: every entry's inputs go through the path ``cand``
-    (train mode), the meta layer scores ``softmax(output) - entry.feat``, the highest score picks the
-    teacher; the meta value is ``sigmoid(-score)`` of the *last* entry scored (official) or of the
-    picked one (``fix_meta_value``). The meta value keeps its graph (it is differentiated).
+    ``meta``: every entry's inputs go through the path ``cand`` (train mode), the meta layer scores
+    ``softmax(output) - entry.feat``. The meta value keeps its graph (it is differentiated).
     """
-    if pick_method == "top1":
-        return 0.5, board.top1().cand
-    if pick_method != "meta":
-        raise ValueError(f"pick method {pick_method!r} is not supported")
-    best: Any = -1000000000
-    best_weight = None
-    teacher = None
-    weight = None
-    for entry in board.entries():
-        output = F.softmax(model(entry.data, cand), dim=1)
-        weight = model.forward_meta(output - entry.feat)
-        if weight > best:
-            best = weight
-            best_weight = weight
-            teacher = entry.cand
-    if teacher is None:
-        raise ValueError("no board entry scored above -1e9; the meta layer produced NaN")
-    return torch.sigmoid(-(best_weight if fix_meta_value else weight)), teacher
+    def score(entry: Any) -> torch.Tensor:
+        return model.forward_meta(F.softmax(model(entry.data, cand), dim=1) - entry.feat)
+
+    return core_step.pick_teacher(board, pick_method, fix_meta_value, score, Backend.item,
+                                  torch.sigmoid)
 
 
 def _meta_first_order(model: SuperNet, board: PrioritizedBoard, x: torch.Tensor,

@@ -19,7 +19,8 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional, Protocol
 from cream_core.search.board import PrioritizedBoard
 from cream_core.search.records import StepOutput, StepRecord, should_meta_update
 
-__all__ = ["FirstOrder", "StepOps", "meta_matching_update", "search_step"]
+__all__ = ["FirstOrder", "StepOps", "pick_teacher", "clip_grad_norm_legacy", "meta_matching_update",
+           "search_step"]
 
 
 @dataclass
@@ -58,6 +59,49 @@ class StepOps(Protocol):
     def grad(self, outputs: Any, inputs: Sequence[Any], **kwargs: Any) -> Sequence[Any]: ...  # noqa: D102,E704
 
     def no_grad(self) -> ContextManager[Any]: ...  # noqa: D102,E704
+
+
+def pick_teacher(board: PrioritizedBoard, pick_method: str, fix_meta_value: bool,
+                 score: Callable[[Any], Any], item: Callable[[Any], float],
+                 sigmoid: Callable[[Any], Any]) -> Tuple[Any, List[List[int]]]:
+    """The official ``select_teacher``'s choice: ``(meta_value, teacher_cand)``.
+
+    ``top1``: 0.5 and the best entry. ``meta``: ``score(entry)`` (the meta layer's score of the
+    entry through the student path, a tensor with its graph) for every entry in board order, the
+    highest picks the teacher; the meta value is ``sigmoid(-score)`` of the *last* entry scored
+    (official) or of the picked one (``fix_meta_value``). Scores are compared as Python floats
+    (``item``): the same order as comparing the float32 tensors.
+    """
+    if pick_method == "top1":
+        return 0.5, board.top1().cand
+    if pick_method != "meta":
+        raise ValueError(f"pick method {pick_method!r} is not supported")
+    best = -1000000000.0
+    best_weight = teacher = weight = None
+    for entry in board.entries():
+        weight = score(entry)
+        if item(weight) > best:
+            best, best_weight, teacher = item(weight), weight, entry.cand
+    if teacher is None:
+        raise ValueError("no board entry scored above -1e9; the meta layer produced NaN")
+    return sigmoid(-(best_weight if fix_meta_value else weight)), teacher
+
+
+def clip_grad_norm_legacy(grads: Sequence[Any], max_norm: float, norm: Callable[[Any], float]
+                          ) -> Tuple[List[Any], float]:
+    """torch 1.2 ``clip_grad_norm_`` on a list of gradients: the clipped list and the total norm.
+
+    The total norm is the Python-float sum of the per-tensor 2-norms (``norm(g)``) squared, as
+    torch 1.2 computed it.
+    """
+    total = 0.0
+    for g in grads:
+        total += norm(g) ** 2.0
+    total = total ** (1.0 / 2.0)
+    coef = float(max_norm) / (total + 1e-6)
+    if coef < 1:
+        return [g.detach() * coef for g in grads], total
+    return [g.detach() for g in grads], total
 
 
 def _named_record(ops: StepOps, model: Any, prefix: str, named: Any) -> Dict[str, Any]:
