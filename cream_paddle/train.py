@@ -381,15 +381,8 @@ def load_train_checkpoint(path: str, model: nn.Layer, ema: Optional[ModelEma],
 
 
 class Trainer(CoreTrainer):
-    """The Paddle half of :func:`cream_core.training.loop.run_training`: the shared
-    :class:`~cream_core.training.trainer.Trainer` over this module's functions and the one
-    :class:`~cream_paddle.backend.Backend`.
-
-    Args:
-        cfg: the recipe (:class:`cream_core.config.retrain.RetrainConfig`).
-        distributed: join the process group when launched by the launcher (default: if it did).
-        shards: emulate that many data-parallel processes in this one (see :func:`train_step`).
-    """
+    """The Paddle half of :func:`cream_core.training.loop.run_training` (twin of the torch class:
+    the shared trainer over this module's functions and the one Paddle ``Backend``)."""
 
     def __init__(self, cfg: Any, *, distributed: Optional[bool] = None, shards: int = 1) -> None:
         super().__init__(cfg, sys.modules[__name__], Backend(distributed=distributed), shards)

@@ -247,28 +247,34 @@ def _log_start(run: _Run, train_set: Any, steps: int) -> None:
 
 
 # --- the loop ------------------------------------------------------------------------------------
-@dataclass
 class _EpochStats:
-    loss_sum: float = 0.0
-    kd_sum: float = 0.0
-    kd_n: int = 0
-    p1_sum: float = 0.0
-    n: int = 0
+    """Running sums of one epoch for the log's means (the KD loss over the steps that had one)."""
+
+    def __init__(self) -> None:
+        self.sums = {"loss": 0.0, "kd": 0.0, "prec1": 0.0}
+        self.steps = {"all": 0, "kd": 0}
 
     def add(self, out: StepOutput) -> None:
-        self.loss_sum += out.loss
-        self.p1_sum += out.prec1
-        self.n += 1
+        self.sums["loss"] += out.loss
+        self.sums["prec1"] += out.prec1
+        self.steps["all"] += 1
         if out.kd_loss is not None:
-            self.kd_sum += out.kd_loss
-            self.kd_n += 1
+            self.sums["kd"] += out.kd_loss
+            self.steps["kd"] += 1
+
+    def mean(self, key: str) -> float:
+        """The mean of ``key`` so far (``nan`` for a KD loss never computed; 0 before any step)."""
+        n = self.steps["kd" if key == "kd" else "all"]
+        if key == "kd" and n == 0:
+            return float("nan")
+        return self.sums[key] / max(n, 1)
 
 
 def _train_line(run: _Run, out: StepOutput, stats: _EpochStats, step: int, steps: int) -> str:
     kd = out.kd_loss if out.kd_loss is not None else 0.0
     return (f"Train: {run.epoch} [{step:>4d}/{steps}]  Loss: {out.loss:>9.6f} "
-            f"({stats.loss_sum / stats.n:>6.4f})  KD-Loss: {kd:>9.6f}  "
-            f"Prec@1: {out.prec1:>7.4f} ({stats.p1_sum / stats.n:>7.4f})  Prec@5: {out.prec5:>7.4f}  "
+            f"({stats.mean('loss'):>6.4f})  KD-Loss: {kd:>9.6f}  "
+            f"Prec@1: {out.prec1:>7.4f} ({stats.mean('prec1'):>7.4f})  Prec@5: {out.prec5:>7.4f}  "
             f"LR: {run.searcher.current_lr():.3e}  FLOPs: {out.flops:.1f}  "
             f"board: {run.searcher.board.board_size()}"
             + ("  (meta-matching update)" if out.meta_ran else ""))
@@ -338,10 +344,9 @@ def _end_epoch(run: _Run, stats: _EpochStats, seconds: float, eval_loader: Any) 
 
     s = run.searcher
     if run.main_rank:
-        n = max(stats.n, 1)
-        kd = (stats.kd_sum / stats.kd_n) if stats.kd_n else float("nan")
-        run.log(f"epoch {run.epoch}: {stats.n} steps in {seconds:.1f} s, mean loss "
-                f"{stats.loss_sum / n:.4f}, mean KD loss {kd:.4f}, mean Prec@1 {stats.p1_sum / n:.2f}")
+        run.log(f"epoch {run.epoch}: {stats.steps['all']} steps in {seconds:.1f} s, mean loss "
+                f"{stats.mean('loss'):.4f}, mean KD loss {stats.mean('kd'):.4f}, mean Prec@1 "
+                f"{stats.mean('prec1'):.2f}")
         for line in _board_lines(s.board):
             run.log(line)
     cand = s.board.sample(s.rng, None)  # drawn on every rank, so the samplers stay in step
