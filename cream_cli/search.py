@@ -35,6 +35,7 @@ import argparse
 import os
 import sys
 from dataclasses import asdict
+from functools import partial
 from typing import Any, Callable, List, Optional, Sequence
 
 from cream_core.io.cli_errors import exit_help, int_at_least
@@ -43,21 +44,21 @@ from cream_core.search.loop import (BEST_ARCH, LOG_NAME, SearchOptions, SearchOu
                                     checkpoint_path)
 from cream_core.search import loop
 
-from cream_cli.common import FRAMEWORKS, UsageError, guard_outputs, run_cli
+from cream_cli.common import FRAMEWORKS, UsageError, guard_outputs, run_cli, set_threads
 
 __all__ = ["FRAMEWORKS", "SearchOptions", "SearchOutcome", "build_parser", "run_search", "main",
            "checkpoint_path", "BEST_ARCH", "LOG_NAME"]
 
 
-def _framework(name: str) -> Callable[[], Any]:
-    """``open()`` of the framework half of a search (imported when called)."""
-    def open_framework() -> Any:
-        if name == "torch":
-            from cream_torch_ref.search import SearchOps
-        else:
-            from cream_paddle.search import SearchOps
+def _search_ops(framework: str, threads: Optional[int]) -> Any:
+    """The framework half of a search, imported only when the run starts (after the cheap checks);
+    the thread count is set first, so that Paddle's first import already sees ``OMP_NUM_THREADS``."""
+    set_threads(framework, threads)
+    if framework == "torch":
+        from cream_torch_ref.search import SearchOps
         return SearchOps
-    return open_framework
+    from cream_paddle.search import SearchOps as PaddleSearchOps
+    return PaddleSearchOps
 
 
 def run_search(cfg: SearchConfig, opts: SearchOptions, log: Optional[Callable[[str], None]] = None
@@ -68,7 +69,7 @@ def run_search(cfg: SearchConfig, opts: SearchOptions, log: Optional[Callable[[s
 
     schedule = SupernetLinearSchedule(lr=cfg.lr, iters=supernet_iters(cfg.epochs, cfg.num_gpu,
                                                                       cfg.batch_size))
-    return loop.run_search(cfg, opts, _framework(opts.framework), schedule, log)
+    return loop.run_search(cfg, opts, partial(_search_ops, opts.framework, opts.threads), schedule, log)
 
 
 # --- command line --------------------------------------------------------------------------------------
