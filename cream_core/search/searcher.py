@@ -9,7 +9,7 @@ bookkeeping around them once for both.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from cream_core.search.step import StepOps, search_step
 __all__ = ["SearchFramework", "Searcher", "plain_config"]
 
 
-class SearchFramework(StepOps):
+class SearchFramework(StepOps, Protocol):
     """What a framework supplies besides the step's operations (a class with static methods)."""
 
     framework: str
