@@ -54,10 +54,6 @@ __all__ = ["LegacySGD", "clip_grad_norm_legacy", "StepRecord", "StepOutput", "se
 torch_state = Backend.torch_state
 
 
-def _trainable(model: nn.Layer) -> List[Tuple[str, paddle.Tensor]]:
-    return Backend.trainable(model)
-
-
 # ---- torch 1.2 optimizer semantics --------------------------------------------------------------
 class LegacySGD(LegacySGDBase):
     """SGD with momentum as torch 1.2 ran it, over the official four parameter groups
@@ -65,7 +61,7 @@ class LegacySGD(LegacySGDBase):
 
     def __init__(self, model: nn.Layer, lr: float, meta_lr: float, momentum: float = 0.9,
                  weight_decay: float = 1e-4, nesterov: bool = True) -> None:
-        super().__init__(_trainable(model), lr, meta_lr, momentum, weight_decay, nesterov)
+        super().__init__(Backend.trainable(model), lr, meta_lr, momentum, weight_decay, nesterov)
 
     def step(self, grads: Mapping[str, paddle.Tensor]) -> None:
         """One torch 1.2 ``SGD.step``; the new weights are written with ``set_value`` (in place,
