@@ -15,10 +15,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import paddle
 
+from cream_core.backend import BackendBase, launched
 from cream_core.rules import paddle_layout, paddle_to_torch_names, torch_to_paddle_names
 
 __all__ = ["FRAMEWORK", "CHECKPOINT_SUFFIX", "WORLD_SIZE_ENV", "Backend", "init_distributed",
-           "launched", "set_threads"]
+           "set_threads"]
 
 FRAMEWORK = "paddle"
 CHECKPOINT_SUFFIX = ".pdparams"
@@ -26,15 +27,10 @@ CHECKPOINT_SUFFIX = ".pdparams"
 WORLD_SIZE_ENV = "PADDLE_TRAINERS_NUM"
 
 
-def launched() -> bool:
-    """Whether this process was started by the launcher as one of several."""
-    return int(os.environ.get(WORLD_SIZE_ENV, "1")) > 1
-
-
 def init_distributed() -> Tuple[int, int]:
     """``(rank, world_size)``; under ``paddle.distributed.launch`` (several trainers) joins the
     collective group (gloo on CPU)."""
-    if not launched():
+    if not launched(WORLD_SIZE_ENV):
         return 0, 1
     import paddle.distributed as dist
 
@@ -54,29 +50,20 @@ def set_threads(threads: Optional[int]) -> None:
         core.set_num_threads(int(threads))  # the math libraries' thread count
 
 
-class Backend:
-    """Processes, collectives and numpy conversions of one Paddle run (twin of the torch class).
-
-    Collectives return new values and leave their inputs untouched (:meth:`mean_tensors`).
-    """
+class Backend(BackendBase):
+    """Processes, collectives and numpy conversions of one Paddle run (twin of the torch class)."""
 
     framework = FRAMEWORK
     checkpoint_suffix = CHECKPOINT_SUFFIX
-
-    def __init__(self, *, distributed: Optional[bool] = None, threads: Optional[int] = None) -> None:
-        set_threads(threads)
-        if distributed is None:
-            distributed = launched()
-        self.rank, self.world_size = init_distributed() if distributed else (0, 1)
+    world_size_env = WORLD_SIZE_ENV
+    _set_threads = staticmethod(set_threads)
+    _init_distributed = staticmethod(init_distributed)
 
     # --- processes ------------------------------------------------------------------------------
-    def mean_over_ranks(self, value: float) -> float:
-        """The mean of a float over all processes (float64 all-reduce)."""
-        if self.world_size <= 1:
-            return value
+    def _sum_over_ranks(self, value: float) -> float:
         t = paddle.to_tensor([value], dtype="float64")
         paddle.distributed.all_reduce(t)
-        return float(t.numpy()[0]) / self.world_size
+        return float(t.numpy()[0])
 
     def mean_tensors(self, tensors: Sequence[paddle.Tensor]) -> List[paddle.Tensor]:
         """The means of ``tensors`` over all processes (one flat all-reduce in their dtype), as new
@@ -92,13 +79,6 @@ class Backend:
             out.append(flat[offset:offset + n].reshape(t.shape))
             offset += n
         return out
-
-    def mean_floats(self, values: Sequence[float]) -> List[float]:
-        """The means of float32 scalars over all processes (one all-reduce)."""
-        if self.world_size <= 1:
-            return [float(v) for v in values]
-        red = self.mean_tensors([paddle.to_tensor(list(values), dtype="float32")])[0]
-        return [float(v) for v in red.numpy()]
 
     def broadcast_model(self, model: paddle.nn.Layer) -> None:
         """Every process takes rank 0's weights and buffers."""
@@ -123,6 +103,11 @@ class Backend:
         paddle.seed(seed)
 
     @staticmethod
+    def is_tensor(obj: Any) -> bool:
+        """Whether ``obj`` is a Paddle tensor."""
+        return isinstance(obj, paddle.Tensor)
+
+    @staticmethod
     def tensor(array: Any) -> paddle.Tensor:
         """A tensor of a numpy array."""
         return paddle.to_tensor(np.asarray(array))
@@ -131,35 +116,6 @@ class Backend:
     def to_numpy(tensor: Any) -> np.ndarray:
         """A numpy copy of a tensor (detached)."""
         return np.asarray(tensor.detach().numpy()).copy()
-
-    @staticmethod
-    def item(value: Any) -> float:
-        """The first element of a tensor, or a number, as a float."""
-        if isinstance(value, paddle.Tensor):
-            return float(value.detach().reshape([-1])[0])
-        return float(value)
-
-    @classmethod
-    def tree_to_numpy(cls, obj: Any) -> Any:
-        """``obj`` with every tensor inside dicts, lists and tuples made a numpy array."""
-        if isinstance(obj, paddle.Tensor):
-            return np.asarray(obj.numpy())
-        if isinstance(obj, Mapping):
-            return {k: cls.tree_to_numpy(v) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return [cls.tree_to_numpy(v) for v in obj]
-        return obj
-
-    @classmethod
-    def tree_from_numpy(cls, obj: Any) -> Any:
-        """``obj`` with every numpy array inside dicts and lists made a tensor (copied)."""
-        if isinstance(obj, np.ndarray):
-            return paddle.to_tensor(np.array(obj, copy=True))
-        if isinstance(obj, Mapping):
-            return {k: cls.tree_from_numpy(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [cls.tree_from_numpy(v) for v in obj]
-        return obj
 
     # --- model state ----------------------------------------------------------------------------
     @staticmethod

@@ -10,14 +10,15 @@ Data-parallel runs use the CPU ``gloo`` backend under ``torchrun`` (``WORLD_SIZE
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from cream_core.backend import BackendBase, launched
+
 __all__ = ["FRAMEWORK", "CHECKPOINT_SUFFIX", "WORLD_SIZE_ENV", "Backend", "init_distributed",
-           "launched", "set_threads"]
+           "set_threads"]
 
 FRAMEWORK = "torch"
 CHECKPOINT_SUFFIX = ".pth.tar"
@@ -25,16 +26,11 @@ CHECKPOINT_SUFFIX = ".pth.tar"
 WORLD_SIZE_ENV = "WORLD_SIZE"
 
 
-def launched() -> bool:
-    """Whether this process was started by the launcher as one of several."""
-    return int(os.environ.get(WORLD_SIZE_ENV, "1")) > 1
-
-
 def init_distributed() -> Tuple[int, int]:
     """``(rank, world_size)``; under ``torchrun`` (``WORLD_SIZE > 1``) joins the gloo process group."""
     import torch.distributed as dist
 
-    if not launched():
+    if not launched(WORLD_SIZE_ENV):
         return 0, 1
     if not dist.is_initialized():
         dist.init_process_group("gloo")
@@ -47,34 +43,26 @@ def set_threads(threads: Optional[int]) -> None:
         torch.set_num_threads(int(threads))
 
 
-class Backend:
-    """Processes, collectives and numpy conversions of one torch run.
+class Backend(BackendBase):
+    """Processes, collectives and numpy conversions of one torch run
+    (:class:`~cream_core.backend.BackendBase` over torch).
 
     Args:
         distributed: join the process group (default: if the launcher started several processes).
         threads: intra-op threads (``None``: leave torch's setting).
-
-    Collectives return new values and leave their inputs untouched (one semantics for both
-    frameworks: :meth:`mean_tensors`).
     """
 
     framework = FRAMEWORK
     checkpoint_suffix = CHECKPOINT_SUFFIX
-
-    def __init__(self, *, distributed: Optional[bool] = None, threads: Optional[int] = None) -> None:
-        set_threads(threads)
-        if distributed is None:
-            distributed = launched()
-        self.rank, self.world_size = init_distributed() if distributed else (0, 1)
+    world_size_env = WORLD_SIZE_ENV
+    _set_threads = staticmethod(set_threads)
+    _init_distributed = staticmethod(init_distributed)
 
     # --- processes ------------------------------------------------------------------------------
-    def mean_over_ranks(self, value: float) -> float:
-        """The mean of a float over all processes (float64 all-reduce)."""
-        if self.world_size <= 1:
-            return value
+    def _sum_over_ranks(self, value: float) -> float:
         t = torch.tensor([value], dtype=torch.float64)
         torch.distributed.all_reduce(t)
-        return float(t.item()) / self.world_size
+        return float(t.item())
 
     def mean_tensors(self, tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """The means of ``tensors`` over all processes (one flat all-reduce in their dtype), as new
@@ -90,13 +78,6 @@ class Backend:
             out.append(flat[offset:offset + n].view_as(t).clone())
             offset += n
         return out
-
-    def mean_floats(self, values: Sequence[float]) -> List[float]:
-        """The means of float32 scalars over all processes (one all-reduce)."""
-        if self.world_size <= 1:
-            return [float(v) for v in values]
-        red = self.mean_tensors([torch.tensor(list(values), dtype=torch.float32)])[0]
-        return [float(v) for v in red]
 
     def broadcast_model(self, model: torch.nn.Module) -> None:
         """Every process takes rank 0's weights and buffers."""
@@ -125,6 +106,8 @@ class Backend:
         """Seed torch's generator (weights drawn at construction)."""
         torch.manual_seed(seed)
 
+    is_tensor = staticmethod(torch.is_tensor)
+
     @staticmethod
     def tensor(array: Any) -> torch.Tensor:
         """A tensor of a numpy array (shared memory where numpy allows)."""
@@ -134,33 +117,6 @@ class Backend:
     def to_numpy(tensor: Any) -> np.ndarray:
         """A numpy copy of a tensor (detached, on the CPU)."""
         return tensor.detach().cpu().numpy().copy()
-
-    @staticmethod
-    def item(value: Any) -> float:
-        """The first element of a tensor, or a number, as a float."""
-        return float(value.detach().reshape(-1)[0]) if torch.is_tensor(value) else float(value)
-
-    @classmethod
-    def tree_to_numpy(cls, obj: Any) -> Any:
-        """``obj`` with every tensor inside dicts, lists and tuples made a numpy array."""
-        if torch.is_tensor(obj):
-            return obj.detach().cpu().numpy()
-        if isinstance(obj, Mapping):
-            return {k: cls.tree_to_numpy(v) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return [cls.tree_to_numpy(v) for v in obj]
-        return obj
-
-    @classmethod
-    def tree_from_numpy(cls, obj: Any) -> Any:
-        """``obj`` with every numpy array inside dicts and lists made a tensor (copied)."""
-        if isinstance(obj, np.ndarray):
-            return torch.from_numpy(np.array(obj, copy=True))
-        if isinstance(obj, Mapping):
-            return {k: cls.tree_from_numpy(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [cls.tree_from_numpy(v) for v in obj]
-        return obj
 
     # --- model state ----------------------------------------------------------------------------
     @staticmethod

@@ -19,6 +19,7 @@ Twin: ``cream_paddle.train`` has the same names. Differences from the official r
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -30,10 +31,9 @@ from timm.utils import ModelEma
 from cream_core.arch import child_spec
 from cream_core.io.atomic import atomic_write
 from cream_core.io.errors import CheckpointError
-from cream_core.data import EvalLoader, EvalResult
 from cream_core.data.datasets import ImageDataset
 from cream_core.training.loop import TrainResult, run_training
-from cream_core.data.train_loader import TrainBatch
+from cream_core.training.trainer import Trainer as CoreTrainer
 from cream_core.training.masks import MaskSpec, StepMasks
 
 from . import optim
@@ -41,7 +41,7 @@ from .backend import CHECKPOINT_SUFFIX, FRAMEWORK, Backend, init_distributed
 from .blocks import DropPath
 from .checkpoint import check_state_dict, read_checkpoint, save_official_checkpoint
 from .childnet import ChildNet
-from .evaluate import evaluate
+from .evaluate import evaluate  # noqa: F401  (the shared Trainer calls this module's evaluate)
 from .losses import LabelSmoothingCrossEntropy
 
 __all__ = [
@@ -280,9 +280,10 @@ def load_train_checkpoint(path: str, model: nn.Module, ema: Optional[ModelEma],
     return int(obj["epoch"])
 
 
-class Trainer:
-    """The torch half of :func:`cream_core.training.loop.run_training` (model, optimizer, EMA, I/O),
-    a thin trainer over the one :class:`~cream_torch_ref.backend.Backend` (processes, collectives).
+class Trainer(CoreTrainer):
+    """The torch half of :func:`cream_core.training.loop.run_training`: the shared
+    :class:`~cream_core.training.trainer.Trainer` over this module's functions and the one
+    :class:`~cream_torch_ref.backend.Backend`.
 
     Args:
         cfg: the recipe (:class:`cream_core.config.retrain.RetrainConfig`).
@@ -290,62 +291,8 @@ class Trainer:
         shards: emulate that many data-parallel processes in this one (see :func:`train_step`).
     """
 
-    framework = FRAMEWORK
-    checkpoint_suffix = CHECKPOINT_SUFFIX
-
     def __init__(self, cfg: Any, *, distributed: Optional[bool] = None, shards: int = 1) -> None:
-        self.cfg = cfg
-        self.backend = Backend(distributed=distributed)
-        self.rank, self.world_size = self.backend.rank, self.backend.world_size
-        self.shards = shards
-        self.model = build_model(cfg)
-        self.optimizer = create_optimizer(self.model, cfg)
-        self.scheduler, self.epochs = create_scheduler(self.optimizer, cfg)
-        self.ema = ModelEma(self.model, decay=cfg.ema_decay) if cfg.ema else None
-        self.injector = MaskInjector(self.model)
-        self.loss_fn = create_loss(cfg)
-        self.forward_model: nn.Module = self.backend.data_parallel(self.model)
-
-    @property
-    def has_ema(self) -> bool:
-        return self.ema is not None
-
-    def mask_spec(self) -> MaskSpec:
-        return self.injector.spec()
-
-    def train_step(self, batch: TrainBatch, masks: StepMasks) -> float:
-        return train_step(self.model, self.optimizer, self.loss_fn, batch.images, batch.labels,
-                          injector=self.injector, masks=masks, ema=self.ema, shards=self.shards,
-                          forward_model=self.forward_model)
-
-    def lr(self) -> float:
-        return current_lr(self.optimizer)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.scheduler.step(epoch)
-
-    def evaluate(self, loader: EvalLoader, ema: bool) -> EvalResult:
-        model = self.ema.ema if ema and self.ema is not None else self.model
-        try:
-            return evaluate(model, loader, mode="eager",
-                            desc=f"{FRAMEWORK} eval{' EMA' if ema else ''}")
-        finally:
-            self.model.train()
-
-    def save(self, path: str, epoch: int, metric: Optional[float]) -> None:
-        save_train_checkpoint(path, self.model, self.ema, self.optimizer, epoch, self.cfg)
-
-    def checkpoint_writer(self, epoch: int, metric: Optional[float]) -> Callable[[Any], None]:
-        return train_checkpoint_writer(self.model, self.ema, self.optimizer, epoch, self.cfg)
-
-    def load(self, path: str) -> int:
-        return load_train_checkpoint(path, self.model, self.ema, self.optimizer, self.cfg)
-
-    def mean_over_ranks(self, value: float) -> float:
-        return self.backend.mean_over_ranks(value)
-
-    def barrier(self) -> None:
-        self.backend.barrier()
+        super().__init__(cfg, sys.modules[__name__], Backend(distributed=distributed), shards)
 
 
 def train(cfg: Any, train_set: ImageDataset, val_set: Optional[ImageDataset] = None,

@@ -19,7 +19,7 @@ import pytest
 #: (``cream_core``) is layered inside as well.
 LAYERS: Tuple[Tuple[str, ...], ...] = (
     ("cream_core.io",),                             # files, errors, CLI convention
-    ("cream_core.rules",),                          # torch <-> Paddle state-dict rules
+    ("cream_core.rules", "cream_core.backend"),     # state-dict rules; each Backend's core half
     ("cream_core.arch",),                           # the architecture as data
     ("cream_core.data",),                           # images in, numbers out (numpy, PIL)
     ("cream_core.training", "cream_core.search"),   # framework-free loops and bookkeeping

@@ -187,43 +187,51 @@ def two_entry_setup():
     return plan, init, entries, x, y, cfg
 
 
-def _run_torch(setup, fix: bool) -> T.StepRecord:
-    plan, init, entries, x, y, cfg = setup
-    cfg = replace(cfg, fix_meta_value=fix)
-    m = SuperNet(plan, num_classes=6)
-    m.load_state_dict({k: torch.from_numpy(v) for k, v in init.items()})
+def _framework(name: str):
+    """``(search module, SuperNet class, Backend class)`` of a framework."""
+    if name == "torch":
+        from cream_torch_ref.backend import Backend
+        return T, SuperNet, Backend
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from cream_paddle import search as P
+        from cream_paddle.backend import Backend as PB
+        from cream_paddle.supernet import SuperNet as PS
+    return P, PS, PB
+
+
+def _model_and_board(framework: str, setup):
+    """The seeded supernet (train mode) and the two-entry board of ``setup`` in ``framework``."""
+    plan, init, entries, *_ = setup
+    _, net, backend = _framework(framework)
+    m = net(plan, num_classes=6)
+    backend.load_torch_state(m, init)
     m.train()
     board = PrioritizedBoard(plan.sta_num)
     for p1, fl, cand, data, feat in entries:
-        board.add(p1, fl, cand, torch.from_numpy(data), torch.from_numpy(feat))
-    rec = T.StepRecord()
-    T.search_step(m, T.LegacySGD(m, cfg.lr, cfg.meta_lr), board, torch.from_numpy(x), torch.from_numpy(y),
-                  [[0], [2], [5], [1, 3], [2], [0], [0]], 2, 5, cfg, T.make_loss_fn(0.1), record=rec)
+        board.add(p1, fl, cand, backend.tensor(data), backend.tensor(feat))
+    return m, board
+
+
+def _run_step(framework: str, setup, fix: bool):
+    """One meta-step iteration on the two-entry board; its :class:`StepRecord`."""
+    S, _, backend = _framework(framework)
+    *_, x, y, cfg = setup
+    cfg = replace(cfg, fix_meta_value=fix)
+    m, board = _model_and_board(framework, setup)
+    rec = S.StepRecord()
+    S.search_step(m, S.LegacySGD(m, cfg.lr, cfg.meta_lr), board, backend.tensor(x), backend.tensor(y),
+                  [[0], [2], [5], [1, 3], [2], [0], [0]], 2, 5, cfg, S.make_loss_fn(0.1), record=rec)
     return rec
 
 
 @pytest.mark.paddle
 def test_two_entry_board_paddle_equals_torch(two_entry_setup) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import paddle
-    from cream_core.rules import apply_rules, paddle_layout
-    from cream_paddle import search as P
-    from cream_paddle.supernet import SuperNet as PS
     from parity.search_step import RunRecord, compare_runs
 
-    plan, init, entries, x, y, cfg = two_entry_setup
-    ref = _run_torch(two_entry_setup, False)
+    ref = _run_step("torch", two_entry_setup, False)
     assert ref.meta_ran
-    m = PS(plan, num_classes=6)
-    m.set_state_dict(apply_rules(init, paddle_layout(m), to="paddle").state_dict)
-    m.train()
-    board = PrioritizedBoard(plan.sta_num)
-    for p1, fl, cand, data, feat in entries:
-        board.add(p1, fl, cand, paddle.to_tensor(data), paddle.to_tensor(feat))
-    rec = P.StepRecord()
-    P.search_step(m, P.LegacySGD(m, cfg.lr, cfg.meta_lr), board, paddle.to_tensor(x), paddle.to_tensor(y),
-                  [[0], [2], [5], [1, 3], [2], [0], [0]], 2, 5, cfg, P.make_loss_fn(0.1), record=rec)
+    rec = _run_step("paddle", two_entry_setup, False)
 
     def as_run(framework, r):
         return RunRecord(framework, "fp32", {k: getattr(r, k) for k in
@@ -238,13 +246,7 @@ def test_two_entry_board_paddle_equals_torch(two_entry_setup) -> None:
 def test_fix_meta_value_option(two_entry_setup) -> None:
     """Official: the meta value is sigmoid(-score) of the *last* board entry scored; the option
     takes the picked entry's. With two entries scoring differently the two must differ."""
-    plan, init, entries, *_ = two_entry_setup
-    m = SuperNet(plan, num_classes=6)
-    m.load_state_dict({k: torch.from_numpy(v) for k, v in init.items()})
-    m.train()
-    board = PrioritizedBoard(plan.sta_num)
-    for p1, fl, cand, data, feat in entries:
-        board.add(p1, fl, cand, torch.from_numpy(data), torch.from_numpy(feat))
+    m, board = _model_and_board("torch", two_entry_setup)
     cand = [[0], [2], [5], [1, 3], [2], [0], [0]]
     with torch.no_grad():
         scores = [float(m.forward_meta(torch.softmax(m(e.data, cand), 1) - e.feat)) for e in board.entries()]
@@ -255,8 +257,8 @@ def test_fix_meta_value_option(two_entry_setup) -> None:
     assert float(official) == pytest.approx(1 / (1 + np.exp(scores[-1])), rel=1e-5)
     assert float(fixed) == pytest.approx(1 / (1 + np.exp(scores[best])), rel=1e-5)
     assert best != len(scores) - 1 or scores[0] == scores[-1]
-    ran = _run_torch(two_entry_setup, True)
-    assert ran.meta_value != _run_torch(two_entry_setup, False).meta_value
+    ran = _run_step("torch", two_entry_setup, True)
+    assert ran.meta_value != _run_step("torch", two_entry_setup, False).meta_value
 
 
 # --- the command line ---------------------------------------------------------------------------------------
@@ -350,3 +352,49 @@ def test_full_format_golden_file(tmp_path: Path, capsys) -> None:
     assert main(["--golden", str(tmp_path / "broken.pt"), "--framework", "paddle",
                  "--noise-members", "0"]) == 1
     assert key in capsys.readouterr().out
+
+
+# --- the framework halves of the shared search core ------------------------------------------------
+def _protocol_members(protocol: type) -> set:
+    return {n for cls in protocol.__mro__ if cls.__module__.startswith("cream_core")
+            for n in [*vars(cls), *getattr(cls, "__annotations__", {})]
+            if not n.startswith("_")}
+
+
+@pytest.mark.paddle
+@pytest.mark.parametrize("framework", ["torch", "paddle"])
+def test_search_ops_fill_the_core_protocol(framework: str) -> None:
+    """Each framework's SearchOps supplies every member the core's step and loop call, with the
+    checkpoint suffix the CLI checks outputs with before a framework is imported."""
+    from cream_core.search.loop import CHECKPOINT_SUFFIXES
+    from cream_core.search.searcher import SearchFramework
+
+    ops = _framework(framework)[0].SearchOps
+    members = _protocol_members(SearchFramework)
+    assert {"meta_first_order", "grad", "checkpoint_writer", "backend"} <= members
+    assert not sorted(n for n in members if not hasattr(ops, n))
+    assert ops.framework == framework == ops.backend.framework
+    assert ops.checkpoint_suffix == ops.backend.checkpoint_suffix == CHECKPOINT_SUFFIXES[framework]
+
+
+@pytest.mark.paddle
+@pytest.mark.parametrize("framework", ["torch", "paddle"])
+def test_legacy_sgd_state_round_trip(framework: str, two_entry_setup) -> None:
+    """Momentum buffers, live set and lrs leave as numpy and come back exactly; unknown names are
+    refused."""
+    S, _, backend = _framework(framework)
+    *_, x, y, cfg = two_entry_setup
+    m, board = _model_and_board(framework, two_entry_setup)
+    opt = S.LegacySGD(m, cfg.lr, cfg.meta_lr)
+    S.search_step(m, opt, board, backend.tensor(x), backend.tensor(y),
+                  [[0], [2], [5], [1, 3], [2], [0], [0]], 0, 1, cfg, S.make_loss_fn(0.1))
+    state = opt.state_dict()
+    assert state["momentum_buffer"] and all(isinstance(v, np.ndarray)
+                                            for v in state["momentum_buffer"].values())
+    other = S.LegacySGD(m, 0.0, 0.0)
+    other.load_state_dict(state)
+    again = other.state_dict()
+    assert again["live"] == state["live"] and again["lr"] == state["lr"] == [cfg.lr] * 2 + [cfg.meta_lr] * 2
+    assert all(np.array_equal(again["momentum_buffer"][k], v) for k, v in state["momentum_buffer"].items())
+    with pytest.raises(ValueError, match="unknown parameters"):
+        other.load_state_dict({**state, "momentum_buffer": {"nope.weight": np.zeros(1)}})

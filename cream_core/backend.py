@@ -1,0 +1,113 @@
+"""The framework-free half of the one backend per framework (``cream_torch_ref.backend.Backend``,
+``cream_paddle.backend.Backend``): how a run starts its processes and threads, the collectives
+built on one framework all-reduce, and nested state converted to and from numpy.
+
+A framework's ``Backend`` subclasses :class:`BackendBase` and supplies the leaves: its launcher's
+environment variable, thread and process-group setup, the all-reduces, tensor <-> numpy, and the
+model state in torch's names and layouts (through :mod:`cream_core.rules`). No framework import.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["BackendBase", "launched"]
+
+
+def launched(world_size_env: str) -> bool:
+    """Whether the launcher started this process as one of several (``world_size_env`` > 1)."""
+    return int(os.environ.get(world_size_env, "1")) > 1
+
+
+class BackendBase:
+    """Processes, collectives and numpy conversions of one run (the framework-free half).
+
+    Args:
+        distributed: join the process group (default: if the launcher started several processes).
+        threads: intra-op threads (``None``: leave the framework's setting).
+
+    Collectives return new values and leave their inputs untouched (one semantics for both
+    frameworks).
+    """
+
+    framework: str = ""
+    checkpoint_suffix: str = ""
+    #: the variable the framework's launcher sets to the number of processes
+    world_size_env: str = ""
+    #: ``set_threads(n)`` and ``init_distributed() -> (rank, world_size)`` of the framework
+    _set_threads: Callable[[Optional[int]], None]
+    _init_distributed: Callable[[], Tuple[int, int]]
+
+    def __init__(self, *, distributed: Optional[bool] = None, threads: Optional[int] = None) -> None:
+        type(self)._set_threads(threads)
+        if distributed is None:
+            distributed = launched(self.world_size_env)
+        self.rank, self.world_size = type(self)._init_distributed() if distributed else (0, 1)
+
+    # --- the framework half ---------------------------------------------------------------------
+    def _sum_over_ranks(self, value: float) -> float:
+        """The float64 all-reduce sum of ``value``."""
+        raise NotImplementedError
+
+    def mean_tensors(self, tensors: Sequence[Any]) -> List[Any]:
+        """The means of ``tensors`` over all processes, as new tensors (inputs unchanged)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def is_tensor(obj: Any) -> bool:
+        """Whether ``obj`` is a tensor of this framework."""
+        raise NotImplementedError
+
+    @staticmethod
+    def tensor(array: Any) -> Any:
+        """A tensor of a numpy array."""
+        raise NotImplementedError
+
+    @staticmethod
+    def to_numpy(tensor: Any) -> np.ndarray:
+        """A numpy copy of a tensor (detached)."""
+        raise NotImplementedError
+
+    # --- built on it ----------------------------------------------------------------------------
+    def mean_over_ranks(self, value: float) -> float:
+        """The mean of a float over all processes (float64 all-reduce)."""
+        if self.world_size <= 1:
+            return value
+        return self._sum_over_ranks(value) / self.world_size
+
+    def mean_floats(self, values: Sequence[float]) -> List[float]:
+        """The means of float32 scalars over all processes (one all-reduce)."""
+        if self.world_size <= 1:
+            return [float(v) for v in values]
+        red = self.mean_tensors([self.tensor(np.asarray(list(values), dtype=np.float32))])[0]
+        return [float(v) for v in self.to_numpy(red)]
+
+    @classmethod
+    def item(cls, value: Any) -> float:
+        """The first element of a tensor, or a number, as a float."""
+        return float(cls.to_numpy(value).reshape(-1)[0]) if cls.is_tensor(value) else float(value)
+
+    @classmethod
+    def tree_to_numpy(cls, obj: Any) -> Any:
+        """``obj`` with every tensor inside dicts, lists and tuples made a numpy array (tuples
+        become lists)."""
+        if cls.is_tensor(obj):
+            return cls.to_numpy(obj)
+        if isinstance(obj, Mapping):
+            return {k: cls.tree_to_numpy(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [cls.tree_to_numpy(v) for v in obj]
+        return obj
+
+    @classmethod
+    def tree_from_numpy(cls, obj: Any) -> Any:
+        """``obj`` with every numpy array inside dicts and lists made a tensor (copied)."""
+        if isinstance(obj, np.ndarray):
+            return cls.tensor(np.array(obj, copy=True))
+        if isinstance(obj, Mapping):
+            return {k: cls.tree_from_numpy(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [cls.tree_from_numpy(v) for v in obj]
+        return obj
