@@ -31,7 +31,7 @@ import yaml
 from cream_core.io.errors import ConfigError
 
 __all__ = ["Rule", "Layout", "Layer", "setting", "read_yaml", "flatten", "file_layer",
-           "field_layer", "load", "check_fields", "ConfigError"]
+           "field_layer", "coerce", "load", "check_fields", "ConfigError"]
 
 _RULE = "cream_rule"
 

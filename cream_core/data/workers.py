@@ -9,7 +9,7 @@ chunks were given, so the output never depends on the number of workers.
 Clean-up is one and the same however the iteration ends (the batches run out, a task or the
 consumer raises, the consumer stops early, Ctrl-C): the work not yet started is cancelled, the
 chunks already running finish (at most one per worker), and every worker process has exited before
-control returns to the caller; no signal is sent to a worker. Workers ignore SIGINT (Ctrl-C reaches
+control returns to the caller; no signal is sent to a working worker. Workers ignore SIGINT (Ctrl-C reaches
 the whole foreground process group; the parent alone handles it, so no worker prints a traceback)
 and take SIGTERM's default action (with ``fork`` they would inherit the parent's handlers: Paddle
 installs one that prints a "FatalError" report). A worker that dies (killed, out of memory) raises
