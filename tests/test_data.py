@@ -478,9 +478,34 @@ def test_pool_task_error_and_dead_worker(photo_classes: Path, kind: str, monkeyp
         list(make(ds, 2))
     assert _children() == before
     monkeypatch.setattr(target, _die_in_task)
-    with pytest.raises(RuntimeError, match="worker process died"):
-        list(make(ds, 2))
+    error = _within(DEAD_WORKER_WAIT_S, lambda: list(make(ds, 2)))
+    assert isinstance(error, RuntimeError) and "worker process died" in str(error), error
     assert _children() == before
+
+
+#: How long a loader may take to notice its dead worker (it takes < 2 s; a pool that loses the
+#: task waits forever, and the test must fail rather than hang the suite).
+DEAD_WORKER_WAIT_S = 60
+
+
+def _within(seconds: float, work) -> "BaseException | None":
+    """Run ``work`` in a daemon thread; its exception, or a failed test if it is still running
+    after ``seconds``."""
+    import threading
+
+    caught: List[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            caught.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"still waiting after {seconds} s for a dead worker's result"
+    return caught[0] if caught else None
 
 
 @pytest.mark.parametrize("kind", sorted(LOADERS))
