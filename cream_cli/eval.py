@@ -16,17 +16,19 @@ import os
 import sys
 from typing import Any, Dict, Mapping, Optional, Sequence
 
-from cream_core.arch import child_spec, model_names
+from cream_core.arch import child_spec
 from cream_core.io.cli_errors import exit_help, int_at_least
 from cream_core.io.errors import CheckpointError
 from cream_core.io.outputs import commit_files
-from cream_core.data import (EVAL_LAYOUTS, BadDataError, EvalLoader, EvalResult, ImageDataset,
-                        default_workers, open_eval_data)
+from cream_core.data import (BadDataError, EvalLoader, EvalResult, ImageDataset, default_workers,
+                             open_eval_data)
 from cream_core.data.eval_journal import (PARTIAL_SUFFIX, RESUME_SUFFIX, PredictionJournal,
                                      ResumeError, file_sha256, run_fingerprint)
 from cream_core.data.loader import DEFAULT_BATCH_SIZE, OMP_ENV
+from cream_core.data.val_inputs import add_eval_data_arguments
 
-from cream_cli.common import FRAMEWORKS, UsageError, guard_outputs, run_cli
+from cream_cli.common import (FRAMEWORKS, UsageError, add_framework_and_model, guard_outputs,
+                              run_cli)
 
 __all__ = ["FRAMEWORKS", "TORCH_SUFFIXES", "PADDLE_SUFFIXES", "OMP_ENV", "MIN_IMG_SIZE",
            "MAX_IMG_SIZE", "build_parser", "load_model", "run_eval", "summary_table", "main"]
@@ -59,20 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``cream-eval`` command line."""
     p = argparse.ArgumentParser(prog="cream-eval", description=__doc__, epilog=exit_help(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--framework", required=True, choices=FRAMEWORKS, help="which implementation runs")
-    p.add_argument("--model", required=True, choices=model_names(), metavar="NAME",
-                   help=f"released child net: {', '.join(model_names())}")
+    add_framework_and_model(p, "runs", "released child net")
     p.add_argument("--weights", required=True, metavar="FILE",
                    help="official .pth.tar (torch) or converted .pdparams (paddle; see convert-ckpt)")
-    p.add_argument("--data", required=True, metavar="PATH",
-                   help="ImageNet val folder (or the folder holding val/), class folders, a list "
-                        "file, the val tar (ILSVRC2012_img_val.tar) or the flat val folder")
-    p.add_argument("--labels", metavar="FILE",
-                   help="labels of the val tar / flat folder: ILSVRC2012_devkit_t12.tar.gz or "
-                        "LOC_val_solution.csv")
-    p.add_argument("--layout", default="auto", choices=EVAL_LAYOUTS,
-                   help="data layout (default: auto = tar / flat folder / list file / wnid folders "
-                        "/ class folders)")
+    add_eval_data_arguments(p)
     p.add_argument("--num-classes", type=int_at_least(1), default=None, metavar="N",
                    help="classifier width (default 1000, or the number of class folders)")
     p.add_argument("--img-size", type=_img_size, default=None, metavar="PX",

@@ -30,12 +30,12 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from cream_core.io.cli_errors import exit_help, int_at_least
-from cream_core.arch import model_names
 from cream_core.config.retrain import RetrainConfig, config_path, load_retrain_config
 from cream_core.io.errors import CheckpointError
 from cream_core.data import LAYOUTS, ImageDataset, open_dataset, open_train_val
 
-from cream_cli.common import FRAMEWORKS, UsageError, guard_outputs, run_cli, set_threads
+from cream_cli.common import (FRAMEWORKS, UsageError, add_framework_and_model, add_run_options,
+                              guard_outputs, run_cli, set_threads)
 
 __all__ = ["FRAMEWORKS", "build_parser", "run_train", "write_digits_dataset",
            "run_digits_demo", "main"]
@@ -51,9 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cream-train", description=__doc__,
                                 epilog=exit_help("the loss became NaN or inf"),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--framework", required=True, choices=FRAMEWORKS, help="which implementation trains")
-    p.add_argument("--model", required=True, choices=model_names(), metavar="NAME",
-                   help=f"child net: {', '.join(model_names())}")
+    add_framework_and_model(p, "trains", "child net")
     p.add_argument("--data", required=True, metavar="PATH",
                    help="folder with train/ (and val/), or the training set itself")
     p.add_argument("--val-data", metavar="PATH", help="evaluation set (default: DATA/val if present)")
@@ -72,11 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default: output/<model>-<framework>)")
     p.add_argument("--resume", metavar="FILE", help="continue from a checkpoint of this tool")
     p.add_argument("--force", action="store_true", help="start afresh in an --output that has a run")
-    p.add_argument("--workers", type=int_at_least(0), metavar="N", help="augmentation processes (0: none)")
     p.add_argument("--max-steps", type=int_at_least(1), metavar="N", help="at most N steps per epoch (smoke runs)")
-    p.add_argument("--threads", type=int_at_least(1), metavar="N", help="intra-op threads of the framework")
-    p.add_argument("--json", metavar="FILE", help="write the run's summary as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_options(p, "write the run's summary as JSON")
     return p
 
 

@@ -397,3 +397,199 @@ def test_write_json_leaves_no_temporary(tmp_path):
     cd.write_json(tmp_path / "r.json", {"a": 1})
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1}
     assert sorted(os.listdir(tmp_path)) == ["r.json", "val.txt"]  # no temporary left behind
+
+
+# --- the worker pool both loaders share: one clean-up however the iteration ends ------------------
+
+def _eval_batches(ds: "cd.ImageDataset", workers: int):
+    return iter(cd.EvalLoader(ds, 64, batch_size=1, workers=workers))
+
+
+def _train_batches(ds: "cd.ImageDataset", workers: int):
+    from cream_core.data.train_loader import TrainLoader
+    from cream_core.data.train_transforms import TrainTransform
+
+    return TrainLoader(ds, TrainTransform(64), 1, seed=0, workers=workers).epoch_batches(0)
+
+
+#: Every loader built on cream_core.data.workers, and the function its workers call per image.
+LOADERS = {"eval": (_eval_batches, "cream_core.data.loader._crop"),
+           "train": (_train_batches, "cream_core.data.train_loader.open_image")}
+
+
+@pytest.fixture(scope="module")
+def photo_classes(tmp_path_factory) -> Path:
+    """The bundled photos in two class folders."""
+    root = tmp_path_factory.mktemp("classes")
+    for i, p in enumerate(cd.sample_files()):
+        (root / "ab"[i % 2]).mkdir(exist_ok=True)
+        shutil.copy(p, root / "ab"[i % 2] / p.name)
+    return root
+
+
+def _children() -> set:
+    import multiprocessing as mp
+
+    return {p.pid for p in mp.active_children()}
+
+
+@pytest.mark.parametrize("kind", sorted(LOADERS))
+def test_pool_same_batches_and_no_worker_left(photo_classes: Path, kind: str) -> None:
+    """Exhausted, stopped early, or stopped by an error of the consumer: the same batches as in
+    one process, and every worker process has exited when control comes back."""
+    make, _ = LOADERS[kind]
+    ds = cd.open_dataset(photo_classes, "folder")
+    before = _children()
+    inline = [b.images for b in make(ds, 0)]
+    pooled = [b.images for b in make(ds, 2)]
+    assert len(pooled) == len(inline) == 8
+    for a, b in zip(inline, pooled):
+        np.testing.assert_array_equal(a, b)
+    assert _children() == before
+    it = make(ds, 2)
+    np.testing.assert_array_equal(next(it).images, inline[0])
+    it.close()  # an early break
+    assert _children() == before
+    with pytest.raises(RuntimeError, match="consumer"):
+        for _ in make(ds, 2):
+            raise RuntimeError("consumer")
+    assert _children() == before
+
+
+def _raise_in_task(*args, **kwargs):
+    raise ValueError("a task failed")
+
+
+def _die_in_task(*args, **kwargs):
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("kind", sorted(LOADERS))
+def test_pool_task_error_and_dead_worker(photo_classes: Path, kind: str, monkeypatch) -> None:
+    """A task's exception reaches the consumer; a worker killed mid-task (the OOM killer) is an
+    error, not a loader waiting forever for its result; no worker is left either way."""
+    make, target = LOADERS[kind]
+    ds = cd.open_dataset(photo_classes, "folder")
+    before = _children()
+    monkeypatch.setattr(target, _raise_in_task)
+    with pytest.raises(ValueError, match="a task failed"):
+        list(make(ds, 2))
+    assert _children() == before
+    monkeypatch.setattr(target, _die_in_task)
+    error = _within(DEAD_WORKER_WAIT_S, lambda: list(make(ds, 2)))
+    assert isinstance(error, RuntimeError) and "worker process died" in str(error), error
+    assert _children() == before
+
+
+#: How long a loader may take to notice its dead worker (it takes < 2 s; a pool that loses the
+#: task waits forever, and the test must fail rather than hang the suite).
+DEAD_WORKER_WAIT_S = 60
+
+
+def _within(seconds: float, work) -> "BaseException | None":
+    """Run ``work`` in a daemon thread; its exception, or a failed test if it is still running
+    after ``seconds``."""
+    import threading
+
+    caught: List[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            caught.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"still waiting after {seconds} s for a dead worker's result"
+    return caught[0] if caught else None
+
+
+@pytest.mark.parametrize("kind", sorted(LOADERS))
+def test_pool_workers_do_not_inherit_the_parents_signal_handlers(photo_classes: Path, kind: str,
+                                                                 tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """Workers ignore SIGINT (Ctrl-C is the parent's) and die quietly on SIGTERM, whatever the
+    parent installed (Paddle's SIGTERM handler prints a "FatalError" report); and no ending of the
+    iteration signals them (the parent's handler would otherwise have run in a worker)."""
+    import signal
+
+    make, target = LOADERS[kind]
+    ds = cd.open_dataset(photo_classes, "folder")
+    marker, parent = tmp_path / "ran", os.getpid()
+    module, name = target.rsplit(".", 1)
+    work = getattr(__import__(module, fromlist=[name]), name)
+
+    def checked(*args, **kwargs):
+        if (signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+                or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+            raise ValueError("a worker kept the parent's signal handlers")
+        return work(*args, **kwargs)
+
+    def handler(signum, frame) -> None:
+        if os.getpid() != parent:
+            marker.write_text("a worker ran the parent's SIGTERM handler")
+            os._exit(3)
+
+    monkeypatch.setattr(target, checked)
+    previous = (signal.signal(signal.SIGTERM, handler),
+                signal.signal(signal.SIGINT, signal.default_int_handler))
+    try:
+        assert len(list(make(ds, 2))) == 8
+        it = make(ds, 2)
+        next(it)
+        it.close()
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+    assert not marker.exists()
+
+
+_CTRL_C = """
+import multiprocessing as mp, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if started
+import cream_core.data as cd                               # from a job that ignores SIGINT
+sys.path.insert(0, sys.argv[2])
+from test_data import LOADERS
+ds = cd.open_dataset(sys.argv[1], "folder")
+make = LOADERS[sys.argv[3]][0]
+print("ready", flush=True)
+try:
+    while True:
+        for b in make(ds, 2):
+            time.sleep(0.02)
+except KeyboardInterrupt:
+    print("children left:", len(mp.active_children()), flush=True)
+    sys.exit(130)
+"""
+
+
+@pytest.mark.parametrize("kind", sorted(LOADERS))
+def test_pool_ctrl_c_is_the_parents_alone(photo_classes: Path, kind: str) -> None:
+    """Ctrl-C (SIGINT to the whole process group) mid-iteration: the parent stops cleanly with no
+    worker left, and no worker prints a traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-c", _CTRL_C, str(photo_classes),
+                          str(Path(__file__).parent), kind], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        time.sleep(1.0)  # several pools started and stopped; one is working now
+        os.killpg(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    assert p.returncode == 130, err
+    assert "children left: 0" in out
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

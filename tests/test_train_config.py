@@ -1,14 +1,19 @@
-"""The retraining recipe as data: retrain.yaml parsed into dataclasses, overrides, errors; drop masks."""
+"""The recipes as data: retrain.yaml and search.yaml parsed into dataclasses by one machinery
+(cream_core.config.schema), overrides, errors; drop masks."""
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict
 
 import numpy as np
 import pytest
 
 from cream_core.arch import model_names
 from cream_core.config.retrain import (AugmentConfig, ConfigError, RetrainConfig, config_path,
-                                load_retrain_config)
+                                       load_retrain_config)
+from cream_core.config.search import SearchConfig, load_search_config
 from cream_core.training.masks import MaskSpec, draw_keep_mask, step_masks
 
 
@@ -66,11 +71,11 @@ def test_user_file_and_overrides(tmp_path) -> None:
     ("epochs: 0\n", "epochs must be >= 1"),
     ("lr: fast\n", "lr must be a number"),
     ("sched: linear\n", "sched must be one of"),
-    ("learning_rate: 0.1\n", "unknown key 'learning_rate'"),
+    ("learning_rate: 0.1\n", "unknown key learning_rate; known: augment, batch_size"),
     ("augment:\n  re_mode: blur\n", "re_mode must be one of"),
     ("augment:\n  auto_augment: rand-m9-w0\n", "unsupported RandAugment section"),
     ("augment:\n  scale: [0.5]\n", "scale must be a list of 2"),
-    ("augment:\n  colour: 1\n", "unknown key 'augment.colour'"),
+    ("augment:\n  colour: 1\n", "unknown key augment.colour; known: augment.auto_augment"),
     ("[1, 2]\n", "expected a mapping"),
     ("epochs: [\n", "not valid YAML at line"),
     ("ema: yes please\n", "ema must be true or false"),
@@ -106,3 +111,100 @@ def test_masks_are_deterministic_and_scaled() -> None:
     r = a.rows(8, 16)
     np.testing.assert_array_equal(r.dropout, a.dropout[8:16])
     assert r.batch_size == 8
+
+
+# --- one machinery for both recipes ---------------------------------------------------------------
+#: Parse results of valid configs, written by the two config readers as they were before they were
+#: merged into cream_core.config.schema (commit dd7e297); the inputs are _valid_config_values'.
+VALUES_FILE = Path(__file__).parent / "data" / "config_values.json"
+
+
+def _valid_config_values(tmp: Path) -> Dict[str, Any]:
+    official = tmp / "train.yaml"  # official layout: PRE_PROB as a string, ignored and pinned keys
+    official.write_text("SEED: 42\nLR: 1.0\nMETA_LR: 1.0e-3\nNET:\n  EMA:\n    USE: True\nSUPERNET:\n"
+                        "  PICK_METHOD: 'top1'\n  PRE_PROB: (0.05,0.2,0.05,0.5,0.05,0.15)\n"
+                        "  RESUNIT: False\n  SLICE: 2.0\nDATASET:\n  BATCH_SIZE: 8\n")
+    mine = tmp / "mine.yaml"
+    mine.write_text("epochs: 7\naugment:\n  re_prob: 0.0\n  auto_augment: ''\n  color_jitter: 0\n")
+    user = load_retrain_config("cream-43", mine, batch_size=16, augment={"hflip": 0.0})
+    out = {"search_default": dataclasses.asdict(load_search_config()),
+           "search_official": dataclasses.asdict(load_search_config(official)),
+           "search_over": dataclasses.asdict(load_search_config(
+               official, batch_size=16, flops_minimum=10.0, pick_method="meta", fix_meta_value=True)),
+           "digits": load_retrain_config("cream-14", config_path("digits.yaml"), epochs=3).to_dict(),
+           "retrain_user": user.to_dict(),
+           "retrain_replace": user.replace(lr=0.01, augment={"re_prob": 0.3}).to_dict()}
+    out.update({f"retrain_{m}": load_retrain_config(m).to_dict() for m in model_names()})
+    return json.loads(json.dumps(out, default=list))  # tuples as lists, as in the file
+
+
+def test_valid_configs_parse_to_the_same_values_as_before(tmp_path: Path) -> None:
+    expected = json.loads(VALUES_FILE.read_text())
+    got = _valid_config_values(tmp_path)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert got[name] == expected[name], name
+
+
+def _search(path: Path) -> Any:
+    return load_search_config(path)
+
+
+def _retrain(path: Path) -> Any:
+    return load_retrain_config("cream-14", path)
+
+
+#: The same mistake in either recipe's file: (search text, retrain text, the message with {key}).
+SAME_MISTAKES = [
+    ("SUPERNET:\n  SLICEE: 4\n", "augment:\n  SLICEE: 4\n", "unknown key {key}.SLICEE; known: "),
+    ("LR: fast\n", "lr: fast\n", "{key} must be a number, got 'fast'"),
+    ("SEED: true\n", "seed: true\n", "{key} must be a number, got True"),
+    ("EPOCHS: 2.5\n", "epochs: 2.5\n", "{key} must be an integer, got 2.5"),
+    ("EPOCHS: 0\n", "epochs: 0\n", "{key} must be >= 1, got 0"),
+    ("SUPERNET: 3\n", "augment: 3\n", "{key} must be a mapping of settings, got 3"),
+    ("SUPERNET:\n  PICK_METHOD: best\n", "sched: best\n", "{key} must be one of "),
+    ("SUPERNET:\n  PRE_PROB: [1]\n", "augment:\n  mean: [1]\n", "{key} must be a list of "),
+    ("OPTIONS:\n  FIX_META_VALUE: 1\n", "ema: 1\n", "{key} must be true or false, got 1"),
+    ("[1]\n", "[1]\n", "expected a mapping of settings, got list"),
+    ("LR: [\n", "lr: [\n", "not valid YAML at line 2"),
+]
+_KEYS = {"search": ["SUPERNET", "LR", "SEED", "EPOCHS", "EPOCHS", "SUPERNET",
+                    "SUPERNET.PICK_METHOD", "SUPERNET.PRE_PROB", "OPTIONS.FIX_META_VALUE", "", ""],
+         "retrain": ["augment", "lr", "seed", "epochs", "epochs", "augment", "sched",
+                     "augment.mean", "ema", "", ""]}
+
+
+@pytest.mark.parametrize("recipe, load", [("search", _search), ("retrain", _retrain)])
+@pytest.mark.parametrize("case", range(len(SAME_MISTAKES)))
+def test_same_mistake_same_error(tmp_path: Path, recipe: str, load: Callable[[Path], Any],
+                                 case: int) -> None:
+    """Both recipes read files through cream_core.config.schema: one wording for one mistake,
+    naming the file and the key, on one line."""
+    search_text, retrain_text, message = SAME_MISTAKES[case]
+    f = tmp_path / "bad.yaml"
+    f.write_text(search_text if recipe == "search" else retrain_text)
+    with pytest.raises(ConfigError) as e:
+        load(f)
+    assert str(e.value).startswith(f"{f}: " + message.format(key=_KEYS[recipe][case]))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("load", [_search, _retrain])
+def test_missing_file_and_numbers_written_as_strings(tmp_path: Path,
+                                                     load: Callable[[Path], Any]) -> None:
+    """PyYAML reads ``1e-4`` as a string (yacs, for which the official files were written, as a
+    number): both recipes take it as the number."""
+    with pytest.raises(ConfigError, match=r"nope.yaml: config file not found"):
+        load(tmp_path / "nope.yaml")
+    f = tmp_path / "lr.yaml"
+    f.write_text("LR: 1e-4\n" if load is _search else "lr: 1e-4\n")
+    assert load(f).lr == 1e-4
+
+
+def test_search_check_applies_the_field_rules() -> None:
+    """A SearchConfig built in code (parity search-step does) gets the checks a file's values get."""
+    with pytest.raises(ConfigError, match="SUPERNET.PICK_METHOD must be one of"):
+        SearchConfig(pick_method="best").check("golden.json")
+    with pytest.raises(ConfigError, match="DATASET.BATCH_SIZE must be >= 1"):
+        SearchConfig(batch_size=0).check("golden.json")
+    assert SearchConfig().check() == SearchConfig()

@@ -1,8 +1,9 @@
 """Batches of official-eval crops (uint8 NCHW numpy) decoded by worker processes, in a fixed order.
 
 Decoding and resizing JPEGs is most of the end-to-end cost at small resolutions, so each batch is
-split into chunks handed to a pool of worker processes; results are reassembled in dataset order,
-so the output never depends on the number of workers. At most ``prefetch`` batches are in flight,
+split into chunks handed to the worker pool of :mod:`cream_core.data.workers` (shared with the
+training loader: same order, same clean-up); results are reassembled in dataset order, so the
+output never depends on the number of workers. At most ``prefetch`` batches are decoded ahead,
 which bounds memory on the 50 000 images of ImageNet val.
 
 Normalisation is *not* done here: :func:`cream_core.data.transforms.normalize` turns the uint8 batch into
@@ -11,13 +12,8 @@ collation).
 """
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import signal
-import sys
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -25,6 +21,8 @@ from cream_core.data.datasets import ImageDataset, Sample
 from cream_core.data.errors import BadDataError, BadItem
 from cream_core.data.transforms import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, EvalTransform
 from cream_core.data.val_inputs import TarMember
+from cream_core.data.workers import (DEFAULT_PREFETCH, default_start_method, default_workers,
+                                     ordered_batches)
 
 __all__ = ["Batch", "EvalLoader", "default_workers", "DEFAULT_BATCH_SIZE", "DEFAULT_PREFETCH",
            "OMP_ENV"]
@@ -36,18 +34,6 @@ DEFAULT_BATCH_SIZE: int = 64
 #: cores from each other and from the decoders: measured on 2 cores under load, torch with 2
 #: threads went from 14 to 365 images/s with passive waiting (bench/eval_bench.py --omp-wait).
 OMP_ENV: Dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
-#: Batches decoded ahead of the one being evaluated.
-DEFAULT_PREFETCH: int = 2
-
-
-def default_workers() -> int:
-    """One decoding process per CPU core the process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 @dataclass
 class Batch:
     """Preprocessed images with their labels, dataset positions and paths."""
@@ -64,16 +50,6 @@ class Batch:
 
 
 _Chunk = Tuple[np.ndarray, List[int], List[BadItem]]
-
-
-def _worker_init() -> None:
-    """Workers leave Ctrl-C to the parent and die quietly on SIGTERM.
-
-    With ``fork`` they inherit the parent's signal handlers (Paddle installs one that prints a
-    "FatalError" report on SIGTERM), which must not fire when the pool is shut down.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _crop(transform: EvalTransform, sample: Sample) -> np.ndarray:
@@ -115,8 +91,8 @@ class EvalLoader:
         skip_bad: skip unreadable images (recorded in :attr:`skipped`) instead of raising
             :class:`~cream_core.data.errors.BadDataError` on the first one.
         prefetch: batches decoded ahead.
-        start_method: multiprocessing start method (default ``fork`` on Linux, ``spawn``
-            elsewhere; workers only run PIL and numpy).
+        start_method: multiprocessing start method (default
+            :func:`~cream_core.data.workers.default_start_method`).
     """
 
     def __init__(self, dataset: ImageDataset, img_size: int, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -131,9 +107,7 @@ class EvalLoader:
         self.workers = default_workers() if workers is None else max(0, int(workers))
         self.skip_bad = skip_bad
         self.prefetch = max(1, prefetch)
-        if start_method is None:  # fork starts fast; elsewhere it is unsafe with frameworks loaded
-            start_method = "fork" if sys.platform.startswith("linux") else "spawn"
-        self.start_method = start_method
+        self.start_method = start_method or default_start_method()
         #: Files skipped while indexing (``dataset.problems``) and while decoding.
         self.skipped: List[BadItem] = list(dataset.problems)
         self._decode_skipped: List[BadItem] = []
@@ -188,42 +162,10 @@ class EvalLoader:
         self._decode_skipped = []
         every = self._batches()
         ids = range(len(every)) if batch_ids is None else list(batch_ids)
-        batches = [(i, every[i]) for i in ids]
-        if self.workers == 0:
-            for i, b in batches:
-                out = self._assemble([_decode_chunk(self.transform, b, self.skip_bad)], i)
-                if len(out) or keep_empty:
-                    yield out
-            return
-        ctx = mp.get_context(self.start_method)
-        pool = ctx.Pool(processes=self.workers, initializer=_worker_init)
-        finished = False
-        try:
-            pending: Deque[list] = deque()
-            it = iter(batches)
-
-            def submit() -> bool:
-                nb = next(it, None)
-                if nb is None:
-                    return False
-                pending.append((nb[0], [pool.apply_async(_decode_chunk,
-                                                         (self.transform, c, self.skip_bad))
-                                        for c in self._split(nb[1])]))
-                return True
-
-            for _ in range(self.prefetch + 1):
-                if not submit():
-                    break
-            while pending:
-                batch_id, results = pending.popleft()
-                out = self._assemble([r.get() for r in results], batch_id)
-                submit()
-                if len(out) or keep_empty:
-                    yield out
-            finished = True
-        finally:
-            if finished:
-                pool.close()  # let the idle workers exit on their own
-            else:
-                pool.terminate()  # an error or an abandoned iteration: stop decoding now
-            pool.join()
+        jobs = ((i, [(self.transform, c, self.skip_bad) for c in self._split(every[i])])
+                for i in ids)
+        for batch_id, chunks in ordered_batches(_decode_chunk, jobs, self.workers, self.prefetch,
+                                                self.start_method):
+            out = self._assemble(chunks, batch_id)
+            if len(out) or keep_empty:
+                yield out

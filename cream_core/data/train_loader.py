@@ -13,18 +13,16 @@ Nothing here imports torch or Paddle.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Deque, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from cream_core.data.datasets import ImageDataset
 from cream_core.data.errors import BadDataError, BadItem
-from cream_core.data.loader import DEFAULT_PREFETCH, default_workers
 from cream_core.data.train_transforms import TrainTransform
 from cream_core.data.transforms import open_image
+from cream_core.data.workers import DEFAULT_PREFETCH, default_workers, ordered_batches
 
 __all__ = ["TrainBatch", "TrainLoader", "epoch_order"]
 
@@ -80,8 +78,11 @@ class TrainLoader:
         batch_size: images per step *per rank* (the official ``BATCH_SIZE``).
         seed: run seed (shuffle, augmentation).
         rank, world_size: data-parallel position; the global batch is ``batch_size * world_size``.
-        workers: augmentation processes (0: in this process).
+        workers: augmentation processes (0: in this process), the pool of
+            :mod:`cream_core.data.workers` (shared with the eval loader: same order, same clean-up).
         prefetch: batches prepared ahead.
+        start_method: multiprocessing start method (default
+            :func:`~cream_core.data.workers.default_start_method`).
     """
 
     dataset: ImageDataset
@@ -140,42 +141,15 @@ class TrainLoader:
         return TrainBatch(images, labels, idx, epoch, step, (start, start + len(idx)),
                           self.global_batch)
 
+    def _jobs(self, order: np.ndarray, epoch: int, start_step: int) -> Iterator[tuple]:
+        """``((step, items), chunks)`` of the steps from ``start_step`` on, for the worker pool."""
+        for s in range(start_step, len(self)):
+            items = self._rank_items(order, s)
+            yield (s, items), [(self.transform, self.seed, epoch, c) for c in self._split(items)]
+
     def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[TrainBatch]:
         """This rank's batches of ``epoch``, from ``start_step`` on."""
-        order = epoch_order(len(self.dataset), self.seed, epoch)
-        steps = range(start_step, len(self))
-        if not self.workers:
-            for s in steps:
-                items = self._rank_items(order, s)
-                yield self._batch(epoch, s, items,
-                                  _collect([_augment_chunk(self.transform, self.seed, epoch,
-                                                           items)]))
-            return
-        method = self.start_method or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = mp.get_context(method).Pool(processes=int(self.workers))
-        try:
-            pending: Deque[Tuple[int, List[Tuple[int, str]], list]] = deque()
-            it = iter(steps)
-
-            def submit() -> bool:
-                s = next(it, None)
-                if s is None:
-                    return False
-                items = self._rank_items(order, s)
-                pending.append((s, items, [
-                    pool.apply_async(_augment_chunk, (self.transform, self.seed, epoch, c))
-                    for c in self._split(items)]))
-                return True
-
-            for _ in range(self.prefetch + 1):
-                if not submit():
-                    break
-            while pending:
-                s, items, results = pending.popleft()
-                images = _collect([r.get() for r in results])
-                submit()
-                yield self._batch(epoch, s, items, images)
-            pool.close()
-        finally:
-            pool.terminate()
-            pool.join()
+        jobs = self._jobs(epoch_order(len(self.dataset), self.seed, epoch), epoch, start_step)
+        for (s, items), chunks in ordered_batches(_augment_chunk, jobs, int(self.workers or 0),
+                                                  self.prefetch, self.start_method):
+            yield self._batch(epoch, s, items, _collect(chunks))

@@ -18,6 +18,7 @@ bad items: one-line errors, or with ``skip_bad`` listed and skipped.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import tarfile
 from dataclasses import dataclass, replace
@@ -33,7 +34,7 @@ from cream_core.data.transforms import open_image_bytes
 from cream_core.data.val_labels import LabelFileError, read_labels, val_image_id
 
 __all__ = ["EVAL_LAYOUTS", "LABELLED_LAYOUTS", "TarMember", "tar_dataset", "flat_folder",
-           "open_eval_data", "guess_eval_layout"]
+           "open_eval_data", "guess_eval_layout", "add_eval_data_arguments"]
 
 #: Layouts that take their labels from ``--labels``.
 LABELLED_LAYOUTS: Tuple[str, ...] = ("tar", "flat")
@@ -229,3 +230,17 @@ def open_eval_data(data: "os.PathLike[str] | str", layout: str = "auto",
         raise LabelFileError(lab, "--labels is for the flat val folder or the val tar; this data "
                                   "carries its own labels")
     return open_dataset(p, layout, num_classes, skip_bad=skip_bad)
+
+
+def add_eval_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--data``, ``--labels`` and ``--layout`` of the evaluation commands (``cream-eval``,
+    ``parity eval``): what :func:`open_eval_data` reads, said once."""
+    parser.add_argument("--data", required=True, metavar="PATH",
+                        help="ImageNet val folder (or the folder holding val/), class folders, a "
+                             "list file, the val tar (ILSVRC2012_img_val.tar) or the flat val folder")
+    parser.add_argument("--labels", metavar="FILE",
+                        help="labels of the val tar / flat folder: ILSVRC2012_devkit_t12.tar.gz or "
+                             "LOC_val_solution.csv")
+    parser.add_argument("--layout", default="auto", choices=EVAL_LAYOUTS,
+                        help="data layout (default: auto = tar / flat folder / list file / wnid "
+                             "folders / class folders)")

@@ -19,7 +19,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 from cream_core.io.outputs import commit_files, recover_commits
 
@@ -163,6 +163,127 @@ def _read_summary(path: str, before_epoch: int) -> List[EpochRecord]:
     return rows
 
 
+@dataclass
+class _Run:
+    """What one call of :func:`run_training` carries from epoch to epoch."""
+
+    cfg: Any
+    backend: TrainBackend
+    loader: TrainLoader
+    eval_loader: Optional[EvalLoader]
+    spec: MaskSpec
+    names: Dict[str, str]
+    steps_per_epoch: int
+    progress: bool
+    log: Callable[[str], None]
+    result: TrainResult
+    history: List[EpochRecord] = field(default_factory=list)
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that evaluates, writes and logs."""
+        return self.backend.rank == 0
+
+
+def _metric(backend: TrainBackend, rec: EpochRecord) -> float:
+    """The epoch's figure of merit: EMA top-1 when the run keeps an EMA, else the model's."""
+    return rec.ema_top1 if backend.has_ema else rec.top1
+
+
+def _resume(run: _Run, resume: str) -> int:
+    """Load ``resume``, take back the summary rows and the best epoch before it; the next epoch."""
+    start_epoch = run.backend.load(resume) + 1
+    if run.names:
+        run.history = _read_summary(run.names["summary"], start_epoch)
+        for r in run.history:
+            m = _metric(run.backend, r)
+            if not math.isnan(m) and m > run.best_metric:
+                run.best_metric, run.best_epoch = m, r.epoch
+    if run.main:
+        run.log(f"resumed from {resume}: continuing at epoch {start_epoch}")
+    return start_epoch
+
+
+def _train_epoch(run: _Run, epoch: int, lr: float) -> Tuple[float, int]:
+    """Every step of ``epoch`` (at most ``steps_per_epoch``): the sum of the losses and the steps."""
+    backend, cfg, total = run.backend, run.cfg, run.cfg.total_epochs
+    bar = None
+    if run.progress and run.main:
+        from tqdm import tqdm
+        bar = tqdm(total=run.steps_per_epoch, desc=f"{backend.framework} epoch {epoch}/{total - 1}",
+                   unit="step", leave=False, dynamic_ncols=True)
+    loss_sum, n = 0.0, 0
+    try:
+        for batch in run.loader.epoch_batches(epoch):
+            if n >= run.steps_per_epoch:
+                break
+            masks = step_masks(run.spec, cfg.seed, epoch, batch.step, batch.global_size)
+            loss = backend.train_step(batch, masks.rows(*batch.rows))
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"{backend.framework}: loss is {loss} at epoch {epoch} "
+                                         f"step {batch.step}; training diverged")
+            loss_sum += loss
+            n += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return loss_sum, n
+
+
+def _evaluate(run: _Run, rec: EpochRecord) -> None:
+    """Evaluate the model (and its EMA) into ``rec`` and the result's final evaluations."""
+    ev = run.backend.evaluate(run.eval_loader, ema=False)
+    rec.top1, rec.top5, rec.eval_loss = ev.top1, ev.top5, ev.loss
+    run.result.final_eval = ev
+    if run.backend.has_ema:
+        ee = run.backend.evaluate(run.eval_loader, ema=True)
+        rec.ema_top1, rec.ema_top5, rec.ema_loss = ee.top1, ee.top5, ee.loss
+        run.result.final_ema_eval = ee
+
+
+def _log_epoch(run: _Run, rec: EpochRecord) -> None:
+    parts = [f"epoch {rec.epoch}: lr {rec.lr:.4g} loss {rec.train_loss:.4f} ({rec.steps} steps, "
+             f"{rec.seconds:.1f} s)"]
+    if not math.isnan(rec.top1):
+        parts.append(f"top-1 {rec.top1:.2f} top-5 {rec.top5:.2f}")
+    if not math.isnan(rec.ema_top1):
+        parts.append(f"EMA top-1 {rec.ema_top1:.2f} top-5 {rec.ema_top5:.2f}")
+    run.log("; ".join(parts))
+
+
+def _run_epoch(run: _Run, epoch: int) -> None:
+    """Train one epoch, evaluate when due, step the schedule, commit the epoch's files, log."""
+    backend, cfg = run.backend, run.cfg
+    t0 = time.perf_counter()
+    lr = backend.lr()
+    loss_sum, n = _train_epoch(run, epoch, lr)
+    run.result.steps += n
+    rec = EpochRecord(epoch, lr, backend.mean_over_ranks(loss_sum / max(n, 1)), n, 0.0)
+    last = epoch == cfg.total_epochs - 1
+    if run.eval_loader is not None and run.main and (
+            last or (cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0)):
+        _evaluate(run, rec)
+    backend.set_epoch(epoch + 1)
+    rec.seconds = time.perf_counter() - t0
+    run.history.append(rec)
+    run.result.epochs_run.append(epoch)
+    metric = _metric(backend, rec)
+    improved = not math.isnan(metric) and metric > run.best_metric
+    if improved:
+        run.best_metric, run.best_epoch = metric, epoch
+    if run.names and run.main:
+        _commit_epoch(backend, run.names, epoch, metric, improved, run.history)
+        run.result.last_checkpoint = run.names["last"]
+    backend.barrier()
+    if run.main:
+        _log_epoch(run, rec)
+
+
 def run_training(cfg: Any, backend: TrainBackend, train_set: ImageDataset,
                  val_set: Optional[ImageDataset], output_dir: Optional[str], *,
                  resume: Optional[str] = None, workers: Optional[int] = None,
@@ -173,100 +294,29 @@ def run_training(cfg: Any, backend: TrainBackend, train_set: ImageDataset,
     ``output_dir`` receives ``last``/``model_best`` checkpoints and ``summary.csv`` (rank 0 only;
     ``None`` writes nothing). ``max_steps`` caps the steps per epoch (tests, benchmarks).
     """
-    main = backend.rank == 0
-    transform = TrainTransform.from_config(cfg.img_size, cfg.augment)
-    loader = TrainLoader(train_set, transform, cfg.batch_size, cfg.seed, backend.rank,
-                         backend.world_size, workers)
+    loader = TrainLoader(train_set, TrainTransform.from_config(cfg.img_size, cfg.augment),
+                         cfg.batch_size, cfg.seed, backend.rank, backend.world_size, workers)
     eval_loader = EvalLoader(val_set, cfg.img_size, cfg.eval_batch_size, workers=workers) \
         if val_set is not None else None
-    spec = backend.mask_spec()
-    names = checkpoint_names(output_dir, backend.checkpoint_suffix) if output_dir else {}
-    start_epoch = 0
-    history: List[EpochRecord] = []
-    best_metric, best_epoch = -math.inf, -1
-    if output_dir and main:
+    run = _Run(cfg, backend, loader, eval_loader, backend.mask_spec(),
+               checkpoint_names(output_dir, backend.checkpoint_suffix) if output_dir else {},
+               len(loader) if max_steps is None else min(len(loader), max_steps), progress, log,
+               TrainResult(backend.framework, cfg.model, []))
+    if output_dir and run.main:
         recover_commits([output_dir])  # a run killed inside its last commit: finish it first
     backend.barrier()
-    if resume:
-        start_epoch = backend.load(resume) + 1
-        if names:
-            history = _read_summary(names["summary"], start_epoch)
-            for r in history:
-                m = r.ema_top1 if backend.has_ema else r.top1
-                if not math.isnan(m) and m > best_metric:
-                    best_metric, best_epoch = m, r.epoch
-        if main:
-            log(f"resumed from {resume}: continuing at epoch {start_epoch}")
+    start_epoch = _resume(run, resume) if resume else 0
     backend.set_epoch(start_epoch)
-    total = cfg.total_epochs
-    steps_per_epoch = len(loader) if max_steps is None else min(len(loader), max_steps)
-    result = TrainResult(backend.framework, cfg.model, [])
-    if output_dir and main:
+    if output_dir and run.main:
         os.makedirs(output_dir, exist_ok=True)
     t_run = time.perf_counter()
-    for epoch in range(start_epoch, total):
-        t0 = time.perf_counter()
-        lr = backend.lr()
-        bar = None
-        if progress and main:
-            from tqdm import tqdm
-            bar = tqdm(total=steps_per_epoch, desc=f"{backend.framework} epoch {epoch}/{total - 1}",
-                       unit="step", leave=False, dynamic_ncols=True)
-        loss_sum, n = 0.0, 0
-        try:
-            for batch in loader.epoch_batches(epoch):
-                if n >= steps_per_epoch:
-                    break
-                masks = step_masks(spec, cfg.seed, epoch, batch.step, batch.global_size)
-                loss = backend.train_step(batch, masks.rows(*batch.rows))
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"{backend.framework}: loss is {loss} at epoch {epoch} "
-                                             f"step {batch.step}; training diverged")
-                loss_sum += loss
-                n += 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}")
-        finally:
-            if bar is not None:
-                bar.close()
-        result.steps += n
-        train_loss = backend.mean_over_ranks(loss_sum / max(n, 1))
-        rec = EpochRecord(epoch, lr, train_loss, n, 0.0)
-        last = epoch == total - 1
-        if eval_loader is not None and main and (
-                last or (cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0)):
-            ev = backend.evaluate(eval_loader, ema=False)
-            rec.top1, rec.top5, rec.eval_loss = ev.top1, ev.top5, ev.loss
-            result.final_eval = ev
-            if backend.has_ema:
-                ee = backend.evaluate(eval_loader, ema=True)
-                rec.ema_top1, rec.ema_top5, rec.ema_loss = ee.top1, ee.top5, ee.loss
-                result.final_ema_eval = ee
-        backend.set_epoch(epoch + 1)
-        rec.seconds = time.perf_counter() - t0
-        history.append(rec)
-        result.epochs_run.append(epoch)
-        metric = rec.ema_top1 if backend.has_ema else rec.top1
-        improved = not math.isnan(metric) and metric > best_metric
-        if improved:
-            best_metric, best_epoch = metric, epoch
-        if names and main:
-            _commit_epoch(backend, names, epoch, metric, improved, history)
-            result.last_checkpoint = names["last"]
-        backend.barrier()
-        if main:
-            parts = [f"epoch {epoch}: lr {lr:.4g} loss {train_loss:.4f} ({n} steps, "
-                     f"{rec.seconds:.1f} s)"]
-            if not math.isnan(rec.top1):
-                parts.append(f"top-1 {rec.top1:.2f} top-5 {rec.top5:.2f}")
-            if not math.isnan(rec.ema_top1):
-                parts.append(f"EMA top-1 {rec.ema_top1:.2f} top-5 {rec.ema_top5:.2f}")
-            log("; ".join(parts))
-    result.history = history
-    if names and best_epoch >= 0:
-        result.best_checkpoint = names["best"]
-    result.best_metric = best_metric if best_epoch >= 0 else math.nan
-    result.best_epoch = best_epoch
+    for epoch in range(start_epoch, cfg.total_epochs):
+        _run_epoch(run, epoch)
+    result = run.result
+    result.history = run.history
+    if run.names and run.best_epoch >= 0:
+        result.best_checkpoint = run.names["best"]
+    result.best_metric = run.best_metric if run.best_epoch >= 0 else math.nan
+    result.best_epoch = run.best_epoch
     result.seconds = time.perf_counter() - t_run
     return result

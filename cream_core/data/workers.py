@@ -1,0 +1,123 @@
+"""One ordered, prefetching pool of worker processes for every loader (eval and training batches).
+
+A loader hands :func:`ordered_batches` its batches one by one, each cut into chunks (the argument
+tuples of one task each); the pool (the standard library's
+:class:`concurrent.futures.ProcessPoolExecutor`) works on at most ``prefetch + 1`` batches at a
+time, which bounds memory, and gives back each batch's results in the order the batches and their
+chunks were given, so the output never depends on the number of workers.
+
+Clean-up is one and the same however the iteration ends (the batches run out, a task or the
+consumer raises, the consumer stops early, Ctrl-C): the work not yet started is cancelled, the
+chunks already running finish (at most one per worker), and every worker process has exited before
+control returns to the caller; no signal is sent to a working worker. Workers ignore SIGINT (Ctrl-C reaches
+the whole foreground process group; the parent alone handles it, so no worker prints a traceback)
+and take SIGTERM's default action (with ``fork`` they would inherit the parent's handlers: Paddle
+installs one that prints a "FatalError" report). A worker that dies (killed, out of memory) raises
+:class:`WorkerDied` instead of leaving the loader waiting forever for its result.
+
+Nothing here imports torch or Paddle.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from typing import (Any, Callable, Deque, Iterable, Iterator, List, Optional, Sequence, Tuple,
+                    TypeVar)
+
+__all__ = ["ordered_batches", "default_workers", "default_start_method", "WorkerDied",
+           "DEFAULT_PREFETCH"]
+
+#: Batches worked on ahead of the one being consumed.
+DEFAULT_PREFETCH: int = 2
+
+K = TypeVar("K")
+R = TypeVar("R")
+
+
+class WorkerDied(RuntimeError):
+    """A worker process ended without finishing its task (killed, out of memory)."""
+
+
+def default_workers() -> int:
+    """One worker process per CPU core the process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_start_method() -> str:
+    """``fork`` on Linux (starts fast; workers only run PIL and numpy), ``spawn`` elsewhere (fork
+    is unsafe there with the frameworks loaded)."""
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
+def _worker_init() -> None:
+    """Workers leave Ctrl-C to the parent and die quietly on SIGTERM."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives while the pool starts, takes work or shuts down, and deliver it
+    after: a KeyboardInterrupt raised half-way through those leaves worker processes behind, and a
+    worker forked in that window would print its own traceback (tests/test_data.py's Ctrl-C test
+    did either in 4 of 5 runs before). Only the main thread receives signals; a handler that is
+    not Python's (ignored, default) has nothing to hold."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+    held: List[Any] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            previous(signal.SIGINT, held[0])
+
+
+def ordered_batches(task: Callable[..., R], batches: Iterable[Tuple[K, Sequence[Tuple[Any, ...]]]],
+                    workers: int, prefetch: int = DEFAULT_PREFETCH,
+                    start_method: Optional[str] = None) -> Iterator[Tuple[K, List[R]]]:
+    """``(key, [task(*args) for args in chunks])`` for each ``(key, chunks)`` of ``batches``, in
+    order, computed by ``workers`` processes (0: in this process, one chunk after the other)."""
+    if workers <= 0:
+        for key, chunks in batches:
+            yield key, [task(*args) for args in chunks]
+        return
+    with _ctrl_c_held():
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
+                                   mp_context=mp.get_context(start_method or default_start_method()))
+    pending: Deque[Tuple[K, List["Future[R]"]]] = deque()
+    todo = iter(batches)
+
+    def submit() -> None:
+        with _ctrl_c_held():
+            for key, chunks in todo:
+                pending.append((key, [pool.submit(task, *args) for args in chunks]))
+                return
+
+    try:
+        for _ in range(max(0, prefetch) + 1):
+            submit()
+        while pending:
+            key, futures = pending.popleft()
+            results = [f.result() for f in futures]
+            submit()
+            yield key, results
+    except BrokenProcessPool:
+        raise WorkerDied("a data-loading worker process died before finishing its task (killed, "
+                         "or out of memory?); try fewer --workers or a smaller batch") from None
+    finally:
+        with _ctrl_c_held():
+            pool.shutdown(wait=True, cancel_futures=True)
