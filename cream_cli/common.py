@@ -3,7 +3,6 @@ convention (exit codes, one-line errors, validators) is :mod:`cream_core.io.cli_
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Dict, Iterable, Optional
 
@@ -19,24 +18,19 @@ FRAMEWORKS = ("torch", "paddle")
 
 
 def set_threads(framework: str, threads: Optional[int]) -> None:
-    """Use ``threads`` intra-op threads in ``framework`` (``None``/0: the framework's default)."""
+    """Use ``threads`` intra-op threads in ``framework`` (``None``/0: the framework's default),
+    through that framework's backend (``cream_torch_ref.backend`` / ``cream_paddle.backend``)."""
+    if framework not in FRAMEWORKS:
+        raise UsageError(f"unknown framework {framework!r}; choose one of {', '.join(FRAMEWORKS)}")
+    if threads is not None and threads < 0:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
     if not threads:
         return
-    if threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {threads}")
     if framework == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
-    elif framework == "paddle":
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # read by worker processes started later
-        import paddle
-
-        core = getattr(getattr(paddle, "base", None), "core", None)
-        if core is not None and hasattr(core, "set_num_threads"):
-            core.set_num_threads(threads)  # the math libraries' thread count
+        from cream_torch_ref.backend import set_threads as set_framework_threads
     else:
-        raise UsageError(f"unknown framework {framework!r}; choose one of {', '.join(FRAMEWORKS)}")
+        from cream_paddle.backend import set_threads as set_framework_threads
+    set_framework_threads(threads)
 
 
 def guard_outputs(prog: str, files: Dict[str, Optional[str]], inputs: Iterable[Optional[str]],

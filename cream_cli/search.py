@@ -44,7 +44,8 @@ from cream_core.search.loop import (BEST_ARCH, LOG_NAME, SearchOptions, SearchOu
                                     checkpoint_path)
 from cream_core.search import loop
 
-from cream_cli.common import FRAMEWORKS, UsageError, guard_outputs, run_cli, set_threads
+from cream_cli.common import (FRAMEWORKS, UsageError, add_run_options, guard_outputs, run_cli,
+                              set_threads)
 
 __all__ = ["FRAMEWORKS", "SearchOptions", "SearchOutcome", "build_parser", "run_search", "main",
            "checkpoint_path", "BEST_ARCH", "LOG_NAME"]
@@ -115,10 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "end always)")
     p.add_argument("--max-iters", type=int_at_least(1), metavar="N", help="stop after N iterations (smoke runs)")
     p.add_argument("--val-batches", type=int_at_least(1), metavar="N", help="evaluate at most N batches per epoch")
-    p.add_argument("--workers", type=int_at_least(0), metavar="N", help="augmentation processes (0: none)")
-    p.add_argument("--threads", type=int_at_least(1), metavar="N", help="intra-op threads of the framework")
-    p.add_argument("--json", metavar="FILE", help="write the outcome as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_run_options(p, "write the outcome as JSON")
     return p
 
 

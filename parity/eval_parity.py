@@ -33,10 +33,11 @@ import numpy as np
 from cream_core.arch import child_spec, model_names
 from cream_core.io.cli_errors import float_in, int_at_least
 from cream_core.io.outputs import prepare_outputs
-from cream_core.data import (EVAL_LAYOUTS, BadDataError, BadItem, EvalAccumulator, EvalLoader, EvalResult,
+from cream_core.data import (BadDataError, BadItem, EvalAccumulator, EvalLoader, EvalResult,
                         iterate_normalized, open_eval_data, progress_bar,
                         write_json)
 from cream_core.data.loader import DEFAULT_BATCH_SIZE, OMP_ENV
+from cream_core.data.val_inputs import add_eval_data_arguments
 
 from .subcommand import Subcommand
 from .tolerances import LAYER_FP32, LOGITS_FP32, Tolerance
@@ -247,15 +248,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, choices=model_names(), metavar="NAME",
                    help=f"released child net: {', '.join(model_names())}")
     p.add_argument("--ckpt", required=True, metavar="FILE", help="official .pth.tar checkpoint")
-    p.add_argument("--data", required=True, metavar="PATH",
-                   help="ImageNet val folder (or its parent), class folders, a list file, the val "
-                        "tar or the flat val folder")
-    p.add_argument("--labels", metavar="FILE",
-                   help="labels of the val tar / flat folder: ILSVRC2012_devkit_t12.tar.gz or "
-                        "LOC_val_solution.csv")
+    add_eval_data_arguments(p)  # --data, --labels, --layout, as cream-eval
     p.add_argument("--paddle-weights", metavar="FILE",
                    help="converted .pdparams to use (default: convert --ckpt into a temporary folder)")
-    p.add_argument("--layout", default="auto", choices=EVAL_LAYOUTS)
     p.add_argument("--num-classes", type=int_at_least(1), default=None, metavar="N")
     p.add_argument("--img-size", type=int, default=None, metavar="PX")
     p.add_argument("--batch-size", type=int_at_least(1), default=DEFAULT_BATCH_SIZE, metavar="N")

@@ -16,6 +16,7 @@ from cream_core.io.cli_errors import (EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_IN
                                    UsageError, float_in, input_shape, int_at_least,
                                    module_callable, run_cli)
 from cream_core.io.errors import CheckpointError, ConfigError, OutputError
+from cream_core.data.workers import WorkerDied
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
@@ -33,6 +34,8 @@ def _raises(exc: BaseException) -> Callable[[argparse.Namespace], int]:
     (CheckpointError("c.pth", "not a checkpoint"), EXIT_BAD_INPUT, "tool: error: c.pth: not a"),
     (ConfigError("c.yaml", "unknown key X"), EXIT_BAD_INPUT, "tool: error: c.yaml: unknown key X"),
     (FloatingPointError("loss is nan"), EXIT_CHECK_FAILED, "tool: error: loss is nan"),
+    (WorkerDied("a data-loading worker process died"), EXIT_CHECK_FAILED,
+     "tool: error: a data-loading worker process died"),
     (KeyboardInterrupt(), EXIT_INTERRUPTED, "tool: interrupted"),
 ])
 def test_each_failure_has_its_code_and_one_line(exc, code, words, capsys) -> None:  # noqa: ANN001

@@ -31,6 +31,8 @@ from contextlib import contextmanager
 from typing import (Any, Callable, Deque, Iterable, Iterator, List, Optional, Sequence, Tuple,
                     TypeVar)
 
+from cream_core.io.errors import RunAborted
+
 __all__ = ["ordered_batches", "default_workers", "default_start_method", "WorkerDied",
            "DEFAULT_PREFETCH"]
 
@@ -41,8 +43,9 @@ K = TypeVar("K")
 R = TypeVar("R")
 
 
-class WorkerDied(RuntimeError):
-    """A worker process ended without finishing its task (killed, out of memory)."""
+class WorkerDied(RunAborted):
+    """A worker process ended without finishing its task (killed, out of memory); the tools print
+    it as one line and exit 1 (:data:`cream_core.io.cli_errors.CHECK_FAILED_ERRORS`)."""
 
 
 def default_workers() -> int:

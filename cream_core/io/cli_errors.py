@@ -5,7 +5,8 @@ Every tool (``cream-models``, ``cream-demo``, ``cream-eval``, ``cream-search``, 
 
 * :data:`EXIT_OK` (0): done, every check passed;
 * :data:`EXIT_CHECK_FAILED` (1): the work ran but a check failed (a divergence beyond tolerance,
-  a demo check, a training loss that became NaN/inf);
+  a demo check, a training loss that became NaN/inf), or it could not finish for a reason outside
+  its input (:class:`~cream_core.io.errors.RunAborted`: a worker process killed); one line;
 * :data:`EXIT_BAD_INPUT` (2): bad input or usage (a bad or missing file, bad data, a bad config, an
   output that cannot be placed, wrong options); one line ``prog: error: ...`` naming the file and
   the problem, no traceback, nothing written;
@@ -21,7 +22,7 @@ import json
 import sys
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-from cream_core.io.errors import OutputError
+from cream_core.io.errors import OutputError, RunAborted
 
 __all__ = ["EXIT_OK", "EXIT_CHECK_FAILED", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_INTERNAL",
            "UsageError", "exit_help", "BAD_INPUT_ERRORS", "CHECK_FAILED_ERRORS", "error", "run_cli",
@@ -38,8 +39,9 @@ EXIT_INTERNAL = 3
 #: Exceptions that mean bad input: every project error (checkpoint, config, data, output) is a
 #: ``ValueError`` whose message names the file and the problem.
 BAD_INPUT_ERRORS: Tuple[type, ...] = (ValueError,)
-#: Exceptions that mean the work ran and failed its check (a loss that became NaN or inf).
-CHECK_FAILED_ERRORS: Tuple[type, ...] = (FloatingPointError,)
+#: Exceptions that mean the work ran and failed its check (a loss that became NaN or inf) or could
+#: not finish (a worker process died).
+CHECK_FAILED_ERRORS: Tuple[type, ...] = (FloatingPointError, RunAborted)
 
 
 def exit_help(check_failed: str = "") -> str:

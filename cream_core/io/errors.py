@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["CheckpointError", "ConfigError", "OutputError"]
+__all__ = ["CheckpointError", "ConfigError", "OutputError", "RunAborted"]
 
-# Exit codes of the tools for these errors (all: 2, bad input): cream_core/io/cli_errors.py.
+# Exit codes of the tools for these errors (cream_core/io/cli_errors.py): 2 (bad input) for the
+# ValueErrors, 1 for RunAborted.
 
 
 class CheckpointError(ValueError):
@@ -41,3 +42,8 @@ class OutputError(ValueError):
         self.path = os.fspath(path)
         self.problem = " ".join(str(problem).split())
         super().__init__(f"{self.path}: {self.problem}")
+
+
+class RunAborted(RuntimeError):
+    """The work started but could not finish for a reason outside its input (a worker process was
+    killed, e.g. out of memory); one line saying what stopped. Tools exit 1 with that line."""
