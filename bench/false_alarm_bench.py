@@ -36,7 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 GOLDEN_GLOB = os.path.join(ROOT, "tests", "data", "golden_search", "official_init*.pt")
 BATCHES = (8, 4)
-#: train-step faults only the fp64 semantic check can see (tests/test_train_step.py FAULT_CASES)
+#: train-step faults only the fp64 semantic check can see (parity/test_train_step.py FAULT_CASES)
 FP64_FAULTS = ("no-bias-filter", "ema-params-only")
 
 

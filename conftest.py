@@ -1,4 +1,4 @@
-"""Shared test fixtures."""
+"""The shared test fixtures of both test folders (tests/ and parity/), in one place."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ from typing import Callable, Iterator, List
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parent
 #: Two CPU processes on gloo, with model set-up, on a busy 2-core machine.
 LAUNCH_TIMEOUT_S = 300
 

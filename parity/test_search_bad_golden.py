@@ -18,7 +18,8 @@ import torch
 
 from parity.search_step import load_golden, main
 
-GOLDEN = Path(__file__).resolve().parent / "data" / "golden_search" / "official_init_warmup_step.pt"
+GOLDEN = (Path(__file__).resolve().parents[1] / "tests" / "data" / "golden_search"
+          / "official_init_warmup_step.pt")
 
 
 def _compact() -> Dict[str, Any]:

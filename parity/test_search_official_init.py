@@ -19,7 +19,7 @@ from cream_core.io.digest import is_digest
 from cream_core.arch.official_init import official_init_state
 from parity.search_step import FAULTS, load_golden, main, run_search_step, run_torch
 
-GOLDEN = Path(__file__).resolve().parent / "data" / "golden_search"
+GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "golden_search"
 OFFICIAL_INIT = ["official_init_warmup_step.pt", "official_init_meta_step.pt"]
 
 pytestmark = [pytest.mark.golden, pytest.mark.paddle, pytest.mark.usefixtures("one_torch_thread")]
