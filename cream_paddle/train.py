@@ -32,14 +32,16 @@ from cream_core.io.errors import CheckpointError
 from cream_core.data.datasets import ImageDataset
 from cream_core.training.loop import TrainResult, run_training
 from cream_core.training.trainer import Trainer as CoreTrainer
+from cream_core.config.retrain import check_resume_args
 from cream_core.training import step as core_step
+from cream_core.training.checkpoint import check_train_checkpoint, check_train_states, official_arch
 from cream_core.training.injector import MaskedForward, MaskInjectorBase
 from cream_core.training.masks import StepMasks
 
 from . import compat, optim
 from .backend import CHECKPOINT_SUFFIX, FRAMEWORK, Backend, init_distributed
 from .blocks import DropPath
-from .checkpoint import check_state_dict, read_checkpoint
+from .checkpoint import read_checkpoint
 from .childnet import ChildNet
 from .evaluate import evaluate  # noqa: F401  (the shared Trainer calls this module's evaluate)
 from .losses import LabelSmoothingCrossEntropy, cross_entropy
@@ -186,14 +188,11 @@ class TrainStepOps:
         """Clear the gradients."""
         optimizer.clear_grad()
 
-    @staticmethod
-    def copy_buffers(model: nn.Layer) -> Dict[str, paddle.Tensor]:
-        """Copies of :func:`bn_buffers`."""
-        return {k: v.detach().clone() for k, v in bn_buffers(model).items()}
+    bn_buffers = staticmethod(bn_buffers)
 
     @staticmethod
     def restore_buffers(model: nn.Layer, saved: Dict[str, paddle.Tensor]) -> None:
-        """Write :meth:`copy_buffers`'s copies back in place."""
+        """Write copies of :func:`bn_buffers` back in place."""
         with paddle.no_grad():
             for k, v in bn_buffers(model).items():
                 paddle.assign(saved[k], output=v)
@@ -208,10 +207,6 @@ def train_step(model: nn.Layer, optimizer: paddle.optimizer.Optimizer, loss_fn: 
     return core_step.train_step(TrainStepOps, model, optimizer, loss_fn, images, labels,
                                 injector=injector, masks=masks, ema=ema, shards=shards,
                                 forward_model=forward_model)
-
-
-def _official_arch(cfg: Any) -> str:
-    return f"{cfg.model.split('-')[1]}m_retrain"
 
 
 def _arrays(layer: nn.Layer) -> Dict[str, np.ndarray]:
@@ -290,7 +285,7 @@ def train_checkpoint_writer(model: nn.Layer, ema: Optional[ModelEma],
     """``write(f)`` of a ``.pdparams`` training checkpoint, for
     :func:`cream_core.io.outputs.commit_files` (the state is taken now, not when ``f`` is written)."""
     obj: Dict[str, Any] = {
-        "epoch": int(epoch), "arch": _official_arch(cfg), "args": _plain(cfg.to_dict()),
+        "epoch": int(epoch), "arch": official_arch(cfg), "args": _plain(cfg.to_dict()),
         "version": 2, "state_dict": _arrays(model),
         "optimizer": optimizer_state(model, optimizer),
     }
@@ -299,27 +294,13 @@ def train_checkpoint_writer(model: nn.Layer, ema: Optional[ModelEma],
     return lambda f: pickle.dump(obj, f, protocol=4)
 
 
-def _check_args(path: str, args: Any, cfg: Any) -> None:
-    from cream_core.config.retrain import check_resume_args
-
-    check_resume_args(path, args, cfg)
-
-
 def load_train_checkpoint(path: str, model: nn.Layer, ema: Optional[ModelEma],
                           optimizer: paddle.optimizer.Optimizer, cfg: Any) -> int:
     """Restore model, EMA and optimizer from :func:`save_train_checkpoint`'s file; returns its epoch."""
-    obj = read_checkpoint(path)
-    if not isinstance(obj, Mapping) or "state_dict" not in obj or "epoch" not in obj:
-        raise CheckpointError(path, "is not a training checkpoint (needs 'state_dict' and 'epoch' "
-                                    "to resume)")
-    _check_args(path, obj.get("args"), cfg)
+    obj = check_train_checkpoint(path, read_checkpoint(path), cfg, check_resume_args)
     if not isinstance(obj.get("optimizer"), Mapping):
         raise CheckpointError(path, "has no optimizer state, so training cannot resume from it")
-    expected = {k: tuple(int(s) for s in v.shape) for k, v in model.state_dict().items()}
-    check_state_dict(expected, obj["state_dict"], path, what=f"{cfg.model} ({cfg.num_classes} "
-                                                             "classes)")
-    if ema is not None and "state_dict_ema" in obj:
-        check_state_dict(expected, obj["state_dict_ema"], path, what="the EMA model")
+    check_train_states(path, obj, model.state_dict(), cfg, ema is not None)
     _load_optimizer_state(path, model, optimizer, obj["optimizer"])
     model.set_state_dict({k: np.asarray(v) for k, v in obj["state_dict"].items()})
     if ema is not None:

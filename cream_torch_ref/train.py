@@ -34,14 +34,16 @@ from cream_core.io.errors import CheckpointError
 from cream_core.data.datasets import ImageDataset
 from cream_core.training.loop import TrainResult, run_training
 from cream_core.training.trainer import Trainer as CoreTrainer
+from cream_core.config.retrain import check_resume_args
 from cream_core.training import step as core_step
+from cream_core.training.checkpoint import check_train_checkpoint, check_train_states, official_arch
 from cream_core.training.injector import MaskedForward, MaskInjectorBase
 from cream_core.training.masks import StepMasks
 
 from . import optim
 from .backend import CHECKPOINT_SUFFIX, FRAMEWORK, Backend, init_distributed
 from .blocks import DropPath
-from .checkpoint import check_state_dict, read_checkpoint, save_official_checkpoint
+from .checkpoint import read_checkpoint, save_official_checkpoint
 from .childnet import ChildNet
 from .evaluate import evaluate  # noqa: F401  (the shared Trainer calls this module's evaluate)
 from .losses import LabelSmoothingCrossEntropy
@@ -136,14 +138,11 @@ class TrainStepOps:
         """Clear the gradients (torch's default: set to ``None``)."""
         optimizer.zero_grad()
 
-    @staticmethod
-    def copy_buffers(model: nn.Module) -> Dict[str, torch.Tensor]:
-        """Copies of :func:`bn_buffers`."""
-        return {k: v.detach().clone() for k, v in bn_buffers(model).items()}
+    bn_buffers = staticmethod(bn_buffers)
 
     @staticmethod
     def restore_buffers(model: nn.Module, saved: Dict[str, torch.Tensor]) -> None:
-        """Write :meth:`copy_buffers`'s copies back in place."""
+        """Write copies of :func:`bn_buffers` back in place."""
         with torch.no_grad():
             for k, v in bn_buffers(model).items():
                 v.copy_(saved[k])
@@ -170,10 +169,6 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> Dict[
     return optimizer.state_dict()
 
 
-def _official_arch(cfg: Any) -> str:
-    return f"{cfg.model.split('-')[1]}m_retrain"  # the official MODEL name, e.g. '14m_retrain'
-
-
 def train_checkpoint_writer(model: nn.Module, ema: Optional[ModelEma],
                             optimizer: torch.optim.Optimizer, epoch: int, cfg: Any
                             ) -> Callable[[Any], None]:
@@ -181,7 +176,7 @@ def train_checkpoint_writer(model: nn.Module, ema: Optional[ModelEma],
     ``epoch``, ``arch``, ``args``, ``version``), for :func:`cream_core.io.outputs.commit_files`."""
     return lambda f: save_official_checkpoint(
         f, model.state_dict(), ema.ema.state_dict() if ema is not None else None, epoch=epoch,
-        args=cfg.to_dict(), arch=_official_arch(cfg), optimizer=optimizer_state(model, optimizer))
+        args=cfg.to_dict(), arch=official_arch(cfg), optimizer=optimizer_state(model, optimizer))
 
 
 def save_train_checkpoint(path: str, model: nn.Module, ema: Optional[ModelEma],
@@ -190,33 +185,19 @@ def save_train_checkpoint(path: str, model: nn.Module, ema: Optional[ModelEma],
     atomic_write(path, train_checkpoint_writer(model, ema, optimizer, epoch, cfg))
 
 
-def _check_args(path: str, args: Any, cfg: Any) -> None:
-    from cream_core.config.retrain import check_resume_args
-
-    check_resume_args(path, args, cfg)
-
-
 def load_train_checkpoint(path: str, model: nn.Module, ema: Optional[ModelEma],
                           optimizer: torch.optim.Optimizer, cfg: Any) -> int:
     """Restore model, EMA and optimizer from a checkpoint of :func:`save_train_checkpoint`;
     returns its epoch. Read with the project's restricted unpickler; every problem is a
     :class:`~cream_core.io.errors.CheckpointError` naming the file, raised before anything changes."""
-    obj = read_checkpoint(path)
-    if not isinstance(obj, Mapping) or "state_dict" not in obj or "epoch" not in obj:
-        raise CheckpointError(path, "is not a training checkpoint (needs 'state_dict' and 'epoch' "
-                                    "to resume)")
-    _check_args(path, obj.get("args"), cfg)
+    obj = check_train_checkpoint(path, read_checkpoint(path), cfg, check_resume_args)
     opt = obj.get("optimizer")
     if not isinstance(opt, Mapping) or not opt.get("param_groups"):
         raise CheckpointError(path, "has no optimizer state, so training cannot resume from it")
     if len(opt["param_groups"]) != len(optimizer.param_groups):
         raise CheckpointError(path, f"optimizer has {len(opt['param_groups'])} parameter groups, "
                                     f"this run {len(optimizer.param_groups)}")
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    check_state_dict(expected, obj["state_dict"], path, what=f"{cfg.model} ({cfg.num_classes} "
-                                                             "classes)")
-    if ema is not None and "state_dict_ema" in obj:
-        check_state_dict(expected, obj["state_dict_ema"], path, what="the EMA model")
+    check_train_states(path, obj, model.state_dict(), cfg, ema is not None)
     model.load_state_dict(obj["state_dict"], strict=True)
     if ema is not None:
         ema.ema.load_state_dict(obj.get("state_dict_ema", obj["state_dict"]), strict=True)

@@ -116,7 +116,8 @@ class MaskInjectorBase:
             self.dropout_mask = None
             return
         if len(masks.drop_path) != len(self.layers):
-            raise ValueError(f"{len(masks.drop_path)} drop-path masks for {len(self.layers)} layers")
+            raise ValueError(f"{len(masks.drop_path)} drop-path masks for {len(self.layers)} "
+                             "layers")
         for layer, m in zip(self.layers, masks.drop_path):
             layer.mask = None if m is None else self._tensor(np.ascontiguousarray(m))
         self.dropout_mask = None if masks.dropout is None else self._tensor(

@@ -1,13 +1,13 @@
-"""One retraining step, once, against a tiny per-framework ops object (as :mod:`cream_core.search.step`).
+"""One retraining step, once, over a tiny per-framework ops object (as :mod:`cream_core.search.step`).
 
 The official step is forward, loss, zero grad, backward, optimizer step, EMA update. With
 ``shards=W`` the batch is split in ``W`` equal parts, each normalised by BatchNorm on its own, the
 loss averaged over parts and the BatchNorm running statistics kept from part 0: exactly what ``W``
 data-parallel processes with per-process BatchNorm compute (DDP averages gradients and broadcasts
 rank 0's buffers). What differs between the frameworks is behind :class:`TrainStepOps` (numpy to
-tensor, clearing gradients, copying and restoring the BatchNorm state); tensors of both frameworks
-support the ``/``, ``.backward()`` and ``.detach()`` used here. Framework-free: no torch, no Paddle
-import.
+tensor, clearing gradients, the BatchNorm state and writing it back in place); tensors of both
+frameworks support the ``/``, ``.backward()``, ``.detach()`` and ``.clone()`` used here.
+Framework-free: no torch, no Paddle import.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ class TrainStepOps(Protocol):
     def zero_grad(optimizer: Any) -> None: ...  # noqa: D102,E704
 
     @staticmethod
-    def copy_buffers(model: Any) -> Dict[str, Any]: ...  # noqa: D102,E704  (BatchNorm state, copied)
+    def bn_buffers(model: Any) -> Dict[str, Any]: ...  # noqa: D102,E704  (BatchNorm state by name)
 
     @staticmethod
     def restore_buffers(model: Any, saved: Dict[str, Any]) -> None: ...  # noqa: D102,E704
@@ -67,7 +67,7 @@ def train_step(ops: TrainStepOps, model: Any, optimizer: Any, loss_fn: Any, imag
         (loss / shards if shards > 1 else loss).backward()
         total += float(loss.detach())
         if shards > 1 and s == 0:
-            keep = ops.copy_buffers(model)
+            keep = {k: v.detach().clone() for k, v in ops.bn_buffers(model).items()}
     if keep is not None:
         ops.restore_buffers(model, keep)
     optimizer.step()
