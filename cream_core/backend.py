@@ -47,12 +47,14 @@ class BackendBase:
         self.rank, self.world_size = type(self)._init_distributed() if distributed else (0, 1)
 
     # --- the framework half ---------------------------------------------------------------------
-    def _sum_over_ranks(self, value: float) -> float:
-        """The float64 all-reduce sum of ``value``."""
+    @staticmethod
+    def _all_reduce_sum(tensor: Any) -> Any:
+        """The all-reduce sum of ``tensor`` over the processes (in place; returns it)."""
         raise NotImplementedError
 
-    def mean_tensors(self, tensors: Sequence[Any]) -> List[Any]:
-        """The means of ``tensors`` over all processes, as new tensors (inputs unchanged)."""
+    @staticmethod
+    def _concat(tensors: Sequence[Any]) -> Any:
+        """1-D tensors joined end to end."""
         raise NotImplementedError
 
     @staticmethod
@@ -75,7 +77,22 @@ class BackendBase:
         """The mean of a float over all processes (float64 all-reduce)."""
         if self.world_size <= 1:
             return value
-        return self._sum_over_ranks(value) / self.world_size
+        total = self._all_reduce_sum(self.tensor(np.array([value], dtype=np.float64)))
+        return float(self.to_numpy(total)[0]) / self.world_size
+
+    def mean_tensors(self, tensors: Sequence[Any]) -> List[Any]:
+        """The means of ``tensors`` over all processes (one flat all-reduce in their dtype), as new
+        tensors; the inputs are not changed. One process: the inputs themselves."""
+        if self.world_size <= 1 or not tensors:
+            return list(tensors)
+        flat = self._all_reduce_sum(self._concat([t.detach().reshape([-1]) for t in tensors]))
+        flat = flat / self.world_size
+        out, offset = [], 0
+        for t in tensors:
+            n = int(np.prod(tuple(t.shape))) if t.ndim else 1
+            out.append(flat[offset:offset + n].reshape(t.shape).clone())
+            offset += n
+        return out
 
     def mean_floats(self, values: Sequence[float]) -> List[float]:
         """The means of float32 scalars over all processes (one all-reduce)."""

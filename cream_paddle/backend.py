@@ -60,25 +60,14 @@ class Backend(BackendBase):
     _init_distributed = staticmethod(init_distributed)
 
     # --- processes ------------------------------------------------------------------------------
-    def _sum_over_ranks(self, value: float) -> float:
-        t = paddle.to_tensor([value], dtype="float64")
-        paddle.distributed.all_reduce(t)
-        return float(t.numpy()[0])
+    @staticmethod
+    def _all_reduce_sum(tensor: paddle.Tensor) -> paddle.Tensor:
+        paddle.distributed.all_reduce(tensor)
+        return tensor
 
-    def mean_tensors(self, tensors: Sequence[paddle.Tensor]) -> List[paddle.Tensor]:
-        """The means of ``tensors`` over all processes (one flat all-reduce in their dtype), as new
-        tensors; the inputs are not changed. One process: the inputs themselves."""
-        if self.world_size <= 1 or not tensors:
-            return list(tensors)
-        flat = paddle.concat([t.detach().reshape([-1]) for t in tensors])
-        paddle.distributed.all_reduce(flat)
-        flat = flat / self.world_size
-        out, offset = [], 0
-        for t in tensors:
-            n = int(np.prod(t.shape)) if t.ndim else 1
-            out.append(flat[offset:offset + n].reshape(t.shape))
-            offset += n
-        return out
+    @staticmethod
+    def _concat(tensors: Sequence[paddle.Tensor]) -> paddle.Tensor:
+        return paddle.concat(list(tensors))
 
     def broadcast_model(self, model: paddle.nn.Layer) -> None:
         """Every process takes rank 0's weights and buffers."""

@@ -59,25 +59,14 @@ class Backend(BackendBase):
     _init_distributed = staticmethod(init_distributed)
 
     # --- processes ------------------------------------------------------------------------------
-    def _sum_over_ranks(self, value: float) -> float:
-        t = torch.tensor([value], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return float(t.item())
+    @staticmethod
+    def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+        torch.distributed.all_reduce(tensor)
+        return tensor
 
-    def mean_tensors(self, tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        """The means of ``tensors`` over all processes (one flat all-reduce in their dtype), as new
-        tensors; the inputs are not changed. One process: the inputs themselves."""
-        if self.world_size <= 1 or not tensors:
-            return list(tensors)
-        flat = torch.cat([t.detach().reshape(-1) for t in tensors])
-        torch.distributed.all_reduce(flat)
-        flat /= self.world_size
-        out, offset = [], 0
-        for t in tensors:
-            n = t.numel()
-            out.append(flat[offset:offset + n].view_as(t).clone())
-            offset += n
-        return out
+    @staticmethod
+    def _concat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(list(tensors))
 
     def broadcast_model(self, model: torch.nn.Module) -> None:
         """Every process takes rank 0's weights and buffers."""
