@@ -31,7 +31,7 @@ from cream_core.io.atomic import atomic_write
 from cream_core.io.errors import CheckpointError
 from cream_core.data.datasets import ImageDataset
 from cream_core.training.loop import TrainResult, run_training
-from cream_core.training.trainer import Trainer as CoreTrainer
+from cream_core.training.trainer import Trainer as CoreTrainer, optimizer_args, scheduler_args
 from cream_core.config.retrain import check_resume_args
 from cream_core.training import step as core_step
 from cream_core.training.checkpoint import check_train_checkpoint, check_train_states, official_arch
@@ -72,16 +72,12 @@ def build_model(cfg: Any, seed: Optional[int] = None) -> ChildNet:
 
 def create_optimizer(model: nn.Layer, cfg: Any) -> paddle.optimizer.Optimizer:
     """:class:`~cream_paddle.optim.RMSpropTF` as timm 0.1.20's ``create_optimizer`` built it."""
-    return optim.create_retrain_optimizer(model, lr=cfg.lr, eps=cfg.opt_eps, momentum=cfg.momentum,
-                                          weight_decay=cfg.weight_decay, alpha=cfg.rmsprop_alpha)
+    return optim.create_retrain_optimizer(model, **optimizer_args(cfg))
 
 
 def create_scheduler(optimizer: paddle.optimizer.Optimizer, cfg: Any) -> Tuple[Any, int]:
     """The per-epoch schedule (``step`` or ``cosine``) attached to ``optimizer``; and the epochs."""
-    return optim.create_retrain_scheduler(
-        optimizer, cfg.sched, epochs=cfg.epochs, min_lr=cfg.min_lr, decay_epochs=cfg.decay_epochs,
-        decay_rate=cfg.decay_rate, warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs,
-        cooldown_epochs=cfg.cooldown_epochs, lr=cfg.lr)
+    return optim.create_retrain_scheduler(optimizer, **scheduler_args(cfg), lr=cfg.lr)
 
 
 class _CrossEntropy(nn.Layer):

@@ -33,7 +33,7 @@ from cream_core.io.atomic import atomic_write
 from cream_core.io.errors import CheckpointError
 from cream_core.data.datasets import ImageDataset
 from cream_core.training.loop import TrainResult, run_training
-from cream_core.training.trainer import Trainer as CoreTrainer
+from cream_core.training.trainer import Trainer as CoreTrainer, optimizer_args, scheduler_args
 from cream_core.config.retrain import check_resume_args
 from cream_core.training import step as core_step
 from cream_core.training.checkpoint import check_train_checkpoint, check_train_states, official_arch
@@ -70,16 +70,12 @@ def build_model(cfg: Any, seed: Optional[int] = None) -> ChildNet:
 
 def create_optimizer(model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
     """timm ``RMSpropTF`` as timm 0.1.20's ``create_optimizer`` built it (no decay on bias / 1-D)."""
-    return optim.create_retrain_optimizer(model, lr=cfg.lr, eps=cfg.opt_eps, momentum=cfg.momentum,
-                                          weight_decay=cfg.weight_decay, alpha=cfg.rmsprop_alpha)
+    return optim.create_retrain_optimizer(model, **optimizer_args(cfg))
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, cfg: Any) -> Tuple[Any, int]:
     """timm's per-epoch schedule (``step`` or ``cosine``); returns it and the epochs to run."""
-    return optim.create_retrain_scheduler(
-        optimizer, cfg.sched, epochs=cfg.epochs, min_lr=cfg.min_lr, decay_epochs=cfg.decay_epochs,
-        decay_rate=cfg.decay_rate, warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs,
-        cooldown_epochs=cfg.cooldown_epochs)
+    return optim.create_retrain_scheduler(optimizer, **scheduler_args(cfg))
 
 
 def create_loss(cfg: Any) -> nn.Module:
