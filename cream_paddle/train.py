@@ -185,13 +185,12 @@ class TrainStepOps:
         optimizer.clear_grad()
 
     bn_buffers = staticmethod(bn_buffers)
+    no_grad = staticmethod(paddle.no_grad)
 
     @staticmethod
-    def restore_buffers(model: nn.Layer, saved: Dict[str, paddle.Tensor]) -> None:
-        """Write copies of :func:`bn_buffers` back in place."""
-        with paddle.no_grad():
-            for k, v in bn_buffers(model).items():
-                paddle.assign(saved[k], output=v)
+    def assign(target: paddle.Tensor, value: paddle.Tensor) -> None:
+        """Copy ``value`` into ``target`` in place."""
+        paddle.assign(value, output=target)
 
 
 def train_step(model: nn.Layer, optimizer: paddle.optimizer.Optimizer, loss_fn: nn.Layer,

@@ -135,13 +135,12 @@ class TrainStepOps:
         optimizer.zero_grad()
 
     bn_buffers = staticmethod(bn_buffers)
+    no_grad = staticmethod(torch.no_grad)
 
     @staticmethod
-    def restore_buffers(model: nn.Module, saved: Dict[str, torch.Tensor]) -> None:
-        """Write copies of :func:`bn_buffers` back in place."""
-        with torch.no_grad():
-            for k, v in bn_buffers(model).items():
-                v.copy_(saved[k])
+    def assign(target: torch.Tensor, value: torch.Tensor) -> None:
+        """Copy ``value`` into ``target`` in place."""
+        target.copy_(value)
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,

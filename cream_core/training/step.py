@@ -5,13 +5,13 @@ The official step is forward, loss, zero grad, backward, optimizer step, EMA upd
 loss averaged over parts and the BatchNorm running statistics kept from part 0: exactly what ``W``
 data-parallel processes with per-process BatchNorm compute (DDP averages gradients and broadcasts
 rank 0's buffers). What differs between the frameworks is behind :class:`TrainStepOps` (numpy to
-tensor, clearing gradients, the BatchNorm state and writing it back in place); tensors of both
+tensor, clearing gradients, the BatchNorm state, an in-place copy); tensors of both
 frameworks support the ``/``, ``.backward()``, ``.detach()`` and ``.clone()`` used here.
 Framework-free: no torch, no Paddle import.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Protocol
+from typing import Any, ContextManager, Dict, Optional, Protocol
 
 import numpy as np
 
@@ -33,7 +33,10 @@ class TrainStepOps(Protocol):
     def bn_buffers(model: Any) -> Dict[str, Any]: ...  # noqa: D102,E704  (BatchNorm state by name)
 
     @staticmethod
-    def restore_buffers(model: Any, saved: Dict[str, Any]) -> None: ...  # noqa: D102,E704
+    def assign(target: Any, value: Any) -> None: ...  # noqa: D102,E704  (in place, untracked)
+
+    @staticmethod
+    def no_grad() -> ContextManager[Any]: ...  # noqa: D102,E704
 
 
 def shard_size(n: int, shards: int) -> int:
@@ -69,7 +72,9 @@ def train_step(ops: TrainStepOps, model: Any, optimizer: Any, loss_fn: Any, imag
         if shards > 1 and s == 0:
             keep = {k: v.detach().clone() for k, v in ops.bn_buffers(model).items()}
     if keep is not None:
-        ops.restore_buffers(model, keep)
+        with ops.no_grad():
+            for k, v in ops.bn_buffers(model).items():
+                ops.assign(v, keep[k])
     optimizer.step()
     if ema is not None:
         ema.update(model)
