@@ -48,13 +48,13 @@ class BackendBase:
 
     # --- the framework half ---------------------------------------------------------------------
     @staticmethod
-    def _all_reduce_sum(tensor: Any) -> Any:
-        """The all-reduce sum of ``tensor`` over the processes (in place; returns it)."""
+    def _all_reduce(tensor: Any) -> Any:
+        """Sum ``tensor`` over the processes, in place (the framework's all-reduce)."""
         raise NotImplementedError
 
     @staticmethod
-    def _concat(tensors: Sequence[Any]) -> Any:
-        """1-D tensors joined end to end."""
+    def _concat(tensors: List[Any]) -> Any:
+        """1-D tensors joined end to end (the framework's concatenation)."""
         raise NotImplementedError
 
     @staticmethod
@@ -77,7 +77,8 @@ class BackendBase:
         """The mean of a float over all processes (float64 all-reduce)."""
         if self.world_size <= 1:
             return value
-        total = self._all_reduce_sum(self.tensor(np.array([value], dtype=np.float64)))
+        total = self.tensor(np.array([value], dtype=np.float64))
+        self._all_reduce(total)
         return float(self.to_numpy(total)[0]) / self.world_size
 
     def mean_tensors(self, tensors: Sequence[Any]) -> List[Any]:
@@ -85,7 +86,8 @@ class BackendBase:
         tensors; the inputs are not changed. One process: the inputs themselves."""
         if self.world_size <= 1 or not tensors:
             return list(tensors)
-        flat = self._all_reduce_sum(self._concat([t.detach().reshape([-1]) for t in tensors]))
+        flat = self._concat([t.detach().reshape([-1]) for t in tensors])
+        self._all_reduce(flat)
         flat = flat / self.world_size
         out, offset = [], 0
         for t in tensors:

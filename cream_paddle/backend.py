@@ -60,14 +60,8 @@ class Backend(BackendBase):
     _init_distributed = staticmethod(init_distributed)
 
     # --- processes ------------------------------------------------------------------------------
-    @staticmethod
-    def _all_reduce_sum(tensor: paddle.Tensor) -> paddle.Tensor:
-        paddle.distributed.all_reduce(tensor)
-        return tensor
-
-    @staticmethod
-    def _concat(tensors: Sequence[paddle.Tensor]) -> paddle.Tensor:
-        return paddle.concat(list(tensors))
+    _all_reduce = staticmethod(paddle.distributed.all_reduce)
+    _concat = staticmethod(paddle.concat)
 
     def broadcast_model(self, model: paddle.nn.Layer) -> None:
         """Every process takes rank 0's weights and buffers."""

@@ -59,14 +59,8 @@ class Backend(BackendBase):
     _init_distributed = staticmethod(init_distributed)
 
     # --- processes ------------------------------------------------------------------------------
-    @staticmethod
-    def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-        torch.distributed.all_reduce(tensor)
-        return tensor
-
-    @staticmethod
-    def _concat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-        return torch.cat(list(tensors))
+    _all_reduce = staticmethod(torch.distributed.all_reduce)
+    _concat = staticmethod(torch.cat)
 
     def broadcast_model(self, model: torch.nn.Module) -> None:
         """Every process takes rank 0's weights and buffers."""
