@@ -58,6 +58,21 @@ class BackendBase:
         raise NotImplementedError
 
     @staticmethod
+    def _broadcast_state(model: Any) -> None:
+        """Overwrite every state-dict entry of ``model`` with rank 0's (the framework's broadcast)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _barrier() -> None:
+        """The framework's barrier."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _data_parallel(model: Any) -> Any:
+        """The framework's data-parallel wrapper of ``model``."""
+        raise NotImplementedError
+
+    @staticmethod
     def is_tensor(obj: Any) -> bool:
         """Whether ``obj`` is a tensor of this framework."""
         raise NotImplementedError
@@ -80,6 +95,20 @@ class BackendBase:
         total = self.tensor(np.array([value], dtype=np.float64))
         self._all_reduce(total)
         return float(self.to_numpy(total)[0]) / self.world_size
+
+    def broadcast_model(self, model: Any) -> None:
+        """Every process takes rank 0's weights and buffers."""
+        if self.world_size > 1:
+            self._broadcast_state(model)
+
+    def barrier(self) -> None:
+        """Wait for every process."""
+        if self.world_size > 1:
+            self._barrier()
+
+    def data_parallel(self, model: Any) -> Any:
+        """What to call for a data-parallel forward (the framework's wrapper), or ``model``."""
+        return self._data_parallel(model) if self.world_size > 1 else model
 
     def mean_tensors(self, tensors: Sequence[Any]) -> List[Any]:
         """The means of ``tensors`` over all processes (one flat all-reduce in their dtype), as new

@@ -63,21 +63,14 @@ class Backend(BackendBase):
     _all_reduce = staticmethod(paddle.distributed.all_reduce)
     _concat = staticmethod(paddle.concat)
 
-    def broadcast_model(self, model: paddle.nn.Layer) -> None:
-        """Every process takes rank 0's weights and buffers."""
-        if self.world_size <= 1:
-            return
+    _barrier = staticmethod(paddle.distributed.barrier)
+    #: ``paddle.DataParallel``
+    _data_parallel = staticmethod(paddle.DataParallel)
+
+    @staticmethod
+    def _broadcast_state(model: paddle.nn.Layer) -> None:
         for t in model.state_dict().values():
             paddle.distributed.broadcast(t, src=0)
-
-    def barrier(self) -> None:
-        """Wait for every process."""
-        if self.world_size > 1:
-            paddle.distributed.barrier()
-
-    def data_parallel(self, model: paddle.nn.Layer) -> paddle.nn.Layer:
-        """What to call for a data-parallel forward (``paddle.DataParallel``), or ``model``."""
-        return paddle.DataParallel(model) if self.world_size > 1 else model
 
     # --- tensors <-> numpy ----------------------------------------------------------------------
     @staticmethod

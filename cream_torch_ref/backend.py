@@ -62,26 +62,15 @@ class Backend(BackendBase):
     _all_reduce = staticmethod(torch.distributed.all_reduce)
     _concat = staticmethod(torch.cat)
 
-    def broadcast_model(self, model: torch.nn.Module) -> None:
-        """Every process takes rank 0's weights and buffers."""
-        if self.world_size <= 1:
-            return
+    _barrier = staticmethod(torch.distributed.barrier)
+    #: ``DistributedDataParallel`` (gloo, CPU)
+    _data_parallel = staticmethod(torch.nn.parallel.DistributedDataParallel)
+
+    @staticmethod
+    def _broadcast_state(model: torch.nn.Module) -> None:
         with torch.no_grad():
             for t in list(model.state_dict().values()):
                 torch.distributed.broadcast(t, 0)
-
-    def barrier(self) -> None:
-        """Wait for every process."""
-        if self.world_size > 1:
-            torch.distributed.barrier()
-
-    def data_parallel(self, model: torch.nn.Module) -> torch.nn.Module:
-        """What to call for a data-parallel forward (``DistributedDataParallel``), or ``model``."""
-        if self.world_size <= 1:
-            return model
-        from torch.nn.parallel import DistributedDataParallel
-
-        return DistributedDataParallel(model)
 
     # --- tensors <-> numpy ----------------------------------------------------------------------
     @staticmethod
