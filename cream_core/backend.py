@@ -1,10 +1,12 @@
 """The framework-free half of the one backend per framework (``cream_torch_ref.backend.Backend``,
 ``cream_paddle.backend.Backend``): how a run starts its processes and threads, the collectives
-built on one framework all-reduce, and nested state converted to and from numpy.
+built on one framework all-reduce (means of floats and of tensors, one flat all-reduce for many
+tensors), the one-process short cuts, and nested state converted to and from numpy.
 
 A framework's ``Backend`` subclasses :class:`BackendBase` and supplies the leaves: its launcher's
-environment variable, thread and process-group setup, the all-reduces, tensor <-> numpy, and the
-model state in torch's names and layouts (through :mod:`cream_core.rules`). No framework import.
+environment variable, thread and process-group setup, its all-reduce, concatenation, barrier,
+state broadcast and data-parallel wrapper, tensor <-> numpy, and the model state in torch's names
+and layouts (through :mod:`cream_core.rules`). No framework import.
 """
 from __future__ import annotations
 
