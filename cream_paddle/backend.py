@@ -10,7 +10,7 @@ Data-parallel runs use ``paddle.distributed.launch`` (``PADDLE_TRAINERS_NUM > 1`
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 import paddle

@@ -10,7 +10,7 @@ Data-parallel runs use the CPU ``gloo`` backend under ``torchrun`` (``WORLD_SIZE
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
