@@ -1,10 +1,12 @@
 """The framework-free half of the one backend per framework (``cream_torch_ref.backend.Backend``,
 ``cream_paddle.backend.Backend``): how a run starts its processes and threads, the collectives
-built on one framework all-reduce, and nested state converted to and from numpy.
+built on one framework all-reduce (means of floats and of tensors, one flat all-reduce for many
+tensors), the one-process short cuts, and nested state converted to and from numpy.
 
 A framework's ``Backend`` subclasses :class:`BackendBase` and supplies the leaves: its launcher's
-environment variable, thread and process-group setup, the all-reduces, tensor <-> numpy, and the
-model state in torch's names and layouts (through :mod:`cream_core.rules`). No framework import.
+environment variable, thread and process-group setup, its all-reduce, concatenation, barrier,
+state broadcast and data-parallel wrapper, tensor <-> numpy, and the model state in torch's names
+and layouts (through :mod:`cream_core.rules`). No framework import.
 """
 from __future__ import annotations
 
@@ -47,12 +49,29 @@ class BackendBase:
         self.rank, self.world_size = type(self)._init_distributed() if distributed else (0, 1)
 
     # --- the framework half ---------------------------------------------------------------------
-    def _sum_over_ranks(self, value: float) -> float:
-        """The float64 all-reduce sum of ``value``."""
+    @staticmethod
+    def _all_reduce(tensor: Any) -> Any:
+        """Sum ``tensor`` over the processes, in place (the framework's all-reduce)."""
         raise NotImplementedError
 
-    def mean_tensors(self, tensors: Sequence[Any]) -> List[Any]:
-        """The means of ``tensors`` over all processes, as new tensors (inputs unchanged)."""
+    @staticmethod
+    def _concat(tensors: List[Any]) -> Any:
+        """1-D tensors joined end to end (the framework's concatenation)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _broadcast_state(model: Any) -> None:
+        """Overwrite every state-dict entry of ``model`` with rank 0's (the framework's broadcast)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _barrier() -> None:
+        """The framework's barrier."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _data_parallel(model: Any) -> Any:
+        """The framework's data-parallel wrapper of ``model``."""
         raise NotImplementedError
 
     @staticmethod
@@ -75,7 +94,38 @@ class BackendBase:
         """The mean of a float over all processes (float64 all-reduce)."""
         if self.world_size <= 1:
             return value
-        return self._sum_over_ranks(value) / self.world_size
+        total = self.tensor(np.array([value], dtype=np.float64))
+        self._all_reduce(total)
+        return float(self.to_numpy(total)[0]) / self.world_size
+
+    def broadcast_model(self, model: Any) -> None:
+        """Every process takes rank 0's weights and buffers."""
+        if self.world_size > 1:
+            self._broadcast_state(model)
+
+    def barrier(self) -> None:
+        """Wait for every process."""
+        if self.world_size > 1:
+            self._barrier()
+
+    def data_parallel(self, model: Any) -> Any:
+        """What to call for a data-parallel forward (the framework's wrapper), or ``model``."""
+        return self._data_parallel(model) if self.world_size > 1 else model
+
+    def mean_tensors(self, tensors: Sequence[Any]) -> List[Any]:
+        """The means of ``tensors`` over all processes (one flat all-reduce in their dtype), as new
+        tensors; the inputs are not changed. One process: the inputs themselves."""
+        if self.world_size <= 1 or not tensors:
+            return list(tensors)
+        flat = self._concat([t.detach().reshape([-1]) for t in tensors])
+        self._all_reduce(flat)
+        flat = flat / self.world_size
+        out, offset = [], 0
+        for t in tensors:
+            n = int(np.prod(tuple(t.shape))) if t.ndim else 1
+            out.append(flat[offset:offset + n].reshape(t.shape).clone())
+            offset += n
+        return out
 
     def mean_floats(self, values: Sequence[float]) -> List[float]:
         """The means of float32 scalars over all processes (one all-reduce)."""

@@ -10,7 +10,7 @@ Data-parallel runs use ``paddle.distributed.launch`` (``PADDLE_TRAINERS_NUM > 1`
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -60,41 +60,17 @@ class Backend(BackendBase):
     _init_distributed = staticmethod(init_distributed)
 
     # --- processes ------------------------------------------------------------------------------
-    def _sum_over_ranks(self, value: float) -> float:
-        t = paddle.to_tensor([value], dtype="float64")
-        paddle.distributed.all_reduce(t)
-        return float(t.numpy()[0])
+    _all_reduce = staticmethod(paddle.distributed.all_reduce)
+    _concat = staticmethod(paddle.concat)
 
-    def mean_tensors(self, tensors: Sequence[paddle.Tensor]) -> List[paddle.Tensor]:
-        """The means of ``tensors`` over all processes (one flat all-reduce in their dtype), as new
-        tensors; the inputs are not changed. One process: the inputs themselves."""
-        if self.world_size <= 1 or not tensors:
-            return list(tensors)
-        flat = paddle.concat([t.detach().reshape([-1]) for t in tensors])
-        paddle.distributed.all_reduce(flat)
-        flat = flat / self.world_size
-        out, offset = [], 0
-        for t in tensors:
-            n = int(np.prod(t.shape)) if t.ndim else 1
-            out.append(flat[offset:offset + n].reshape(t.shape))
-            offset += n
-        return out
+    _barrier = staticmethod(paddle.distributed.barrier)
+    #: ``paddle.DataParallel``
+    _data_parallel = staticmethod(paddle.DataParallel)
 
-    def broadcast_model(self, model: paddle.nn.Layer) -> None:
-        """Every process takes rank 0's weights and buffers."""
-        if self.world_size <= 1:
-            return
+    @staticmethod
+    def _broadcast_state(model: paddle.nn.Layer) -> None:
         for t in model.state_dict().values():
             paddle.distributed.broadcast(t, src=0)
-
-    def barrier(self) -> None:
-        """Wait for every process."""
-        if self.world_size > 1:
-            paddle.distributed.barrier()
-
-    def data_parallel(self, model: paddle.nn.Layer) -> paddle.nn.Layer:
-        """What to call for a data-parallel forward (``paddle.DataParallel``), or ``model``."""
-        return paddle.DataParallel(model) if self.world_size > 1 else model
 
     # --- tensors <-> numpy ----------------------------------------------------------------------
     @staticmethod

@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import pickle
 import sys
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -31,20 +31,25 @@ from cream_core.io.atomic import atomic_write
 from cream_core.io.errors import CheckpointError
 from cream_core.data.datasets import ImageDataset
 from cream_core.training.loop import TrainResult, run_training
-from cream_core.training.trainer import Trainer as CoreTrainer
-from cream_core.training.masks import MaskSpec, StepMasks
+from cream_core.training.trainer import Trainer as CoreTrainer, optimizer_args, scheduler_args
+from cream_core.config.retrain import check_resume_args
+from cream_core.training import step as core_step
+from cream_core.training.checkpoint import check_train_checkpoint, check_train_states, official_arch
+from cream_core.training.injector import MaskedForward, MaskInjectorBase
+from cream_core.training.masks import StepMasks
 
 from . import compat, optim
 from .backend import CHECKPOINT_SUFFIX, FRAMEWORK, Backend, init_distributed
 from .blocks import DropPath
-from .checkpoint import check_state_dict, read_checkpoint
+from .checkpoint import read_checkpoint
 from .childnet import ChildNet
 from .evaluate import evaluate  # noqa: F401  (the shared Trainer calls this module's evaluate)
 from .losses import LabelSmoothingCrossEntropy, cross_entropy
 
 __all__ = [
     "FRAMEWORK", "CHECKPOINT_SUFFIX", "build_model", "create_optimizer", "create_scheduler",
-    "create_loss", "current_lr", "ModelEma", "MaskedDropPath", "MaskInjector", "train_step",
+    "create_loss", "current_lr", "ModelEma", "MaskedDropPath", "MaskInjector", "TrainStepOps",
+    "train_step",
     "bn_buffers", "optimizer_state", "save_train_checkpoint", "train_checkpoint_writer",
     "load_train_checkpoint", "init_distributed", "Trainer", "train",
 ]
@@ -67,16 +72,12 @@ def build_model(cfg: Any, seed: Optional[int] = None) -> ChildNet:
 
 def create_optimizer(model: nn.Layer, cfg: Any) -> paddle.optimizer.Optimizer:
     """:class:`~cream_paddle.optim.RMSpropTF` as timm 0.1.20's ``create_optimizer`` built it."""
-    return optim.create_retrain_optimizer(model, lr=cfg.lr, eps=cfg.opt_eps, momentum=cfg.momentum,
-                                          weight_decay=cfg.weight_decay, alpha=cfg.rmsprop_alpha)
+    return optim.create_retrain_optimizer(model, **optimizer_args(cfg))
 
 
 def create_scheduler(optimizer: paddle.optimizer.Optimizer, cfg: Any) -> Tuple[Any, int]:
     """The per-epoch schedule (``step`` or ``cosine``) attached to ``optimizer``; and the epochs."""
-    return optim.create_retrain_scheduler(
-        optimizer, cfg.sched, epochs=cfg.epochs, min_lr=cfg.min_lr, decay_epochs=cfg.decay_epochs,
-        decay_rate=cfg.decay_rate, warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs,
-        cooldown_epochs=cfg.cooldown_epochs, lr=cfg.lr)
+    return optim.create_retrain_scheduler(optimizer, **scheduler_args(cfg), lr=cfg.lr)
 
 
 class _CrossEntropy(nn.Layer):
@@ -128,28 +129,17 @@ class ModelEma:
             paddle.assign(ema_v * self.decay + (1.0 - self.decay) * model_v, output=ema_v)
 
 
-class MaskedDropPath(DropPath):
-    """The port's ``DropPath`` with a given per-sample mask (``.mask``, shape (N,)).
+class MaskedDropPath(MaskedForward, DropPath):
+    """The port's ``DropPath`` with a given per-sample mask (``.mask``, shape (N,))
+    (:class:`~cream_core.training.injector.MaskedForward`); without a mask, the random rule of
+    :func:`compat.drop_path`."""
 
-    Without a mask it falls back to the random rule of :func:`compat.drop_path`.
-    """
-
-    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
-        super().__init__(drop_prob, scale_by_keep)
-        self.mask: Optional[paddle.Tensor] = None
-
-    def forward(self, x: paddle.Tensor) -> paddle.Tensor:  # noqa: D102
-        if not self.training or self.drop_prob == 0.0:
-            return x
-        if self.mask is None:
-            return super().forward(x)
-        if int(self.mask.shape[0]) != int(x.shape[0]):
-            raise RuntimeError(f"drop-path mask is for {self.mask.shape[0]} samples, the batch has "
-                               f"{x.shape[0]}")
-        return x * self.mask.reshape([-1] + [1] * (x.ndim - 1)).astype(x.dtype)
+    @staticmethod
+    def _cast(tensor: paddle.Tensor, like: paddle.Tensor) -> paddle.Tensor:
+        return tensor.astype(like.dtype)
 
 
-class MaskInjector:
+class MaskInjector(MaskInjectorBase):
     """Feed numpy drop masks to a model (twin of the torch class): drop-path layers become
     :class:`MaskedDropPath`; dropout before the classifier becomes a pre-hook on the classifier.
 
@@ -157,64 +147,21 @@ class MaskInjector:
     injector is installed; its rule — kept units scaled by ``1/(1-p)`` — is the mask's.
     """
 
-    def __init__(self, model: nn.Layer) -> None:
-        self.model = model
-        self._swapped: List[Tuple[nn.Layer, str, nn.Layer]] = []
-        self.layers: List[MaskedDropPath] = []
-        for name, layer in list(model.named_sublayers()):
-            if type(layer) is DropPath:
-                parent_name, _, attr = name.rpartition(".")
-                parent = model
-                for part in (parent_name.split(".") if parent_name else []):
-                    parent = getattr(parent, part)
-                new = MaskedDropPath(layer.drop_prob, layer.scale_by_keep)
-                setattr(parent, attr, new)
-                self._swapped.append((parent, attr, layer))
-                self.layers.append(new)
-            elif isinstance(layer, MaskedDropPath):
-                self.layers.append(layer)
-        self.drop_rate = float(getattr(model, "drop_rate", 0.0))
-        self.dropout_mask: Optional[paddle.Tensor] = None
-        model.drop_rate = 0.0
-        self._hook = model.get_classifier().register_forward_pre_hook(self._dropout)
+    drop_path_class = DropPath
+    masked_class = MaskedDropPath
+    _tensor = staticmethod(Backend.tensor)
 
-    def spec(self) -> MaskSpec:
-        """What the model drops: drop-path probabilities in model order and the dropout rate."""
-        return MaskSpec(tuple(float(m.drop_prob) for m in self.layers), self.drop_rate,
-                        int(self.model.get_classifier().weight.shape[0]))  # Linear is [in, out]
+    @staticmethod
+    def _named_layers(model: nn.Layer) -> Iterable[Tuple[str, nn.Layer]]:
+        return model.named_sublayers()
 
-    def set(self, masks: Optional[StepMasks]) -> None:
-        """Use ``masks`` for the next forward (``None``: the random rule)."""
-        if masks is None:
-            for layer in self.layers:
-                layer.mask = None
-            self.dropout_mask = None
-            return
-        if len(masks.drop_path) != len(self.layers):
-            raise ValueError(f"{len(masks.drop_path)} drop-path masks for {len(self.layers)} layers")
-        for layer, m in zip(self.layers, masks.drop_path):
-            layer.mask = None if m is None else paddle.to_tensor(np.ascontiguousarray(m))
-        self.dropout_mask = None if masks.dropout is None else paddle.to_tensor(
-            np.ascontiguousarray(masks.dropout))
+    @staticmethod
+    def _features(classifier: nn.Linear) -> int:
+        return int(classifier.weight.shape[0])  # Linear is [in, out]
 
-    def _dropout(self, layer: nn.Layer, inputs: Tuple[paddle.Tensor, ...]) -> Optional[tuple]:
-        if not self.model.training or self.drop_rate <= 0.0:
-            return None
-        x = inputs[0]
-        if self.dropout_mask is None:
-            return (compat.dropout(x, self.drop_rate, True),) + tuple(inputs[1:])
-        if list(self.dropout_mask.shape) != list(x.shape):
-            raise RuntimeError(f"dropout mask has shape {list(self.dropout_mask.shape)}, the "
-                               f"classifier input {list(x.shape)}")
-        return (x * self.dropout_mask.astype(x.dtype),) + tuple(inputs[1:])
-
-    def remove(self) -> None:
-        """Put the original layers and the model's own dropout back."""
-        self._hook.remove()
-        for parent, attr, orig in self._swapped:
-            setattr(parent, attr, orig)
-        self.model.drop_rate = self.drop_rate
-        self._swapped.clear()
+    @staticmethod
+    def _random_dropout(x: paddle.Tensor, p: float) -> paddle.Tensor:
+        return compat.dropout(x, p, True)
 
 
 def bn_buffers(model: nn.Layer) -> Dict[str, paddle.Tensor]:
@@ -227,43 +174,34 @@ def bn_buffers(model: nn.Layer) -> Dict[str, paddle.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k not in trainable}
 
 
+class TrainStepOps:
+    """The Paddle half of :func:`cream_core.training.step.train_step` (twin of the torch class)."""
+
+    tensor = staticmethod(Backend.tensor)
+
+    @staticmethod
+    def zero_grad(optimizer: paddle.optimizer.Optimizer) -> None:
+        """Clear the gradients."""
+        optimizer.clear_grad()
+
+    bn_buffers = staticmethod(bn_buffers)
+    no_grad = staticmethod(paddle.no_grad)
+
+    @staticmethod
+    def assign(target: paddle.Tensor, value: paddle.Tensor) -> None:
+        """Copy ``value`` into ``target`` in place."""
+        paddle.assign(value, output=target)
+
+
 def train_step(model: nn.Layer, optimizer: paddle.optimizer.Optimizer, loss_fn: nn.Layer,
                images: np.ndarray, labels: np.ndarray, *, injector: Optional[MaskInjector] = None,
                masks: Optional[StepMasks] = None, ema: Optional[ModelEma] = None, shards: int = 1,
                forward_model: Optional[nn.Layer] = None) -> float:
-    """One optimisation step, as the torch twin (see ``cream_torch_ref.train.train_step``)."""
-    net = forward_model if forward_model is not None else model
-    model.train()
-    n = int(labels.shape[0])
-    if shards < 1 or n % shards:
-        raise ValueError(f"batch of {n} cannot be split into {shards} equal shards")
-    per = n // shards
-    optimizer.clear_grad()
-    total = 0.0
-    keep: Optional[Dict[str, paddle.Tensor]] = None
-    for s in range(shards):
-        lo, hi = s * per, (s + 1) * per
-        if injector is not None:
-            injector.set(masks.rows(lo, hi) if masks is not None else None)
-        x = paddle.to_tensor(np.ascontiguousarray(images[lo:hi]))
-        y = paddle.to_tensor(np.ascontiguousarray(labels[lo:hi]))
-        loss = loss_fn(net(x), y)
-        (loss / shards if shards > 1 else loss).backward()
-        total += float(loss.detach())
-        if shards > 1 and s == 0:
-            keep = {k: v.detach().clone() for k, v in bn_buffers(model).items()}
-    if keep is not None:
-        with paddle.no_grad():
-            for k, v in bn_buffers(model).items():
-                paddle.assign(keep[k], output=v)
-    optimizer.step()
-    if ema is not None:
-        ema.update(model)
-    return total / shards
-
-
-def _official_arch(cfg: Any) -> str:
-    return f"{cfg.model.split('-')[1]}m_retrain"
+    """One optimisation step, as the torch twin (:func:`cream_core.training.step.train_step` with
+    :class:`TrainStepOps`)."""
+    return core_step.train_step(TrainStepOps, model, optimizer, loss_fn, images, labels,
+                                injector=injector, masks=masks, ema=ema, shards=shards,
+                                forward_model=forward_model)
 
 
 def _arrays(layer: nn.Layer) -> Dict[str, np.ndarray]:
@@ -342,7 +280,7 @@ def train_checkpoint_writer(model: nn.Layer, ema: Optional[ModelEma],
     """``write(f)`` of a ``.pdparams`` training checkpoint, for
     :func:`cream_core.io.outputs.commit_files` (the state is taken now, not when ``f`` is written)."""
     obj: Dict[str, Any] = {
-        "epoch": int(epoch), "arch": _official_arch(cfg), "args": _plain(cfg.to_dict()),
+        "epoch": int(epoch), "arch": official_arch(cfg), "args": _plain(cfg.to_dict()),
         "version": 2, "state_dict": _arrays(model),
         "optimizer": optimizer_state(model, optimizer),
     }
@@ -351,27 +289,13 @@ def train_checkpoint_writer(model: nn.Layer, ema: Optional[ModelEma],
     return lambda f: pickle.dump(obj, f, protocol=4)
 
 
-def _check_args(path: str, args: Any, cfg: Any) -> None:
-    from cream_core.config.retrain import check_resume_args
-
-    check_resume_args(path, args, cfg)
-
-
 def load_train_checkpoint(path: str, model: nn.Layer, ema: Optional[ModelEma],
                           optimizer: paddle.optimizer.Optimizer, cfg: Any) -> int:
     """Restore model, EMA and optimizer from :func:`save_train_checkpoint`'s file; returns its epoch."""
-    obj = read_checkpoint(path)
-    if not isinstance(obj, Mapping) or "state_dict" not in obj or "epoch" not in obj:
-        raise CheckpointError(path, "is not a training checkpoint (needs 'state_dict' and 'epoch' "
-                                    "to resume)")
-    _check_args(path, obj.get("args"), cfg)
+    obj = check_train_checkpoint(path, read_checkpoint(path), cfg, check_resume_args)
     if not isinstance(obj.get("optimizer"), Mapping):
         raise CheckpointError(path, "has no optimizer state, so training cannot resume from it")
-    expected = {k: tuple(int(s) for s in v.shape) for k, v in model.state_dict().items()}
-    check_state_dict(expected, obj["state_dict"], path, what=f"{cfg.model} ({cfg.num_classes} "
-                                                             "classes)")
-    if ema is not None and "state_dict_ema" in obj:
-        check_state_dict(expected, obj["state_dict_ema"], path, what="the EMA model")
+    check_train_states(path, obj, model.state_dict(), cfg, ema is not None)
     _load_optimizer_state(path, model, optimizer, obj["optimizer"])
     model.set_state_dict({k: np.asarray(v) for k, v in obj["state_dict"].items()})
     if ema is not None:

@@ -10,7 +10,7 @@ Data-parallel runs use the CPU ``gloo`` backend under ``torchrun`` (``WORLD_SIZE
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -59,46 +59,18 @@ class Backend(BackendBase):
     _init_distributed = staticmethod(init_distributed)
 
     # --- processes ------------------------------------------------------------------------------
-    def _sum_over_ranks(self, value: float) -> float:
-        t = torch.tensor([value], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return float(t.item())
+    _all_reduce = staticmethod(torch.distributed.all_reduce)
+    _concat = staticmethod(torch.cat)
 
-    def mean_tensors(self, tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        """The means of ``tensors`` over all processes (one flat all-reduce in their dtype), as new
-        tensors; the inputs are not changed. One process: the inputs themselves."""
-        if self.world_size <= 1 or not tensors:
-            return list(tensors)
-        flat = torch.cat([t.detach().reshape(-1) for t in tensors])
-        torch.distributed.all_reduce(flat)
-        flat /= self.world_size
-        out, offset = [], 0
-        for t in tensors:
-            n = t.numel()
-            out.append(flat[offset:offset + n].view_as(t).clone())
-            offset += n
-        return out
+    _barrier = staticmethod(torch.distributed.barrier)
+    #: ``DistributedDataParallel`` (gloo, CPU)
+    _data_parallel = staticmethod(torch.nn.parallel.DistributedDataParallel)
 
-    def broadcast_model(self, model: torch.nn.Module) -> None:
-        """Every process takes rank 0's weights and buffers."""
-        if self.world_size <= 1:
-            return
+    @staticmethod
+    def _broadcast_state(model: torch.nn.Module) -> None:
         with torch.no_grad():
             for t in list(model.state_dict().values()):
                 torch.distributed.broadcast(t, 0)
-
-    def barrier(self) -> None:
-        """Wait for every process."""
-        if self.world_size > 1:
-            torch.distributed.barrier()
-
-    def data_parallel(self, model: torch.nn.Module) -> torch.nn.Module:
-        """What to call for a data-parallel forward (``DistributedDataParallel``), or ``model``."""
-        if self.world_size <= 1:
-            return model
-        from torch.nn.parallel import DistributedDataParallel
-
-        return DistributedDataParallel(model)
 
     # --- tensors <-> numpy ----------------------------------------------------------------------
     @staticmethod

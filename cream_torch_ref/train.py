@@ -20,7 +20,7 @@ Twin: ``cream_paddle.train`` has the same names. Differences from the official r
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,20 +33,25 @@ from cream_core.io.atomic import atomic_write
 from cream_core.io.errors import CheckpointError
 from cream_core.data.datasets import ImageDataset
 from cream_core.training.loop import TrainResult, run_training
-from cream_core.training.trainer import Trainer as CoreTrainer
-from cream_core.training.masks import MaskSpec, StepMasks
+from cream_core.training.trainer import Trainer as CoreTrainer, optimizer_args, scheduler_args
+from cream_core.config.retrain import check_resume_args
+from cream_core.training import step as core_step
+from cream_core.training.checkpoint import check_train_checkpoint, check_train_states, official_arch
+from cream_core.training.injector import MaskedForward, MaskInjectorBase
+from cream_core.training.masks import StepMasks
 
 from . import optim
 from .backend import CHECKPOINT_SUFFIX, FRAMEWORK, Backend, init_distributed
 from .blocks import DropPath
-from .checkpoint import check_state_dict, read_checkpoint, save_official_checkpoint
+from .checkpoint import read_checkpoint, save_official_checkpoint
 from .childnet import ChildNet
 from .evaluate import evaluate  # noqa: F401  (the shared Trainer calls this module's evaluate)
 from .losses import LabelSmoothingCrossEntropy
 
 __all__ = [
     "FRAMEWORK", "CHECKPOINT_SUFFIX", "build_model", "create_optimizer", "create_scheduler",
-    "create_loss", "current_lr", "ModelEma", "MaskedDropPath", "MaskInjector", "train_step",
+    "create_loss", "current_lr", "ModelEma", "MaskedDropPath", "MaskInjector", "TrainStepOps",
+    "train_step",
     "bn_buffers", "optimizer_state", "save_train_checkpoint", "train_checkpoint_writer",
     "load_train_checkpoint", "init_distributed", "Trainer", "train",
 ]
@@ -65,16 +70,12 @@ def build_model(cfg: Any, seed: Optional[int] = None) -> ChildNet:
 
 def create_optimizer(model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
     """timm ``RMSpropTF`` as timm 0.1.20's ``create_optimizer`` built it (no decay on bias / 1-D)."""
-    return optim.create_retrain_optimizer(model, lr=cfg.lr, eps=cfg.opt_eps, momentum=cfg.momentum,
-                                          weight_decay=cfg.weight_decay, alpha=cfg.rmsprop_alpha)
+    return optim.create_retrain_optimizer(model, **optimizer_args(cfg))
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, cfg: Any) -> Tuple[Any, int]:
     """timm's per-epoch schedule (``step`` or ``cosine``); returns it and the epochs to run."""
-    return optim.create_retrain_scheduler(
-        optimizer, cfg.sched, epochs=cfg.epochs, min_lr=cfg.min_lr, decay_epochs=cfg.decay_epochs,
-        decay_rate=cfg.decay_rate, warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs,
-        cooldown_epochs=cfg.cooldown_epochs)
+    return optim.create_retrain_scheduler(optimizer, **scheduler_args(cfg))
 
 
 def create_loss(cfg: Any) -> nn.Module:
@@ -87,91 +88,35 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-class MaskedDropPath(DropPath):
-    """timm's ``DropPath`` whose per-sample mask is given (``.mask``, shape (N,)) instead of drawn.
+class MaskedDropPath(MaskedForward, DropPath):
+    """timm's ``DropPath`` whose per-sample mask is given (``.mask``, shape (N,)) instead of drawn
+    (:class:`~cream_core.training.injector.MaskedForward`); without a mask, timm's random rule."""
 
-    Without a mask it falls back to timm's random rule, so the model stays usable on its own.
-    """
-
-    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
-        super().__init__(drop_prob, scale_by_keep)
-        self.mask: Optional[torch.Tensor] = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        if not self.training or self.drop_prob == 0.0:
-            return x
-        if self.mask is None:
-            return super().forward(x)
-        if self.mask.shape[0] != x.shape[0]:
-            raise RuntimeError(f"drop-path mask is for {self.mask.shape[0]} samples, the batch has "
-                               f"{x.shape[0]}")
-        return x * self.mask.view([-1] + [1] * (x.ndim - 1)).to(x.dtype)
+    @staticmethod
+    def _cast(tensor: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return tensor.to(like.dtype)
 
 
-class MaskInjector:
-    """Feed numpy drop masks to a model: drop-path layers become :class:`MaskedDropPath`, and the
-    dropout before the classifier becomes a pre-hook multiplying the classifier's input by a mask.
+class MaskInjector(MaskInjectorBase):
+    """Feed numpy drop masks to a model (:class:`~cream_core.training.injector.MaskInjectorBase`):
+    drop-path layers become :class:`MaskedDropPath`, the dropout before the classifier a pre-hook
+    (without a mask: ``F.dropout``, timm's rule)."""
 
-    ``set(masks)`` before each training forward; ``remove()`` restores the model (the swapped layers
-    hold no weights, so the state dict never changes).
-    """
+    drop_path_class = DropPath
+    masked_class = MaskedDropPath
+    _tensor = staticmethod(Backend.tensor)
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self._swapped: List[Tuple[nn.Module, str, nn.Module]] = []
-        self.layers: List[MaskedDropPath] = []
-        for name, mod in list(model.named_modules()):
-            if type(mod) is DropPath:
-                parent_name, _, attr = name.rpartition(".")
-                parent = model.get_submodule(parent_name) if parent_name else model
-                new = MaskedDropPath(mod.drop_prob, mod.scale_by_keep)
-                setattr(parent, attr, new)
-                self._swapped.append((parent, attr, mod))
-                self.layers.append(new)
-            elif isinstance(mod, MaskedDropPath):
-                self.layers.append(mod)
-        self.drop_rate = float(getattr(model, "drop_rate", 0.0))
-        self.dropout_mask: Optional[torch.Tensor] = None
-        model.drop_rate = 0.0  # the hook applies dropout instead of forward_head
-        self._hook = model.get_classifier().register_forward_pre_hook(self._dropout)
+    @staticmethod
+    def _named_layers(model: nn.Module) -> Iterable[Tuple[str, nn.Module]]:
+        return model.named_modules()
 
-    def spec(self) -> MaskSpec:
-        """What the model drops: drop-path probabilities in model order and the dropout rate."""
-        return MaskSpec(tuple(float(m.drop_prob) for m in self.layers), self.drop_rate,
-                        int(self.model.get_classifier().in_features))
+    @staticmethod
+    def _features(classifier: nn.Linear) -> int:
+        return int(classifier.in_features)
 
-    def set(self, masks: Optional[StepMasks]) -> None:
-        """Use ``masks`` for the next forward (``None``: timm's random rule)."""
-        if masks is None:
-            for layer in self.layers:
-                layer.mask = None
-            self.dropout_mask = None
-            return
-        if len(masks.drop_path) != len(self.layers):
-            raise ValueError(f"{len(masks.drop_path)} drop-path masks for {len(self.layers)} layers")
-        for layer, m in zip(self.layers, masks.drop_path):
-            layer.mask = None if m is None else torch.from_numpy(np.ascontiguousarray(m))
-        self.dropout_mask = None if masks.dropout is None else torch.from_numpy(
-            np.ascontiguousarray(masks.dropout))
-
-    def _dropout(self, module: nn.Module, args: Tuple[torch.Tensor, ...]) -> Optional[tuple]:
-        if not self.model.training or self.drop_rate <= 0.0:
-            return None
-        x = args[0]
-        if self.dropout_mask is None:
-            return (F.dropout(x, p=self.drop_rate, training=True),) + tuple(args[1:])
-        if tuple(self.dropout_mask.shape) != tuple(x.shape):
-            raise RuntimeError(f"dropout mask has shape {tuple(self.dropout_mask.shape)}, the "
-                               f"classifier input {tuple(x.shape)}")
-        return (x * self.dropout_mask.to(x.dtype),) + tuple(args[1:])
-
-    def remove(self) -> None:
-        """Put the original layers and the model's own dropout back."""
-        self._hook.remove()
-        for parent, attr, orig in self._swapped:
-            setattr(parent, attr, orig)
-        self.model.drop_rate = self.drop_rate
-        self._swapped.clear()
+    @staticmethod
+    def _random_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+        return F.dropout(x, p=p, training=True)
 
 
 def bn_buffers(model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -179,55 +124,44 @@ def bn_buffers(model: nn.Module) -> Dict[str, torch.Tensor]:
     return dict(model.named_buffers())
 
 
+class TrainStepOps:
+    """The torch half of :func:`cream_core.training.step.train_step`."""
+
+    tensor = staticmethod(Backend.tensor)
+
+    @staticmethod
+    def zero_grad(optimizer: torch.optim.Optimizer) -> None:
+        """Clear the gradients (torch's default: set to ``None``)."""
+        optimizer.zero_grad()
+
+    bn_buffers = staticmethod(bn_buffers)
+    no_grad = staticmethod(torch.no_grad)
+
+    @staticmethod
+    def assign(target: torch.Tensor, value: torch.Tensor) -> None:
+        """Copy ``value`` into ``target`` in place."""
+        target.copy_(value)
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                images: np.ndarray, labels: np.ndarray, *, injector: Optional[MaskInjector] = None,
                masks: Optional[StepMasks] = None, ema: Optional[ModelEma] = None, shards: int = 1,
                forward_model: Optional[nn.Module] = None) -> float:
-    """One optimisation step as the official loop: forward, loss, zero grad, backward, step, EMA.
+    """One optimisation step as the official loop: forward, loss, zero grad, backward, step, EMA
+    (:func:`cream_core.training.step.train_step` with :class:`TrainStepOps`).
 
     ``forward_model`` is what to call (a ``DistributedDataParallel`` wrapper of ``model``).
-    ``shards=W`` splits the batch in ``W`` equal parts, each normalised by BatchNorm on its own, the
-    loss averaged over parts and the running statistics kept from part 0: exactly what ``W``
-    data-parallel processes with per-process BatchNorm compute (DDP averages gradients and
-    broadcasts rank 0's buffers). Returns the loss (mean over parts). Gradients stay in ``.grad``.
+    ``shards=W`` makes one process compute exactly what ``W`` data-parallel processes with
+    per-process BatchNorm compute. Returns the loss (mean over parts). Gradients stay in ``.grad``.
     """
-    net = forward_model if forward_model is not None else model
-    model.train()
-    n = int(labels.shape[0])
-    if shards < 1 or n % shards:
-        raise ValueError(f"batch of {n} cannot be split into {shards} equal shards")
-    per = n // shards
-    optimizer.zero_grad()
-    total = 0.0
-    keep: Optional[Dict[str, torch.Tensor]] = None
-    for s in range(shards):
-        lo, hi = s * per, (s + 1) * per
-        if injector is not None:
-            injector.set(masks.rows(lo, hi) if masks is not None else None)
-        x = torch.from_numpy(np.ascontiguousarray(images[lo:hi]))
-        y = torch.from_numpy(np.ascontiguousarray(labels[lo:hi]))
-        loss = loss_fn(net(x), y)
-        (loss / shards if shards > 1 else loss).backward()
-        total += float(loss.detach())
-        if shards > 1 and s == 0:
-            keep = {k: v.detach().clone() for k, v in bn_buffers(model).items()}
-    if keep is not None:
-        with torch.no_grad():
-            for k, v in bn_buffers(model).items():
-                v.copy_(keep[k])
-    optimizer.step()
-    if ema is not None:
-        ema.update(model)
-    return total / shards
+    return core_step.train_step(TrainStepOps, model, optimizer, loss_fn, images, labels,
+                                injector=injector, masks=masks, ema=ema, shards=shards,
+                                forward_model=forward_model)
 
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
     """The optimizer's state dict (torch keys it by parameter position, stable across processes)."""
     return optimizer.state_dict()
-
-
-def _official_arch(cfg: Any) -> str:
-    return f"{cfg.model.split('-')[1]}m_retrain"  # the official MODEL name, e.g. '14m_retrain'
 
 
 def train_checkpoint_writer(model: nn.Module, ema: Optional[ModelEma],
@@ -237,7 +171,7 @@ def train_checkpoint_writer(model: nn.Module, ema: Optional[ModelEma],
     ``epoch``, ``arch``, ``args``, ``version``), for :func:`cream_core.io.outputs.commit_files`."""
     return lambda f: save_official_checkpoint(
         f, model.state_dict(), ema.ema.state_dict() if ema is not None else None, epoch=epoch,
-        args=cfg.to_dict(), arch=_official_arch(cfg), optimizer=optimizer_state(model, optimizer))
+        args=cfg.to_dict(), arch=official_arch(cfg), optimizer=optimizer_state(model, optimizer))
 
 
 def save_train_checkpoint(path: str, model: nn.Module, ema: Optional[ModelEma],
@@ -246,33 +180,19 @@ def save_train_checkpoint(path: str, model: nn.Module, ema: Optional[ModelEma],
     atomic_write(path, train_checkpoint_writer(model, ema, optimizer, epoch, cfg))
 
 
-def _check_args(path: str, args: Any, cfg: Any) -> None:
-    from cream_core.config.retrain import check_resume_args
-
-    check_resume_args(path, args, cfg)
-
-
 def load_train_checkpoint(path: str, model: nn.Module, ema: Optional[ModelEma],
                           optimizer: torch.optim.Optimizer, cfg: Any) -> int:
     """Restore model, EMA and optimizer from a checkpoint of :func:`save_train_checkpoint`;
     returns its epoch. Read with the project's restricted unpickler; every problem is a
     :class:`~cream_core.io.errors.CheckpointError` naming the file, raised before anything changes."""
-    obj = read_checkpoint(path)
-    if not isinstance(obj, Mapping) or "state_dict" not in obj or "epoch" not in obj:
-        raise CheckpointError(path, "is not a training checkpoint (needs 'state_dict' and 'epoch' "
-                                    "to resume)")
-    _check_args(path, obj.get("args"), cfg)
+    obj = check_train_checkpoint(path, read_checkpoint(path), cfg, check_resume_args)
     opt = obj.get("optimizer")
     if not isinstance(opt, Mapping) or not opt.get("param_groups"):
         raise CheckpointError(path, "has no optimizer state, so training cannot resume from it")
     if len(opt["param_groups"]) != len(optimizer.param_groups):
         raise CheckpointError(path, f"optimizer has {len(opt['param_groups'])} parameter groups, "
                                     f"this run {len(optimizer.param_groups)}")
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    check_state_dict(expected, obj["state_dict"], path, what=f"{cfg.model} ({cfg.num_classes} "
-                                                             "classes)")
-    if ema is not None and "state_dict_ema" in obj:
-        check_state_dict(expected, obj["state_dict_ema"], path, what="the EMA model")
+    check_train_states(path, obj, model.state_dict(), cfg, ema is not None)
     model.load_state_dict(obj["state_dict"], strict=True)
     if ema is not None:
         ema.ema.load_state_dict(obj.get("state_dict_ema", obj["state_dict"]), strict=True)

@@ -122,6 +122,38 @@ def test_mask_injector_paddle() -> None:
                          (2, 3, 64, 64)).astype(np.float32)))
 
 
+def _train_module(framework: str):
+    if framework == "torch":
+        from cream_torch_ref import train as T
+        return T
+    from cream_paddle import train as P
+    return P
+
+
+@pytest.mark.paddle
+@pytest.mark.parametrize("framework", ["torch", "paddle"])
+def test_step_ops_fill_the_core_protocol_and_refuse_bad_shards(framework: str) -> None:
+    """Each framework's ``TrainStepOps`` has every member of the core protocol; the one core step
+    refuses a batch that does not split into equal shards, and the injector refuses masks for
+    another number of layers, with the same messages in both frameworks."""
+    from cream_core.training.step import TrainStepOps
+
+    mod = _train_module(framework)
+    members = {n for n in vars(TrainStepOps) if not n.startswith("_")}
+    assert {"tensor", "zero_grad", "bn_buffers", "assign", "no_grad"} <= members
+    assert not sorted(n for n in members if not hasattr(mod.TrainStepOps, n))
+    cfg = _cfg()
+    model = mod.build_model(cfg)
+    opt, loss_fn = mod.create_optimizer(model, cfg), mod.create_loss(cfg)
+    images, labels = np.zeros((3, 3, 64, 64), np.float32), np.zeros(3, np.int64)
+    with pytest.raises(ValueError, match="batch of 3 cannot be split into 2 equal shards"):
+        mod.train_step(model, opt, loss_fn, images, labels, shards=2)
+    inj = mod.MaskInjector(model)
+    with pytest.raises(ValueError, match="0 drop-path masks for"):
+        inj.set(StepMasks([], None))
+    inj.remove()
+
+
 # --- resume, checkpoints ----------------------------------------------------------------------
 
 def _resume_equal(framework: str, data: Path, tmp: Path):

@@ -1,7 +1,8 @@
 """The retraining loop, framework-free: both frameworks run exactly this code around their own step.
 
-``cream_torch_ref.train`` and ``cream_paddle.train`` each supply a :class:`TrainBackend` (forward,
-backward, optimizer step, EMA update, scheduler, evaluation, checkpoint I/O); everything else —
+``cream_torch_ref.train.Trainer`` and ``cream_paddle.train.Trainer`` are the :class:`TrainBackend`
+(forward, backward, optimizer step, EMA update, scheduler, evaluation, checkpoint I/O; the one
+step is :func:`cream_core.training.step.train_step`); everything else —
 data order, augmentation, drop masks, epochs, evaluation cadence, checkpoint names, the summary
 table — is this module, so two runs can only differ in what the frameworks compute.
 
@@ -39,7 +40,8 @@ SUMMARY_FIELDS = ("epoch", "lr", "train_loss", "steps", "seconds", "top1", "top5
 
 
 class TrainBackend(Protocol):
-    """What a framework supplies to :func:`run_training` (``cream_*.train.Backend``)."""
+    """What a framework supplies to :func:`run_training`: its ``train.Trainer`` (the shared
+    :class:`cream_core.training.trainer.Trainer` over the framework's ``train`` module)."""
 
     framework: str
     rank: int

@@ -5,8 +5,8 @@ Stochastic depth (timm ``drop_path``) multiplies a residual branch by a per-samp
 ``bernoulli(1 - p) / (1 - p)``. The official training drew these from torch's RNG; here they are
 drawn for the *global* batch of a step from ``(seed, epoch, step)`` and each data-parallel rank
 takes its rows, so a torch run, a Paddle run and a 2-process run make identical random decisions.
-The training loops inject them through a small hook (``MaskInjector`` in ``cream_torch_ref.train``
-and ``cream_paddle.train``).
+The training loops inject them through a small hook (:mod:`cream_core.training.injector`, the
+``MaskInjector`` of ``cream_torch_ref.train`` and ``cream_paddle.train``).
 """
 from __future__ import annotations
 

@@ -7,14 +7,29 @@ here touches a framework.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Protocol, Tuple
+from typing import Any, Callable, Dict, Optional, Protocol, Tuple
 
 from cream_core.data.evaluation import EvalResult
 from cream_core.data.loader import EvalLoader
 from cream_core.data.train_loader import TrainBatch
 from cream_core.training.masks import MaskSpec, StepMasks
 
-__all__ = ["TrainOps", "Trainer"]
+__all__ = ["TrainOps", "Trainer", "optimizer_args", "scheduler_args"]
+
+
+def optimizer_args(cfg: Any) -> Dict[str, float]:
+    """The recipe's ``create_retrain_optimizer`` keywords (RMSpropTF: lr, eps, momentum, decay,
+    alpha), the same for both frameworks."""
+    return dict(lr=cfg.lr, eps=cfg.opt_eps, momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay, alpha=cfg.rmsprop_alpha)
+
+
+def scheduler_args(cfg: Any) -> Dict[str, Any]:
+    """The recipe's ``create_retrain_scheduler`` arguments after the optimizer (schedule name,
+    epochs, decay, warm-up, cool-down), the same for both frameworks."""
+    return dict(sched=cfg.sched, epochs=cfg.epochs, min_lr=cfg.min_lr,
+                decay_epochs=cfg.decay_epochs, decay_rate=cfg.decay_rate, warmup_lr=cfg.warmup_lr,
+                warmup_epochs=cfg.warmup_epochs, cooldown_epochs=cfg.cooldown_epochs)
 
 
 class TrainOps(Protocol):
