@@ -456,6 +456,33 @@ def test_pool_same_batches_and_no_worker_left(photo_classes: Path, kind: str) ->
     assert _children() == before
 
 
+def _sleep_in_task(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def test_pool_stopped_early_does_not_wait_for_hung_workers() -> None:
+    """A consumer that stops while both workers are stuck in long tasks gets control back after the
+    grace period, with the busy workers terminated, not after the tasks (the first clean-up of the
+    one pool waited for every running and queued task, with Ctrl-C held: 16 s for two 8 s tasks)."""
+    import time
+
+    from cream_core.data.workers import ordered_batches
+
+    before = _children()
+    batches = [(0, [(0.0,), (0.0,)])] + [(i, [(60.0,), (60.0,)]) for i in range(1, 4)]
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="consumer"):
+        for key, _ in ordered_batches(_sleep_in_task, batches, workers=2, stop_grace_s=1.0):
+            assert key == 0
+            time.sleep(0.5)  # the workers have taken the 60 s tasks
+            raise RuntimeError("consumer")
+    assert time.monotonic() - start < 20.0  # grace 1 s + start-up on a busy machine; not 60 s
+    assert _children() == before
+
+
 def _raise_in_task(*args, **kwargs):
     raise ValueError("a task failed")
 
