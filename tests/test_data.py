@@ -579,10 +579,9 @@ _CTRL_C = """
 import multiprocessing as mp, signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if started
 import cream_core.data as cd                               # from a job that ignores SIGINT
-sys.path.insert(0, sys.argv[2])
-from test_data import LOADERS
+from test_data import LOADERS                              # tests/ is on PYTHONPATH
 ds = cd.open_dataset(sys.argv[1], "folder")
-make = LOADERS[sys.argv[3]][0]
+make = LOADERS[sys.argv[2]][0]
 print("ready", flush=True)
 try:
     while True:
@@ -603,10 +602,10 @@ def test_pool_ctrl_c_is_the_parents_alone(photo_classes: Path, kind: str) -> Non
     import sys
     import time
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)]),
            "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen([sys.executable, "-c", _CTRL_C, str(photo_classes),
-                          str(Path(__file__).parent), kind], env=env, stdout=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-c", _CTRL_C, str(photo_classes), kind], env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
