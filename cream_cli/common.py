@@ -3,6 +3,7 @@ convention (exit codes, one-line errors, validators) is :mod:`cream_core.io.cli_
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Dict, Iterable, Optional
 
@@ -26,6 +27,8 @@ def set_threads(framework: str, threads: Optional[int]) -> None:
         raise UsageError(f"--threads must be at least 1, got {threads}")
     if not threads:
         return
+    if framework == "paddle":  # before Paddle's first import: its OpenMP reads it when it loads
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     if framework == "torch":
         from cream_torch_ref.backend import set_threads as set_framework_threads
     else:

@@ -1,5 +1,5 @@
 """Porting mistakes injected into paddle.vision models, to show the generic engine catches and
-locates them on both sides (``parity/test_generic_faults.py``, ``parity run --torch ... --paddle
+locates them on both sides (``parity/test_generic.py``, ``parity run --torch ... --paddle
 ... --inject-fault NAME``).
 
 Each :class:`GenericFault` edits a Paddle model of one pair after its weights are loaded, and names

@@ -456,6 +456,33 @@ def test_pool_same_batches_and_no_worker_left(photo_classes: Path, kind: str) ->
     assert _children() == before
 
 
+def _sleep_in_task(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def test_pool_stopped_early_does_not_wait_for_hung_workers() -> None:
+    """A consumer that stops while both workers are stuck in long tasks gets control back after the
+    grace period, with the busy workers terminated, not after the tasks (the first clean-up of the
+    one pool waited for every running and queued task, with Ctrl-C held: 16 s for two 8 s tasks)."""
+    import time
+
+    from cream_core.data.workers import ordered_batches
+
+    before = _children()
+    batches = [(0, [(0.0,), (0.0,)])] + [(i, [(60.0,), (60.0,)]) for i in range(1, 4)]
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="consumer"):
+        for key, _ in ordered_batches(_sleep_in_task, batches, workers=2, stop_grace_s=1.0):
+            assert key == 0
+            time.sleep(0.5)  # the workers have taken the 60 s tasks
+            raise RuntimeError("consumer")
+    assert time.monotonic() - start < 20.0  # grace 1 s + start-up on a busy machine; not 60 s
+    assert _children() == before
+
+
 def _raise_in_task(*args, **kwargs):
     raise ValueError("a task failed")
 
@@ -552,10 +579,9 @@ _CTRL_C = """
 import multiprocessing as mp, signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if started
 import cream_core.data as cd                               # from a job that ignores SIGINT
-sys.path.insert(0, sys.argv[2])
-from test_data import LOADERS
+from test_data import LOADERS                              # tests/ is on PYTHONPATH
 ds = cd.open_dataset(sys.argv[1], "folder")
-make = LOADERS[sys.argv[3]][0]
+make = LOADERS[sys.argv[2]][0]
 print("ready", flush=True)
 try:
     while True:
@@ -576,10 +602,10 @@ def test_pool_ctrl_c_is_the_parents_alone(photo_classes: Path, kind: str) -> Non
     import sys
     import time
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), str(here)]),
            "OMP_NUM_THREADS": "1"}
-    p = subprocess.Popen([sys.executable, "-c", _CTRL_C, str(photo_classes),
-                          str(Path(__file__).parent), kind], env=env, stdout=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-c", _CTRL_C, str(photo_classes), kind], env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"

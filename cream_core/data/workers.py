@@ -6,11 +6,13 @@ tuples of one task each); the pool (the standard library's
 time, which bounds memory, and gives back each batch's results in the order the batches and their
 chunks were given, so the output never depends on the number of workers.
 
-Clean-up is one and the same however the iteration ends (the batches run out, a task or the
-consumer raises, the consumer stops early, Ctrl-C): the work not yet started is cancelled, the
-chunks already running finish (at most one per worker), and every worker process has exited before
-control returns to the caller; no signal is sent to a working worker. Workers ignore SIGINT (Ctrl-C reaches
-the whole foreground process group; the parent alone handles it, so no worker prints a traceback)
+Clean-up is one and the same however the iteration ends early (a task or the consumer raises, the
+consumer stops, Ctrl-C): the work not yet started is cancelled, the chunks already handed to the
+workers (those running and the one the standard library queues ahead) get :data:`STOP_GRACE_S` to
+finish, and a worker still busy after that is terminated; a second Ctrl-C during that wait
+terminates them at once. Every worker process has exited before control returns to the caller.
+Workers ignore SIGINT (Ctrl-C reaches the whole foreground process group; the parent alone handles
+it, so no worker prints a traceback)
 and take SIGTERM's default action (with ``fork`` they would inherit the parent's handlers: Paddle
 installs one that prints a "FatalError" report). A worker that dies (killed, out of memory) raises
 :class:`WorkerDied` instead of leaving the loader waiting forever for its result.
@@ -24,6 +26,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -34,10 +37,14 @@ from typing import (Any, Callable, Deque, Iterable, Iterator, List, Optional, Se
 from cream_core.io.errors import RunAborted
 
 __all__ = ["ordered_batches", "default_workers", "default_start_method", "WorkerDied",
-           "DEFAULT_PREFETCH"]
+           "DEFAULT_PREFETCH", "STOP_GRACE_S"]
 
 #: Batches worked on ahead of the one being consumed.
 DEFAULT_PREFETCH: int = 2
+#: Seconds a stopped pool's running chunks may take before their workers are terminated. A chunk
+#: decodes a slice of one batch (well under a second on this project's machines); a worker stuck
+#: longer (a hung read) must not keep Ctrl-C or an error from ending the run.
+STOP_GRACE_S: float = 10.0
 
 K = TypeVar("K")
 R = TypeVar("R")
@@ -91,7 +98,8 @@ def _ctrl_c_held() -> Iterator[None]:
 
 def ordered_batches(task: Callable[..., R], batches: Iterable[Tuple[K, Sequence[Tuple[Any, ...]]]],
                     workers: int, prefetch: int = DEFAULT_PREFETCH,
-                    start_method: Optional[str] = None) -> Iterator[Tuple[K, List[R]]]:
+                    start_method: Optional[str] = None,
+                    stop_grace_s: float = STOP_GRACE_S) -> Iterator[Tuple[K, List[R]]]:
     """``(key, [task(*args) for args in chunks])`` for each ``(key, chunks)`` of ``batches``, in
     order, computed by ``workers`` processes (0: in this process, one chunk after the other)."""
     if workers <= 0:
@@ -103,6 +111,7 @@ def ordered_batches(task: Callable[..., R], batches: Iterable[Tuple[K, Sequence[
                                    mp_context=mp.get_context(start_method or default_start_method()))
     pending: Deque[Tuple[K, List["Future[R]"]]] = deque()
     todo = iter(batches)
+    finished = False
 
     def submit() -> None:
         with _ctrl_c_held():
@@ -118,9 +127,31 @@ def ordered_batches(task: Callable[..., R], batches: Iterable[Tuple[K, Sequence[
             results = [f.result() for f in futures]
             submit()
             yield key, results
+        finished = True
     except BrokenProcessPool:
         raise WorkerDied("a data-loading worker process died before finishing its task (killed, "
                          "or out of memory?); try fewer --workers or a smaller batch") from None
     finally:
-        with _ctrl_c_held():
-            pool.shutdown(wait=True, cancel_futures=True)
+        _stop(pool, finished, stop_grace_s)
+
+
+def _stop(pool: ProcessPoolExecutor, finished: bool, grace_s: float) -> None:
+    """Shut ``pool`` down: after the last batch, wait (nothing is running); after an early end,
+    give the running chunks ``grace_s`` and terminate the workers still busy (see the module
+    docstring). Ctrl-C is held only while the pool itself is told to stop."""
+    # the standard library keeps its worker processes here; it offers no public handle on them
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    with _ctrl_c_held():
+        pool.shutdown(wait=finished, cancel_futures=True)
+    if finished:
+        return
+    deadline = time.monotonic() + grace_s
+    try:
+        for proc in processes:
+            proc.join(max(0.0, deadline - time.monotonic()))
+    finally:  # also on a second Ctrl-C during the wait
+        for proc in processes:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in processes:
+            proc.join()
