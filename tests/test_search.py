@@ -398,3 +398,25 @@ def test_legacy_sgd_state_round_trip(framework: str, two_entry_setup) -> None:
     assert all(np.array_equal(again["momentum_buffer"][k], v) for k, v in state["momentum_buffer"].items())
     with pytest.raises(ValueError, match="unknown parameters"):
         other.load_state_dict({**state, "momentum_buffer": {"nope.weight": np.zeros(1)}})
+
+
+@pytest.mark.paddle
+@pytest.mark.parametrize("framework", ["torch", "paddle"])
+def test_resume_refuses_a_mis_shaped_entry(framework: str) -> None:
+    """A checkpoint whose entry has the wrong shape is refused with one line naming it, in both
+    frameworks: Paddle's ``set_state_dict`` only warns and keeps the fresh weights."""
+    from cream_core.config.search import load_search_config
+    from cream_core.io.errors import CheckpointError
+    from cream_core.search.searcher import Searcher
+    from cream_core.training.schedules import SupernetLinearSchedule
+
+    cfg = load_search_config(num_classes=4, flops_maximum=20.0)
+    ops = _framework(framework)[0].SearchOps
+    searcher = Searcher(ops, cfg, SupernetLinearSchedule(lr=cfg.lr, iters=10))
+    model_state = searcher.model_state()
+    state = searcher.checkpoint_state(0, 0, {})
+    searcher.restore(model_state, state, "ok.ckpt")  # its own state fits
+    name = next(k for k, v in model_state.items() if np.ndim(v) == 4)
+    bad = {**model_state, name: np.zeros(np.shape(model_state[name])[:-1] + (1,), np.float32)}
+    with pytest.raises(CheckpointError, match=rf"bad\.ckpt: .*shapes .*{name}"):
+        searcher.restore(bad, state, "bad.ckpt")

@@ -289,10 +289,6 @@ class SupernetPaths:
         """Names of ``rand_parameters``, in the same order."""
         return names_in_order(self.named_parameters(), self.rand_parameters(architecture, meta))
 
-    def check_path(self, architecture: Sequence[Sequence[int]]) -> List[List[int]]:
-        """``architecture`` as lists, or ``ValueError`` naming the stage/choice that does not exist."""
-        return validate_cand(architecture, self.plan)
-
 
 # ---- the official FlopsEst, as ptflops 0.6.x counts ---------------------------------------------
 def _out_hw(hw: int, kernel: int, stride: int) -> int:

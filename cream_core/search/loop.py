@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -295,7 +296,8 @@ def _train_epoch(run: _Run, loader: Any, interval: Optional[int]) -> Tuple[_Epoc
     bar = _progress_bar(run, steps)
     step, stop = run.start_step, False
     try:
-        for batch in loader.epoch_batches(run.epoch, run.start_step):
+        # closing: a stop at --max-iters shuts the loader's workers down now, not at collection
+        for batch in closing(loader.epoch_batches(run.epoch, run.start_step)):
             step = batch.step
             out = s.train_batch(batch.images, batch.labels, run.epoch, step)
             if not math.isfinite(out.loss):
@@ -325,7 +327,7 @@ def _evaluate(searcher: Searcher, loader: Any, cand: Sequence[Sequence[int]],
               max_batches: Optional[int], normalize: Callable[[np.ndarray], np.ndarray]
               ) -> Dict[str, float]:
     loss_sum, c1, c5, n = 0.0, 0.0, 0.0, 0
-    for i, batch in enumerate(loader):
+    for i, batch in enumerate(closing(iter(loader))):  # closing: see _train_epoch
         if max_batches is not None and i >= max_batches:
             break
         loss, p1, p5 = searcher.eval_batch(normalize(batch.images), batch.labels, cand)

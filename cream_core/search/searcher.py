@@ -166,6 +166,11 @@ class Searcher:
         if missing or unexpected:
             raise ValueError(f"checkpoint does not fit this supernet: missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]}")
+        # Paddle's set_state_dict only warns on a mis-shaped entry and keeps the fresh weights
+        wrong = [f"{k} {tuple(np.shape(model_state[k]))} vs {tuple(own[k].shape)}" for k in own
+                 if tuple(np.shape(model_state[k])) != tuple(own[k].shape)]
+        if wrong:
+            raise ValueError(f"checkpoint does not fit this supernet: shapes {wrong[:3]}")
         name, keys, pos, has_gauss, cached = state["rng"]
         rng_state = (name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached))
         self.backend.load_native_state(self.model, model_state)
@@ -178,7 +183,3 @@ class Searcher:
                             for e in state["board"]]
         self.rng.set_state(rng_state)
         self.iteration = int(state["iteration"])
-
-    def best_candidates(self) -> List[Dict[str, Any]]:
-        """The board as plain data (best first)."""
-        return self.board.summary()

@@ -1,6 +1,6 @@
 """The retraining loop, framework-free: both frameworks run exactly this code around their own step.
 
-``cream_torch_ref.train.Trainer`` and ``cream_paddle.train.Trainer`` are the :class:`TrainBackend`
+``cream_torch_ref.train.Trainer`` and ``cream_paddle.train.Trainer`` are the :class:`TrainerProtocol`
 (forward, backward, optimizer step, EMA update, scheduler, evaluation, checkpoint I/O; the one
 step is :func:`cream_core.training.step.train_step`); everything else —
 data order, augmentation, drop masks, epochs, evaluation cadence, checkpoint names, the summary
@@ -19,6 +19,7 @@ import csv
 import math
 import os
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
@@ -31,7 +32,7 @@ from cream_core.data.train_loader import TrainBatch, TrainLoader
 from cream_core.training.masks import MaskSpec, StepMasks, step_masks
 from cream_core.data.train_transforms import TrainTransform
 
-__all__ = ["TrainBackend", "EpochRecord", "TrainResult", "run_training", "checkpoint_names",
+__all__ = ["TrainerProtocol", "EpochRecord", "TrainResult", "run_training", "checkpoint_names",
            "SUMMARY_FIELDS"]
 
 #: Columns of ``summary.csv`` (one row per epoch).
@@ -39,7 +40,7 @@ SUMMARY_FIELDS = ("epoch", "lr", "train_loss", "steps", "seconds", "top1", "top5
                   "ema_top1", "ema_top5", "ema_loss")
 
 
-class TrainBackend(Protocol):
+class TrainerProtocol(Protocol):
     """What a framework supplies to :func:`run_training`: its ``train.Trainer`` (the shared
     :class:`cream_core.training.trainer.Trainer` over the framework's ``train`` module)."""
 
@@ -136,15 +137,15 @@ def _summary_writer(rows: List[EpochRecord]) -> Callable[[Any], None]:
     return write
 
 
-def _commit_epoch(backend: TrainBackend, names: Dict[str, str], epoch: int, metric: float,
+def _commit_epoch(trainer: TrainerProtocol, names: Dict[str, str], epoch: int, metric: float,
                   improved: bool, history: List[EpochRecord]) -> None:
     """``last``, ``model_best`` (when ``improved``) and ``summary.csv`` as one crash-consistent set
     (:func:`cream_core.io.outputs.commit_files`): after a kill at any point, the folder holds the
     previous epoch's three files or this epoch's, never a mix."""
     m = None if math.isnan(metric) else metric
-    members = {names["last"]: backend.checkpoint_writer(epoch, m)}
+    members = {names["last"]: trainer.checkpoint_writer(epoch, m)}
     if improved:
-        members[names["best"]] = backend.checkpoint_writer(epoch, m)
+        members[names["best"]] = trainer.checkpoint_writer(epoch, m)
     members[names["summary"]] = _summary_writer(history)
     commit_files(members, modes={names["summary"]: "w"})
 
@@ -170,7 +171,7 @@ class _Run:
     """What one call of :func:`run_training` carries from epoch to epoch."""
 
     cfg: Any
-    backend: TrainBackend
+    trainer: TrainerProtocol
     loader: TrainLoader
     eval_loader: Optional[EvalLoader]
     spec: MaskSpec
@@ -186,21 +187,21 @@ class _Run:
     @property
     def main(self) -> bool:
         """Rank 0: the process that evaluates, writes and logs."""
-        return self.backend.rank == 0
+        return self.trainer.rank == 0
 
 
-def _metric(backend: TrainBackend, rec: EpochRecord) -> float:
+def _metric(trainer: TrainerProtocol, rec: EpochRecord) -> float:
     """The epoch's figure of merit: EMA top-1 when the run keeps an EMA, else the model's."""
-    return rec.ema_top1 if backend.has_ema else rec.top1
+    return rec.ema_top1 if trainer.has_ema else rec.top1
 
 
 def _resume(run: _Run, resume: str) -> int:
     """Load ``resume``, take back the summary rows and the best epoch before it; the next epoch."""
-    start_epoch = run.backend.load(resume) + 1
+    start_epoch = run.trainer.load(resume) + 1
     if run.names:
         run.history = _read_summary(run.names["summary"], start_epoch)
         for r in run.history:
-            m = _metric(run.backend, r)
+            m = _metric(run.trainer, r)
             if not math.isnan(m) and m > run.best_metric:
                 run.best_metric, run.best_epoch = m, r.epoch
     if run.main:
@@ -210,21 +211,21 @@ def _resume(run: _Run, resume: str) -> int:
 
 def _train_epoch(run: _Run, epoch: int, lr: float) -> Tuple[float, int]:
     """Every step of ``epoch`` (at most ``steps_per_epoch``): the sum of the losses and the steps."""
-    backend, cfg, total = run.backend, run.cfg, run.cfg.total_epochs
+    trainer, cfg, total = run.trainer, run.cfg, run.cfg.total_epochs
     bar = None
     if run.progress and run.main:
         from tqdm import tqdm
-        bar = tqdm(total=run.steps_per_epoch, desc=f"{backend.framework} epoch {epoch}/{total - 1}",
+        bar = tqdm(total=run.steps_per_epoch, desc=f"{trainer.framework} epoch {epoch}/{total - 1}",
                    unit="step", leave=False, dynamic_ncols=True)
     loss_sum, n = 0.0, 0
-    try:
-        for batch in run.loader.epoch_batches(epoch):
+    try:  # closing: an early stop shuts the loader's workers down now, not at garbage collection
+        for batch in closing(run.loader.epoch_batches(epoch)):
             if n >= run.steps_per_epoch:
                 break
             masks = step_masks(run.spec, cfg.seed, epoch, batch.step, batch.global_size)
-            loss = backend.train_step(batch, masks.rows(*batch.rows))
+            loss = trainer.train_step(batch, masks.rows(*batch.rows))
             if not math.isfinite(loss):
-                raise FloatingPointError(f"{backend.framework}: loss is {loss} at epoch {epoch} "
+                raise FloatingPointError(f"{trainer.framework}: loss is {loss} at epoch {epoch} "
                                          f"step {batch.step}; training diverged")
             loss_sum += loss
             n += 1
@@ -239,11 +240,11 @@ def _train_epoch(run: _Run, epoch: int, lr: float) -> Tuple[float, int]:
 
 def _evaluate(run: _Run, rec: EpochRecord) -> None:
     """Evaluate the model (and its EMA) into ``rec`` and the result's final evaluations."""
-    ev = run.backend.evaluate(run.eval_loader, ema=False)
+    ev = run.trainer.evaluate(run.eval_loader, ema=False)
     rec.top1, rec.top5, rec.eval_loss = ev.top1, ev.top5, ev.loss
     run.result.final_eval = ev
-    if run.backend.has_ema:
-        ee = run.backend.evaluate(run.eval_loader, ema=True)
+    if run.trainer.has_ema:
+        ee = run.trainer.evaluate(run.eval_loader, ema=True)
         rec.ema_top1, rec.ema_top5, rec.ema_loss = ee.top1, ee.top5, ee.loss
         run.result.final_ema_eval = ee
 
@@ -260,55 +261,55 @@ def _log_epoch(run: _Run, rec: EpochRecord) -> None:
 
 def _run_epoch(run: _Run, epoch: int) -> None:
     """Train one epoch, evaluate when due, step the schedule, commit the epoch's files, log."""
-    backend, cfg = run.backend, run.cfg
+    trainer, cfg = run.trainer, run.cfg
     t0 = time.perf_counter()
-    lr = backend.lr()
+    lr = trainer.lr()
     loss_sum, n = _train_epoch(run, epoch, lr)
     run.result.steps += n
-    rec = EpochRecord(epoch, lr, backend.mean_over_ranks(loss_sum / max(n, 1)), n, 0.0)
+    rec = EpochRecord(epoch, lr, trainer.mean_over_ranks(loss_sum / max(n, 1)), n, 0.0)
     last = epoch == cfg.total_epochs - 1
     if run.eval_loader is not None and run.main and (
             last or (cfg.eval_interval and (epoch + 1) % cfg.eval_interval == 0)):
         _evaluate(run, rec)
-    backend.set_epoch(epoch + 1)
+    trainer.set_epoch(epoch + 1)
     rec.seconds = time.perf_counter() - t0
     run.history.append(rec)
     run.result.epochs_run.append(epoch)
-    metric = _metric(backend, rec)
+    metric = _metric(trainer, rec)
     improved = not math.isnan(metric) and metric > run.best_metric
     if improved:
         run.best_metric, run.best_epoch = metric, epoch
     if run.names and run.main:
-        _commit_epoch(backend, run.names, epoch, metric, improved, run.history)
+        _commit_epoch(trainer, run.names, epoch, metric, improved, run.history)
         run.result.last_checkpoint = run.names["last"]
-    backend.barrier()
+    trainer.barrier()
     if run.main:
         _log_epoch(run, rec)
 
 
-def run_training(cfg: Any, backend: TrainBackend, train_set: ImageDataset,
+def run_training(cfg: Any, trainer: TrainerProtocol, train_set: ImageDataset,
                  val_set: Optional[ImageDataset], output_dir: Optional[str], *,
                  resume: Optional[str] = None, workers: Optional[int] = None,
                  progress: bool = True, max_steps: Optional[int] = None,
                  log: Callable[[str], None] = print) -> TrainResult:
-    """Train ``backend``'s model with recipe ``cfg`` (:class:`cream_core.config.retrain.RetrainConfig`).
+    """Train ``trainer``'s model with recipe ``cfg`` (:class:`cream_core.config.retrain.RetrainConfig`).
 
     ``output_dir`` receives ``last``/``model_best`` checkpoints and ``summary.csv`` (rank 0 only;
     ``None`` writes nothing). ``max_steps`` caps the steps per epoch (tests, benchmarks).
     """
     loader = TrainLoader(train_set, TrainTransform.from_config(cfg.img_size, cfg.augment),
-                         cfg.batch_size, cfg.seed, backend.rank, backend.world_size, workers)
+                         cfg.batch_size, cfg.seed, trainer.rank, trainer.world_size, workers)
     eval_loader = EvalLoader(val_set, cfg.img_size, cfg.eval_batch_size, workers=workers) \
         if val_set is not None else None
-    run = _Run(cfg, backend, loader, eval_loader, backend.mask_spec(),
-               checkpoint_names(output_dir, backend.checkpoint_suffix) if output_dir else {},
+    run = _Run(cfg, trainer, loader, eval_loader, trainer.mask_spec(),
+               checkpoint_names(output_dir, trainer.checkpoint_suffix) if output_dir else {},
                len(loader) if max_steps is None else min(len(loader), max_steps), progress, log,
-               TrainResult(backend.framework, cfg.model, []))
+               TrainResult(trainer.framework, cfg.model, []))
     if output_dir and run.main:
         recover_commits([output_dir])  # a run killed inside its last commit: finish it first
-    backend.barrier()
+    trainer.barrier()
     start_epoch = _resume(run, resume) if resume else 0
-    backend.set_epoch(start_epoch)
+    trainer.set_epoch(start_epoch)
     if output_dir and run.main:
         os.makedirs(output_dir, exist_ok=True)
     t_run = time.perf_counter()

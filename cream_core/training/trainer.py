@@ -66,7 +66,7 @@ class TrainOps(Protocol):
 
 
 class Trainer:
-    """A framework's half of :func:`~cream_core.training.loop.run_training` (its ``TrainBackend``).
+    """A framework's half of :func:`~cream_core.training.loop.run_training` (its ``TrainerProtocol``).
 
     Args:
         cfg: the recipe (:class:`cream_core.config.retrain.RetrainConfig`).
