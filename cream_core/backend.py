@@ -30,8 +30,9 @@ class BackendBase:
         distributed: join the process group (default: if the launcher started several processes).
         threads: intra-op threads (``None``: leave the framework's setting).
 
-    Collectives return new values and leave their inputs untouched (one semantics for both
-    frameworks).
+    Collectives leave their inputs untouched (one semantics for both frameworks); with several
+    processes they return new values, with one the inputs themselves, so a caller never changes a
+    result in place.
     """
 
     framework: str = ""
@@ -117,6 +118,9 @@ class BackendBase:
         tensors; the inputs are not changed. One process: the inputs themselves."""
         if self.world_size <= 1 or not tensors:
             return list(tensors)
+        dtypes = sorted({str(t.dtype) for t in tensors})
+        if len(dtypes) > 1:  # torch's concatenation would promote them, Paddle's refuses
+            raise ValueError(f"mean_tensors: tensors of one dtype only, got {', '.join(dtypes)}")
         flat = self._concat([t.detach().reshape([-1]) for t in tensors])
         self._all_reduce(flat)
         flat = flat / self.world_size
