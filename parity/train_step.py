@@ -56,11 +56,12 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
 
 import numpy as np
 
 from cream_core.arch import model_names
+from cream_core.backend import BackendBase
 from cream_core.io.cli_errors import float_in, int_at_least
 from cream_core.io.outputs import prepare_outputs
 
@@ -256,7 +257,7 @@ class _Side:
             from cream_paddle import train as T
             from cream_paddle.backend import Backend
         #: state to and from numpy in torch's names and layouts (cream_core.rules for Paddle)
-        self.backend: Any = Backend
+        self.backend: Type[BackendBase] = Backend
         self.mod = T
         model = T.build_model(recipe)
         Backend.load_torch_state(model, state)

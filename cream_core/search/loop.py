@@ -295,9 +295,9 @@ def _train_epoch(run: _Run, loader: Any, interval: Optional[int]) -> Tuple[_Epoc
     steps, stats, s = len(loader), _EpochStats(), run.searcher
     bar = _progress_bar(run, steps)
     step, stop = run.start_step, False
+    batches = loader.epoch_batches(run.epoch, run.start_step)
     try:
-        # closing: a stop at --max-iters shuts the loader's workers down now, not at collection
-        for batch in closing(loader.epoch_batches(run.epoch, run.start_step)):
+        for batch in batches:
             step = batch.step
             out = s.train_batch(batch.images, batch.labels, run.epoch, step)
             if not math.isfinite(out.loss):
@@ -318,6 +318,7 @@ def _train_epoch(run: _Run, loader: Any, interval: Optional[int]) -> Tuple[_Epoc
             if interval and (step + 1) % interval == 0 and step + 1 < steps:
                 run.save(run.epoch, step + 1)
     finally:
+        batches.close()  # a stop at --max-iters shuts the loader's workers down now, not at collection
         if bar is not None:
             bar.close()
     return stats, step, stop
@@ -327,15 +328,16 @@ def _evaluate(searcher: Searcher, loader: Any, cand: Sequence[Sequence[int]],
               max_batches: Optional[int], normalize: Callable[[np.ndarray], np.ndarray]
               ) -> Dict[str, float]:
     loss_sum, c1, c5, n = 0.0, 0.0, 0.0, 0
-    for i, batch in enumerate(closing(iter(loader))):  # closing: see _train_epoch
-        if max_batches is not None and i >= max_batches:
-            break
-        loss, p1, p5 = searcher.eval_batch(normalize(batch.images), batch.labels, cand)
-        k = len(batch)
-        loss_sum += loss * k
-        c1 += p1 * k
-        c5 += p5 * k
-        n += k
+    with closing(iter(loader)) as batches:  # --val-batches: workers shut down at once
+        for i, batch in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            loss, p1, p5 = searcher.eval_batch(normalize(batch.images), batch.labels, cand)
+            k = len(batch)
+            loss_sum += loss * k
+            c1 += p1 * k
+            c5 += p5 * k
+            n += k
     n = max(n, 1)
     return {"loss": loss_sum / n, "prec1": c1 / n, "prec5": c5 / n, "images": n}
 

@@ -6,13 +6,13 @@ parity harness compares them (every array in torch's names and layouts).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Protocol
 
 import numpy as np
 
 from cream_core.search.board import PrioritizedBoard
 
-__all__ = ["StepRecord", "StepOutput", "should_meta_update"]
+__all__ = ["StepRecord", "StepOutput", "MetaSchedule", "should_meta_update"]
 
 
 @dataclass
@@ -47,7 +47,16 @@ class StepOutput:
     teacher: Optional[List[List[int]]]
 
 
-def should_meta_update(epoch: int, batch_idx: int, board: PrioritizedBoard, cfg: Any) -> bool:
+class MetaSchedule(Protocol):
+    """The settings :func:`should_meta_update` reads (a ``cream_core.config.search.SearchConfig``;
+    the config package sits above this one)."""
+
+    meta_sta_epoch: int
+    update_iter: int
+
+
+def should_meta_update(epoch: int, batch_idx: int, board: PrioritizedBoard, cfg: MetaSchedule
+                       ) -> bool:
     """The official ``MetaMatchingNetwork.isUpdate`` (``cfg``: a ``SearchConfig``)."""
     return (epoch > cfg.meta_sta_epoch and batch_idx > 0 and batch_idx % cfg.update_iter == 0
             and board.board_size() > 0)

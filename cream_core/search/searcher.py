@@ -16,6 +16,7 @@ import numpy as np
 from cream_core.arch.supernet import flops_table
 from cream_core.io.errors import CheckpointError
 from cream_core.search.board import BoardEntry, PrioritizedBoard
+from cream_core.search.legacy_sgd import LegacySGDBase
 from cream_core.search.records import StepOutput
 from cream_core.search.step import StepOps, search_step
 
@@ -27,7 +28,8 @@ class SearchFramework(StepOps, Protocol):
 
     framework: str
     checkpoint_suffix: str
-    optimizer: Any  # LegacySGD: (model, lr, meta_lr, momentum, weight_decay, nesterov)
+    #: the framework's LegacySGD: ``(model, lr, meta_lr, momentum, weight_decay, nesterov)``
+    optimizer: Callable[..., LegacySGDBase]
 
     def make_loss_fn(self, smoothing: float) -> Callable[[Any, Any], Any]: ...  # noqa: D102,E704
 

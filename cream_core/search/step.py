@@ -14,9 +14,12 @@ and slicing used here. Framework-free: no torch, no Paddle import.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import (Any, Callable, ContextManager, Dict, List, Optional, Protocol, Sequence, Tuple,
+                    Type)
 
+from cream_core.backend import BackendBase
 from cream_core.search.board import PrioritizedBoard
+from cream_core.search.legacy_sgd import LegacySGDBase
 from cream_core.search.records import StepOutput, StepRecord, should_meta_update
 
 __all__ = ["FirstOrder", "StepOps", "pick_teacher", "clip_grad_norm_legacy", "meta_matching_update",
@@ -39,7 +42,7 @@ class FirstOrder:
 class StepOps(Protocol):
     """The framework half of an iteration (``cream_torch_ref.search.SearchOps`` and its twin)."""
 
-    backend: Any  # the framework's Backend class: item, torch_state, named_to_torch, trainable
+    backend: Type[BackendBase]  # the framework's Backend: item, named_to_torch, trainable
 
     def select_teacher(self, model: Any, board: PrioritizedBoard, cand: Sequence[Sequence[int]],  # noqa: D102
                        pick_method: str, fix_meta_value: bool = False) -> Tuple[Any, List[List[int]]]: ...  # noqa: E704
@@ -108,14 +111,15 @@ def _named_record(ops: StepOps, model: Any, prefix: str, named: Any) -> Dict[str
     return {prefix + k: v for k, v in ops.backend.named_to_torch(model, named).items()}
 
 
-def _synced(replicas: Any, grads: List[Any], sync: bool) -> List[Any]:
+def _synced(replicas: Optional[BackendBase], grads: List[Any], sync: bool) -> List[Any]:
     """``grads`` averaged over processes when ``sync`` and data-parallel, else themselves."""
     return replicas.mean_tensors(grads) if sync and replicas is not None else grads
 
 
-def meta_matching_update(ops: StepOps, model: Any, optimizer: Any, board: PrioritizedBoard, x: Any,
+def meta_matching_update(ops: StepOps, model: Any, optimizer: LegacySGDBase, board: PrioritizedBoard, x: Any,
                          y: Any, cand: Sequence[Sequence[int]], loss_fn: Callable, cfg: Any,
-                         record: Optional[StepRecord] = None, replicas: Any = None) -> None:
+                         record: Optional[StepRecord] = None,
+                         replicas: Optional[BackendBase] = None) -> None:
     """The official second-order meta-matching update (``run_update`` once it decided to run).
 
     ``replicas``: the :class:`Backend` of a data-parallel run (``None``: one process); with
@@ -176,7 +180,7 @@ def _losses(ops: StepOps, model: Any, board: PrioritizedBoard, x: Any, y: Any,
             "meta_value": meta_value, "teacher_cand": teacher_cand, "teacher_output": teacher_output}
 
 
-def _step_grads(ops: StepOps, model: Any, loss: Any, replicas: Any) -> Dict[str, Any]:
+def _step_grads(ops: StepOps, model: Any, loss: Any, replicas: Optional[BackendBase]) -> Dict[str, Any]:
     """The loss's gradients by parameter name (model order), averaged over processes."""
     named = ops.backend.trainable(model)
     grads = ops.grad(loss, [p for _, p in named], allow_unused=True)
@@ -188,10 +192,10 @@ def _step_grads(ops: StepOps, model: Any, loss: Any, replicas: Any) -> Dict[str,
     return step_grads
 
 
-def search_step(ops: StepOps, model: Any, optimizer: Any, board: PrioritizedBoard, x: Any, y: Any,
+def search_step(ops: StepOps, model: Any, optimizer: LegacySGDBase, board: PrioritizedBoard, x: Any, y: Any,
                 cand: Sequence[Sequence[int]], epoch: int, batch_idx: int, cfg: Any,
                 loss_fn: Callable, flops: Any = None, record: Optional[StepRecord] = None,
-                replicas: Any = None, update_board: bool = True) -> StepOutput:
+                replicas: Optional[BackendBase] = None, update_board: bool = True) -> StepOutput:
     """One iteration of the official ``train_epoch`` loop for path ``cand`` (model in train mode).
 
     ``replicas``: the :class:`Backend` of a data-parallel run (``None``: one process): the

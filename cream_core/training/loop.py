@@ -19,7 +19,6 @@ import csv
 import math
 import os
 import time
-from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
@@ -218,8 +217,9 @@ def _train_epoch(run: _Run, epoch: int, lr: float) -> Tuple[float, int]:
         bar = tqdm(total=run.steps_per_epoch, desc=f"{trainer.framework} epoch {epoch}/{total - 1}",
                    unit="step", leave=False, dynamic_ncols=True)
     loss_sum, n = 0.0, 0
-    try:  # closing: an early stop shuts the loader's workers down now, not at garbage collection
-        for batch in closing(run.loader.epoch_batches(epoch)):
+    batches = run.loader.epoch_batches(epoch)
+    try:
+        for batch in batches:
             if n >= run.steps_per_epoch:
                 break
             masks = step_masks(run.spec, cfg.seed, epoch, batch.step, batch.global_size)
@@ -233,6 +233,7 @@ def _train_epoch(run: _Run, epoch: int, lr: float) -> Tuple[float, int]:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}")
     finally:
+        batches.close()  # an early stop shuts the loader's workers down now, not at collection
         if bar is not None:
             bar.close()
     return loss_sum, n

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Protocol, Tuple
 
+from cream_core.backend import BackendBase
 from cream_core.data.evaluation import EvalResult
 from cream_core.data.loader import EvalLoader
 from cream_core.data.train_loader import TrainBatch
@@ -75,7 +76,7 @@ class Trainer:
         shards: emulate that many data-parallel processes in this one (see ``train_step``).
     """
 
-    def __init__(self, cfg: Any, ops: TrainOps, backend: Any, shards: int = 1) -> None:
+    def __init__(self, cfg: Any, ops: TrainOps, backend: BackendBase, shards: int = 1) -> None:
         self.cfg = cfg
         self.ops = ops
         self.framework = ops.FRAMEWORK
