@@ -138,20 +138,22 @@ def ordered_batches(task: Callable[..., R], batches: Iterable[Tuple[K, Sequence[
 def _stop(pool: ProcessPoolExecutor, finished: bool, grace_s: float) -> None:
     """Shut ``pool`` down: after the last batch, wait (nothing is running); after an early end,
     give the running chunks ``grace_s`` and terminate the workers still busy (see the module
-    docstring). Ctrl-C is held only while the pool itself is told to stop."""
-    # the standard library keeps its worker processes here; it offers no public handle on them
+    docstring). Ctrl-C is held only while the pool itself is told to stop.
+
+    The pool's manager thread alone waits for (reaps) the workers: a second thread waiting for the
+    same child would leave it "alive" forever in ``multiprocessing.active_children()``.
+    """
+    # the standard library offers no public handle on its workers or its manager thread
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
     with _ctrl_c_held():
         pool.shutdown(wait=finished, cancel_futures=True)
-    if finished:
+    if finished or manager is None:
         return
-    deadline = time.monotonic() + grace_s
     try:
-        for proc in processes:
-            proc.join(max(0.0, deadline - time.monotonic()))
+        manager.join(grace_s)  # it joins the workers once their last chunk is done
     finally:  # also on a second Ctrl-C during the wait
-        for proc in processes:
-            if proc.is_alive():
-                proc.terminate()
-        for proc in processes:
-            proc.join()
+        if manager.is_alive():
+            for proc in processes:
+                proc.terminate()  # a no-op for a worker already reaped (its returncode is set)
+            manager.join()
