@@ -102,3 +102,21 @@ def test_twins_agree_on_torch_state(torch_init: Dict[str, np.ndarray]) -> None:
     t, p = tb.torch_state(tm), pb.torch_state(pm)
     assert set(t) - set(p) == {k for k in t if k.endswith("num_batches_tracked")}
     assert all(np.array_equal(t[k], p[k]) for k in p)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_mean_tensors_over_ranks_refuses_mixed_dtypes(framework: str, monkeypatch) -> None:
+    """The several-process path (all-reduce stubbed as a no-op, world size 2: each mean is half the
+    input): one dtype gives new tensors, inputs untouched; mixed dtypes are refused in both
+    frameworks (torch's concatenation would promote them, Paddle's raises)."""
+    backend_cls, _ = _backend_and_model(framework)
+    backend = backend_cls(distributed=False)
+    monkeypatch.setattr(backend, "world_size", 2)
+    monkeypatch.setattr(backend_cls, "_all_reduce", staticmethod(lambda tensor: None))
+    a = backend.tensor(np.arange(4, dtype=np.float32).reshape(2, 2))
+    b = backend.tensor(np.array(3.0, dtype=np.float32))
+    out = backend.mean_tensors([a, b])
+    assert out[0] is not a and np.array_equal(backend.to_numpy(out[0]), backend.to_numpy(a) / 2)
+    assert float(backend.to_numpy(out[1])) == 1.5 and float(backend.to_numpy(b)) == 3.0
+    with pytest.raises(ValueError, match="one dtype only"):
+        backend.mean_tensors([a, backend.tensor(np.zeros(2, dtype=np.float64))])
