@@ -140,13 +140,13 @@ class Searcher:
         plain Python values."""
         name, keys, pos, has_gauss, cached = self.rng.get_state()
         to_numpy = self.backend.tree_to_numpy
-        opt = self.optimizer
+        opt = self.optimizer.state_dict()
         return {"framework": self.fw.framework, "config": plain_config(self.cfg),
                 "epoch": int(epoch), "next_step": int(next_step), "iteration": int(self.iteration),
                 "rng": [str(name), [int(k) for k in np.asarray(keys).ravel()], int(pos),
                         int(has_gauss), float(cached)],
-                "live": sorted(opt.live), "lr": [float(g["lr"]) for g in opt.param_groups],
-                "momentum": {k: to_numpy(v) for k, v in opt.state.items()},
+                "live": opt["live"], "lr": [float(lr) for lr in opt["lr"]],
+                "momentum": opt["momentum_buffer"],
                 "board": [{"prec1": float(e.prec1), "flops": float(e.flops), "cand": e.cand,
                            "data": to_numpy(e.data), "feat": to_numpy(e.feat)}
                           for e in self.board.board],

@@ -83,8 +83,9 @@ def pick_teacher(board: PrioritizedBoard, pick_method: str, fix_meta_value: bool
     best_weight = teacher = weight = None
     for entry in board.entries():
         weight = score(entry)
-        if item(weight) > best:
-            best, best_weight, teacher = item(weight), weight, entry.cand
+        value = item(weight)
+        if value > best:
+            best, best_weight, teacher = value, weight, entry.cand
     if teacher is None:
         raise ValueError("no board entry scored above -1e9; the meta layer produced NaN")
     return sigmoid(-(best_weight if fix_meta_value else weight)), teacher
@@ -213,7 +214,7 @@ def search_step(ops: StepOps, model: Any, optimizer: LegacySGDBase, board: Prior
     optimizer.step(step_grads)
     output, item = r["output"], ops.backend.item
     prec1, prec5 = ops.accuracy(output.detach(), y)
-    loss_value = item(r["loss"])
+    loss_value = local_loss = item(r["loss"])
     if replicas is not None and replicas.world_size > 1:
         prec1, prec5, loss_value = replicas.mean_floats([prec1, prec5, loss_value])
     if update_board:
@@ -226,7 +227,7 @@ def search_step(ops: StepOps, model: Any, optimizer: LegacySGDBase, board: Prior
     if record is not None:
         record.meta_ran = meta_ran
         record.meta_value = None if kd is None else item(r["meta_value"])
-        record.loss = item(r["loss"])
+        record.loss = local_loss
         record.kd_loss = kd
         record.valid_loss = None if r["valid_loss"] is None else item(r["valid_loss"])
         record.grads.update(_named_record(ops, model, "step/", step_grads.items()))

@@ -59,8 +59,6 @@ class TrainerProtocol(Protocol):
 
     def evaluate(self, loader: EvalLoader, ema: bool) -> EvalResult: ...  # noqa: D102,E704
 
-    def save(self, path: str, epoch: int, metric: Optional[float]) -> None: ...  # noqa: D102,E704
-
     def checkpoint_writer(self, epoch: int, metric: Optional[float]  # noqa: D102
                           ) -> Callable[[Any], None]: ...  # noqa: E704
 

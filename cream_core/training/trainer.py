@@ -56,9 +56,6 @@ class TrainOps(Protocol):
 
     def evaluate(self, model: Any, loader: EvalLoader, **kwargs: Any) -> Any: ...  # noqa: D102,E704
 
-    def save_train_checkpoint(self, path: str, model: Any, ema: Any, optimizer: Any,  # noqa: D102
-                              epoch: int, cfg: Any) -> None: ...  # noqa: E704
-
     def train_checkpoint_writer(self, model: Any, ema: Any, optimizer: Any, epoch: int,  # noqa: D102
                                 cfg: Any) -> Callable[[Any], None]: ...  # noqa: E704
 
@@ -123,10 +120,6 @@ class Trainer:
                                      desc=f"{self.framework} eval{' EMA' if ema else ''}")
         finally:
             self.model.train()
-
-    def save(self, path: str, epoch: int, metric: Optional[float]) -> None:
-        """Write a training checkpoint at ``path`` (atomically)."""
-        self.ops.save_train_checkpoint(path, self.model, self.ema, self.optimizer, epoch, self.cfg)
 
     def checkpoint_writer(self, epoch: int, metric: Optional[float]) -> Callable[[Any], None]:
         """``write(f)`` of a training checkpoint of the current state."""
