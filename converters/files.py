@@ -21,6 +21,7 @@ import sys
 import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from cream_core.io.digest import sha256_file
 from cream_core.io.errors import CheckpointError, OutputError
 from cream_core.io.outputs import commit_files, prepare_outputs
 
@@ -41,15 +42,6 @@ def tool_version() -> str:
         return version("cream-parity")
     except Exception:  # noqa: BLE001 - not installed: running from a source tree
         return "0+unknown"
-
-
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class BackgroundHash:

@@ -18,12 +18,13 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 from cream_core.arch import child_spec
 from cream_core.io.cli_errors import exit_help, int_at_least
+from cream_core.io.digest import sha256_file
 from cream_core.io.errors import CheckpointError
 from cream_core.io.outputs import commit_files
 from cream_core.data import (BadDataError, EvalLoader, EvalResult, ImageDataset, default_workers,
                              open_eval_data)
 from cream_core.data.eval_journal import (PARTIAL_SUFFIX, RESUME_SUFFIX, PredictionJournal,
-                                     ResumeError, file_sha256, run_fingerprint)
+                                     ResumeError, run_fingerprint)
 from cream_core.data.loader import DEFAULT_BATCH_SIZE, OMP_ENV
 from cream_core.data.val_inputs import add_eval_data_arguments
 
@@ -166,7 +167,7 @@ def run_eval(framework: str, model: str, weights: str, data: str, *, layout: str
     journal = None
     if predictions is not None and comm.rank == 0:
         journal = PredictionJournal(predictions, dataset.class_names, run_fingerprint(
-            dataset, framework=framework, model=model, weights_sha256=file_sha256(weights),
+            dataset, framework=framework, model=model, weights_sha256=sha256_file(weights),
             ema=use_ema, mode=module.resolve_mode(mode, loader.num_images),
             img_size=loader.img_size, batch_size=batch_size,
             labels=os.path.abspath(labels) if labels else None))

@@ -35,22 +35,13 @@ from cream_core.data.datasets import ImageDataset
 from cream_core.data.errors import BadDataError, BadItem
 
 __all__ = ["PARTIAL_SUFFIX", "RESUME_SUFFIX", "JOURNAL_VERSION", "ResumeError", "BatchRecord", "PredictionJournal",
-           "csv_header", "record_rows", "file_sha256", "run_fingerprint"]
+           "csv_header", "record_rows", "run_fingerprint"]
 
 PARTIAL_SUFFIX = ".partial"
 RESUME_SUFFIX = ".resume.json"
 JOURNAL_VERSION = 1
 #: Paths are written with the bytes they have on disk (names need not be UTF-8).
 PATH_ERRORS = "surrogateescape"
-
-
-def file_sha256(path: str) -> str:
-    """SHA-256 of a file's bytes (the weights of a run)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def run_fingerprint(dataset: ImageDataset, **settings: Any) -> Dict[str, Any]:

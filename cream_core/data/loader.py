@@ -22,7 +22,7 @@ from cream_core.data.errors import BadDataError, BadItem
 from cream_core.data.transforms import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, EvalTransform
 from cream_core.data.val_inputs import TarMember
 from cream_core.data.workers import (DEFAULT_PREFETCH, default_start_method, default_workers,
-                                     ordered_batches)
+                                     ordered_batches, split_for_workers)
 
 __all__ = ["Batch", "EvalLoader", "default_workers", "DEFAULT_BATCH_SIZE", "DEFAULT_PREFETCH",
            "OMP_ENV"]
@@ -110,7 +110,6 @@ class EvalLoader:
         self.start_method = start_method or default_start_method()
         #: Files skipped while indexing (``dataset.problems``) and while decoding.
         self.skipped: List[BadItem] = list(dataset.problems)
-        self._decode_skipped: List[BadItem] = []
 
     @property
     def img_size(self) -> int:
@@ -129,18 +128,12 @@ class EvalLoader:
         items = list(enumerate(self.dataset.samples))
         return [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
 
-    def _split(self, batch: List[Tuple[int, Sample]]) -> List[List[Tuple[int, Sample]]]:
-        parts = max(1, min(self.workers, len(batch)))
-        step = (len(batch) + parts - 1) // parts
-        return [batch[i:i + step] for i in range(0, len(batch), step)]
-
     def _assemble(self, chunks: Sequence[_Chunk], batch_id: int) -> Batch:
         skipped: List[BadItem] = []
         for _, _, bad in chunks:
             for item in bad:
                 if not self.skip_bad:
                     raise BadDataError(item.path, item.problem, skippable=True)
-                self._decode_skipped.append(item)
                 self.skipped.append(item)
                 skipped.append(item)
         images = np.concatenate([c[0] for c in chunks]) if chunks else \
@@ -159,10 +152,10 @@ class EvalLoader:
         (``batch_size`` consecutive images each), decoded ahead; a batch whose every image was
         skipped is yielded only when ``keep_empty`` (a shard must account for every batch)."""
         self.skipped = list(self.dataset.problems)
-        self._decode_skipped = []
         every = self._batches()
         ids = range(len(every)) if batch_ids is None else list(batch_ids)
-        jobs = ((i, [(self.transform, c, self.skip_bad) for c in self._split(every[i])])
+        jobs = ((i, [(self.transform, c, self.skip_bad)
+                     for c in split_for_workers(every[i], self.workers)])
                 for i in ids)
         for batch_id, chunks in ordered_batches(_decode_chunk, jobs, self.workers, self.prefetch,
                                                 self.start_method):

@@ -22,7 +22,8 @@ from cream_core.data.datasets import ImageDataset
 from cream_core.data.errors import BadDataError, BadItem
 from cream_core.data.train_transforms import TrainTransform
 from cream_core.data.transforms import open_image
-from cream_core.data.workers import DEFAULT_PREFETCH, default_workers, ordered_batches
+from cream_core.data.workers import (DEFAULT_PREFETCH, default_workers, ordered_batches,
+                                     split_for_workers)
 
 __all__ = ["TrainBatch", "TrainLoader", "epoch_order"]
 
@@ -117,20 +118,10 @@ class TrainLoader:
         """Steps per epoch (incomplete last batch dropped)."""
         return len(self.dataset) // self.global_batch
 
-    def step_indices(self, epoch: int, step: int) -> np.ndarray:
-        """Dataset positions of the global batch of ``step`` in ``epoch``."""
-        order = epoch_order(len(self.dataset), self.seed, epoch)
-        return order[step * self.global_batch:(step + 1) * self.global_batch]
-
     def _rank_items(self, order: np.ndarray, step: int) -> List[Tuple[int, str]]:
         start = step * self.global_batch + self.rank * self.batch_size
         idx = order[start:start + self.batch_size]
         return [(int(i), self._paths[int(i)]) for i in idx]
-
-    def _split(self, items: List[Tuple[int, str]]) -> List[List[Tuple[int, str]]]:
-        parts = max(1, min(int(self.workers or 1), len(items)))
-        step = (len(items) + parts - 1) // parts
-        return [items[i:i + step] for i in range(0, len(items), step)]
 
     def _batch(self, epoch: int, step: int, items: List[Tuple[int, str]],
                images: np.ndarray) -> TrainBatch:
@@ -145,7 +136,7 @@ class TrainLoader:
         """``((step, items), chunks)`` of the steps from ``start_step`` on, for the worker pool."""
         for s in range(start_step, len(self)):
             items = self._rank_items(order, s)
-            yield (s, items), [(self.transform, self.seed, epoch, c) for c in self._split(items)]
+            yield (s, items), [(self.transform, self.seed, epoch, c) for c in split_for_workers(items, self.workers)]
 
     def epoch_batches(self, epoch: int, start_step: int = 0) -> Iterator[TrainBatch]:
         """This rank's batches of ``epoch``, from ``start_step`` on."""

@@ -36,8 +36,8 @@ from typing import (Any, Callable, Deque, Iterable, Iterator, List, Optional, Se
 
 from cream_core.io.errors import RunAborted
 
-__all__ = ["ordered_batches", "default_workers", "default_start_method", "WorkerDied",
-           "DEFAULT_PREFETCH", "STOP_GRACE_S"]
+__all__ = ["ordered_batches", "split_for_workers", "default_workers", "default_start_method",
+           "WorkerDied", "DEFAULT_PREFETCH", "STOP_GRACE_S"]
 
 #: Batches worked on ahead of the one being consumed.
 DEFAULT_PREFETCH: int = 2
@@ -48,6 +48,7 @@ STOP_GRACE_S: float = 10.0
 
 K = TypeVar("K")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class WorkerDied(RunAborted):
@@ -94,6 +95,14 @@ def _ctrl_c_held() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if held:
             previous(signal.SIGINT, held[0])
+
+
+def split_for_workers(items: Sequence[T], workers: Optional[int]) -> List[Sequence[T]]:
+    """``items`` cut into at most ``workers`` contiguous chunks of one size (the last may be shorter),
+    one task each; no workers: one chunk."""
+    parts = max(1, min(int(workers or 0), len(items)))
+    step = (len(items) + parts - 1) // parts
+    return [items[i:i + step] for i in range(0, len(items), step)]
 
 
 def ordered_batches(task: Callable[..., R], batches: Iterable[Tuple[K, Sequence[Tuple[Any, ...]]]],

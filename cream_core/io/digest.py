@@ -18,13 +18,23 @@ error of three times the tolerance (relative to the norm) goes unnoticed with pr
 """
 from __future__ import annotations
 
+import hashlib
 import zlib
 from typing import Dict, Mapping
 
 import numpy as np
 
-__all__ = ["FULL_LIMIT", "SAMPLES", "PROJECTIONS", "DIGEST_TAG", "is_digest", "sample_positions",
+__all__ = ["sha256_file", "FULL_LIMIT", "SAMPLES", "PROJECTIONS", "DIGEST_TAG", "is_digest", "sample_positions",
            "tensor_digest", "digest_errors"]
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (checkpoint sidecars, evaluation journals)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
 
 #: Tensors with at most this many elements are stored in full.
 FULL_LIMIT: int = 256
