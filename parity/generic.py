@@ -333,8 +333,8 @@ def _expected_paddle_var(t: Capture, init: Mapping[str, np.ndarray], bn: str, ke
     return new - (new - (1.0 - momentum) * init[key]) / n
 
 
-def _bn_stats(t: Capture, p: Capture, tm: Any, pm: Any, matching: Any, init: Dict[str, np.ndarray],
-              stage: str, precision: str, truth: Optional[Capture]) -> List[Comparison]:
+def _bn_stats(t: Capture, p: Capture, tm: Any, pm: Any, matching: Any, pairs: Mapping[str, str],
+              init: Dict[str, np.ndarray], stage: str, precision: str, truth: Optional[Capture]) -> List[Comparison]:
     import torch
 
     pmods = dict(pm.named_sublayers())
@@ -347,7 +347,7 @@ def _bn_stats(t: Capture, p: Capture, tm: Any, pm: Any, matching: Any, init: Dic
             key = f"{name}.{leaf}"
             ref[key] = t.state[key]
             modules[key] = name
-        pl = pmods.get(_paddle_of(matching, name))
+        pl = pmods.get(pairs.get(name, ""))
         if pl is not None and type(pl).__module__.startswith("paddle."):  # Paddle's native BN
             exp = _expected_paddle_var(t, init, name, f"{name}.running_var", m.momentum)
             if exp is not None:
@@ -357,13 +357,6 @@ def _bn_stats(t: Capture, p: Capture, tm: Any, pm: Any, matching: Any, init: Dic
     return compare_named(got, ref, category="bn_stats", stage=stage, precision=precision,
                          order=order, modules=modules,
                          truth=truth.state if truth is not None else None)
-
-
-def _paddle_of(matching: Any, torch_path: str) -> str:
-    for lm in matching.layers:
-        if lm.torch == torch_path:
-            return lm.paddle
-    return ""
 
 
 def _backward(t: Capture, p: Capture, pairs: Mapping[str, str], matching: Any, stage: str,
@@ -562,7 +555,7 @@ def _run_precision(torch_model: Any, paddle_model: Any, x: np.ndarray, target: n
     comps, result.curves[stage] = _forward(t, p, pairs, stage, precision, "layer_train", truth,
                                            alias, containers, boundaries, fused)
     result.comparisons += comps
-    result.comparisons += _bn_stats(t, p, tm, pm, matching, init, f"bn_stats/{precision}",
+    result.comparisons += _bn_stats(t, p, tm, pm, matching, pairs, init, f"bn_stats/{precision}",
                                     precision, truth)
     result.comparisons.append(compare_arrays(
         np.asarray(p.loss), np.asarray(t.loss), category="loss", stage=f"loss/{precision}",

@@ -18,19 +18,16 @@ out``), which holds for every conv of Cream's networks (the stem has 3 input cha
 from __future__ import annotations
 
 import math
-import zlib
 from typing import Dict, Iterable, Sequence, Tuple
 
 import numpy as np
+
+from cream_core.arch.seeded import keyed_rng
 
 __all__ = ["OFFICIAL_INIT", "official_init_array", "official_init_state"]
 
 #: The value of ``init_scheme`` that names these rules in a golden file.
 OFFICIAL_INIT: str = "official"
-
-
-def _rng(key: str, seed: int) -> np.random.RandomState:
-    return np.random.RandomState((zlib.crc32(key.encode("utf-8")) ^ (seed * 2654435761)) % (2 ** 32))
 
 
 def official_init_array(key: str, shape: Sequence[int], seed: int) -> np.ndarray:
@@ -45,7 +42,7 @@ def official_init_array(key: str, shape: Sequence[int], seed: int) -> np.ndarray
         return np.zeros(shape, np.float32)
     if len(shape) == 1 and leaf == "weight":  # BatchNorm weight
         return np.ones(shape, np.float32)
-    rng = _rng(key, seed)
+    rng = keyed_rng(seed, key)
     if len(shape) == 4:
         out, per_group, kh, kw = shape
         groups = out if per_group == 1 else 1

@@ -34,7 +34,8 @@ from cream_core.arch.numpy_ref import calibrate_child, child_keys_shapes
 from cream_core.arch.plan import plan_network
 from cream_core.arch.space import CHILD_NETS, child_arch_def
 
-__all__ = ["CALIBRATION_BATCH", "seeded_array", "seeded_state", "seeded_input", "seeded_child_state"]
+__all__ = ["keyed_rng", "CALIBRATION_BATCH", "seeded_array", "seeded_state", "seeded_input",
+           "seeded_child_state"]
 
 #: Images in the calibration batch of :func:`seeded_child_state`. Enough for every BN to see at
 #: least 16 values per channel (cream-14's last blocks run at 2 x 2) while cream-604 at 224 x 224
@@ -42,14 +43,16 @@ __all__ = ["CALIBRATION_BATCH", "seeded_array", "seeded_state", "seeded_input", 
 CALIBRATION_BATCH = 4
 
 
-def _rng(seed: int, key: str) -> np.random.RandomState:
+def keyed_rng(seed: int, key: str) -> np.random.RandomState:
+    """A random stream of its own for each (``seed``, state-dict ``key``): values do not depend on
+    the order entries are drawn in (also the official initialisation's, :mod:`official_init`)."""
     return np.random.RandomState((zlib.crc32(key.encode("utf-8")) ^ (seed * 2654435761)) % (2**32))
 
 
 def seeded_array(key: str, shape: Sequence[int], seed: int) -> np.ndarray:
     """The value of state-dict entry ``key`` with ``shape`` for ``seed`` (torch naming and layout)."""
     shape = tuple(int(s) for s in shape)
-    rng = _rng(seed, key)
+    rng = keyed_rng(seed, key)
     leaf = key.rsplit(".", 1)[-1]
     if leaf == "num_batches_tracked":
         return np.array(rng.randint(1, 10000), dtype=np.int64)
