@@ -36,9 +36,9 @@ class _RunsCode:
 
 
 @pytest.fixture(scope="module")
-def good(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, bytes]:
+def good(module_tmp: Callable[[str], Path]) -> Dict[str, bytes]:
     """Bytes of valid inputs the corpus is cut from (made once)."""
-    d = tmp_path_factory.mktemp("good")
+    d = module_tmp("good")
     legacy = Path(seeded_official_checkpoint(NAME, d / "l.pth.tar", legacy=True))
     zipped = Path(seeded_official_checkpoint(NAME, d / "z.pth.tar", legacy=False))
     return {"legacy": legacy.read_bytes(), "zip": zipped.read_bytes()}

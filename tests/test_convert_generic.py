@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Callable, Dict, Tuple
 
 import numpy as np
 import paddle
@@ -84,8 +84,8 @@ def test_torchvision_state_dict_converts_to_paddle_vision(name, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def resnet18_file(tmp_path_factory) -> Path:
-    return _seeded_file("resnet18", tmp_path_factory.mktemp("r18"))[0]
+def resnet18_file(module_tmp: Callable[[str], Path]) -> Path:
+    return _seeded_file("resnet18", module_tmp("r18"))[0]
 
 
 def _convert(src: Path, torch_spec: str, paddle_spec: str, dst: Path, *extra: str) -> int:

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import numpy as np
 import pytest
@@ -34,9 +34,9 @@ def _sha(a: np.ndarray) -> str:
 
 
 @pytest.fixture(scope="module")
-def golden_root(tmp_path_factory) -> Path:
+def golden_root(module_tmp: Callable[[str], Path]) -> Path:
     """The folder the golden data were made from: photos in class 0, mode images in class 999."""
-    root = tmp_path_factory.mktemp("golden") / "val"
+    root = module_tmp("golden") / "val"
     (root / FIRST).mkdir(parents=True)
     (root / LAST).mkdir()
     for p in cd.sample_files():
@@ -418,9 +418,9 @@ LOADERS = {"eval": (_eval_batches, "cream_core.data.loader._crop"),
 
 
 @pytest.fixture(scope="module")
-def photo_classes(tmp_path_factory) -> Path:
+def photo_classes(module_tmp: Callable[[str], Path]) -> Path:
     """The bundled photos in two class folders."""
-    root = tmp_path_factory.mktemp("classes")
+    root = module_tmp("classes")
     for i, p in enumerate(cd.sample_files()):
         (root / "ab"[i % 2]).mkdir(exist_ok=True)
         shutil.copy(p, root / "ab"[i % 2] / p.name)

@@ -19,7 +19,7 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import Dict
+from typing import Callable, Dict
 
 import numpy as np
 import pytest
@@ -43,13 +43,13 @@ def _photo_batch() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory, official_cream14: Path) -> Dict[str, Path]:
+def work(module_tmp: Callable[[str], Path], official_cream14: Path) -> Dict[str, Path]:
     """Seeded official-format checkpoint, its Paddle conversion, and the labelled photos."""
     from converters.cli import main as convert_ckpt
     from cream_torch_ref import create_model
     from cream_torch_ref.evaluate import forward_logits
 
-    root = tmp_path_factory.mktemp("eval")
+    root = module_tmp("eval")
     ckpt = official_cream14
     ref = create_model(MODEL, checkpoint=ckpt)  # EMA weights, as the official test
     preds = forward_logits(ref, _photo_batch()).argmax(1)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List
+from typing import Callable, List
 
 import pytest
 
@@ -54,11 +54,11 @@ def _no_leftovers(out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(synthetic_val, cream14_weights, tmp_path_factory) -> dict:
+def uninterrupted(synthetic_val, cream14_weights, module_tmp: Callable[[str], Path]) -> dict:
     """One process, start to end, per framework: the reference outputs."""
     ref = {}
     for fw in ("torch", "paddle"):
-        out = tmp_path_factory.mktemp(f"one_{fw}")
+        out = module_tmp(f"one_{fw}")
         assert cream_eval(_args(fw, cream14_weights, synthetic_val, out)) == 0
         ref[fw] = _outputs(out)
     return ref

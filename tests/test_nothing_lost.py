@@ -192,9 +192,9 @@ def test_symlinked_output_and_the_same_file_twice_are_refused(tmp_path: Path) ->
 # --- data: symbolic link loops, list files ------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
+def photos(module_tmp: Callable[[str], Path]) -> Path:
     """``root/{train,val}/{a,b}/`` with the 8 bundled photos (4 per class) in each split."""
-    root = tmp_path_factory.mktemp("photos")
+    root = module_tmp("photos")
     for split in ("train", "val"):
         for i, p in enumerate(cd.sample_files()):
             d = root / split / "ab"[i % 2]
@@ -233,9 +233,9 @@ def test_list_files_bom_and_entries_outside_the_folder(photos: Path, tmp_path: P
 # --- cream-eval -------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ev(tmp_path_factory, official_cream14: Path, one_torch_thread: None) -> Dict[str, Path]:
+def ev(module_tmp: Callable[[str], Path], official_cream14: Path, one_torch_thread: None) -> Dict[str, Path]:
     """A seeded cream-14 checkpoint and an ImageNet layout of 4 photos."""
-    root = tmp_path_factory.mktemp("ev")
+    root = module_tmp("ev")
     ckpt = official_cream14
     val = cd.make_imagenet_layout(root / "inet", {p.name: i for i, p in
                                                   enumerate(cd.sample_files()[:4])})
@@ -360,9 +360,9 @@ def _same_weights(a: Path, b: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def trained(photos: Path, tmp_path_factory) -> Path:
+def trained(photos: Path, module_tmp: Callable[[str], Path]) -> Path:
     """An uninterrupted 2-epoch run: the reference every interrupted run must end equal to."""
-    out = tmp_path_factory.mktemp("full") / "run"
+    out = module_tmp("full") / "run"
     assert _train(photos, out) == 0
     return out
 

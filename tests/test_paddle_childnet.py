@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Callable, Dict, Tuple
 
 import numpy as np
 import pytest
@@ -77,12 +77,12 @@ def _both64(tm: torch.nn.Module, pm: paddle.nn.Layer, x: np.ndarray) -> Tuple[np
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Tuple[Path, Path, Path]]:
+def converted(module_tmp: Callable[[str], Path]) -> Dict[str, Tuple[Path, Path, Path]]:
     """Per model: (official .pth.tar, EMA .pdparams, raw .pdparams), made on first use."""
 
     class Lazy(dict):
         def __missing__(self, name: str) -> Tuple[Path, Path, Path]:
-            d = tmp_path_factory.mktemp(name)
+            d = module_tmp(name)
             src = Path(seeded_official_checkpoint(name, d / f"{name}.pth.tar"))
             ema = convert_checkpoint(src, d / "ema.pdparams", weights="ema")
             raw = convert_checkpoint(src, d / "raw.pdparams", weights="model")

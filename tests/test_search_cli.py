@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -27,8 +28,8 @@ ARGS = ["--num-classes", "4", "--image-size", "32", "--batch-size", "8", "--flop
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("search_data")
+def data(module_tmp: Callable[[str], Path]) -> Path:
+    root = module_tmp("search_data")
     rng = np.random.RandomState(0)
     for split, n in (("train", 8), ("val", 2)):
         for c in range(4):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -24,8 +25,8 @@ DDP_REL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ddp")
+def data(module_tmp: Callable[[str], Path]) -> Path:
+    root = module_tmp("ddp")
     for i, p in enumerate(sample_files()):
         d = root / "train" / "ab"[i % 2]
         d.mkdir(parents=True, exist_ok=True)

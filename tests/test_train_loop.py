@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -26,9 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def photo_data(tmp_path_factory) -> Path:
+def photo_data(module_tmp: Callable[[str], Path]) -> Path:
     """``root/train/{a,b}`` and ``root/val/{a,b}`` with the bundled photos (4 per class)."""
-    root = tmp_path_factory.mktemp("photos")
+    root = module_tmp("photos")
     for split in ("train", "val"):
         for i, p in enumerate(sample_files()):
             d = root / split / "ab"[i % 2]
