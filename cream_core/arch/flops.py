@@ -22,25 +22,44 @@ Spatial sizes follow timm's symmetric padding: ``pad = ((s - 1) + (k - 1)) // 2`
 """
 from __future__ import annotations
 
-from typing import Tuple
+from dataclasses import dataclass
+from typing import List, Tuple
 
 from cream_core.arch.plan import BlockPlan, NetPlan, plan_network
 from cream_core.arch.space import child_arch_def, child_spec
 
-__all__ = ["count_flops_params", "model_flops_params"]
+__all__ = ["CountRules", "THOP", "PTFLOPS", "out_size", "conv_counts", "pool_ops", "block_counts",
+           "count_flops_params", "model_flops_params"]
 
 _STEM_KERNEL = 3
 _STEM_STRIDE = 2
 _IN_CHANS = 3
 
 
-def _out_size(size: int, kernel: int, stride: int) -> int:
+@dataclass(frozen=True)
+class CountRules:
+    """Where the two profilers the official code uses count differently (all else is the same)."""
+
+    #: thop counts a divide per channel in a global average pool: ``C x (H x W + 1)``; ptflops ``C x H x W``
+    pool_divides: bool
+    #: ptflops counts the SE's inner ReLU (a module), one op per element; thop counts ReLU as 0
+    counts_relu: bool
+
+
+#: ``thop.profile`` (thop 0.0.31): the child nets' reported size (this module's totals).
+THOP = CountRules(pool_divides=True, counts_relu=False)
+#: ptflops 0.6.x: the supernet's official ``FlopsEst`` (:func:`cream_core.arch.supernet.flops_table`).
+PTFLOPS = CountRules(pool_divides=False, counts_relu=True)
+
+
+def out_size(size: int, kernel: int, stride: int) -> int:
     """Output side length of a conv with timm's symmetric ("same"-ish) padding."""
     pad = ((stride - 1) + (kernel - 1)) // 2
     return (size + 2 * pad - kernel) // stride + 1
 
 
-def _conv(out_chs: int, in_per_group: int, kernel: int, out_hw: int, bias: bool) -> Tuple[int, int]:
+def conv_counts(out_chs: int, in_per_group: int, kernel: int, out_hw: int, bias: bool
+                ) -> Tuple[int, int]:
     """(MACs, params) of one conv: per output element, one MAC per weight (+1 for a bias)."""
     per_out = in_per_group * kernel * kernel + (1 if bias else 0)
     return out_chs * out_hw * out_hw * per_out, out_chs * per_out
@@ -51,31 +70,39 @@ def _bn(chs: int, hw: int) -> Tuple[int, int]:
     return 2 * chs * hw * hw, 2 * chs
 
 
-def _avg_pool(chs: int, hw: int) -> int:
-    """Ops of a global average pool to 1x1: an add per input element plus a divide per channel."""
-    return chs * (hw * hw + 1)
+def pool_ops(chs: int, hw: int, rules: CountRules) -> int:
+    """Ops of a global average pool to 1x1: an add per input element (and a divide per channel)."""
+    return chs * (hw * hw + (1 if rules.pool_divides else 0))
 
 
-def _squeeze_excite(chs: int, se_chs: int, hw: int) -> Tuple[int, int]:
-    """(MACs, params) of an SE module on a ``chs x hw x hw`` map (pool, reduce, expand)."""
-    reduce_macs, reduce_params = _conv(se_chs, chs, 1, 1, bias=True)
-    expand_macs, expand_params = _conv(chs, se_chs, 1, 1, bias=True)
-    return _avg_pool(chs, hw) + reduce_macs + expand_macs, reduce_params + expand_params
+def _squeeze_excite(chs: int, se_chs: int, hw: int, rules: CountRules) -> Tuple[int, int]:
+    """(MACs, params) of an SE module on a ``chs x hw x hw`` map (pool, reduce, ReLU, expand).
+
+    The hard-sigmoid gate and the rescale are functions, which neither profiler sees.
+    """
+    reduce_macs, reduce_params = conv_counts(se_chs, chs, 1, 1, bias=True)
+    expand_macs, expand_params = conv_counts(chs, se_chs, 1, 1, bias=True)
+    relu = se_chs if rules.counts_relu else 0
+    return (pool_ops(chs, hw, rules) + reduce_macs + relu + expand_macs,
+            reduce_params + expand_params)
 
 
-def _block(b: BlockPlan, hw: int) -> Tuple[int, int, int]:
-    """(MACs, params, output side length) of one block entered with a ``hw x hw`` map."""
-    out_hw = _out_size(hw, b.kernel_size, b.stride)
-    parts = []
+def block_counts(b: BlockPlan, hw: int, rules: CountRules) -> Tuple[int, int, int]:
+    """(MACs, params, output side length) of one block entered with a ``hw x hw`` map (Swish is
+    a function to both profilers: not counted)."""
+    out_hw = out_size(hw, b.kernel_size, b.stride)
+    parts: List[Tuple[int, int]] = []
     if b.block_type == "cn":
-        parts += [_conv(b.out_chs, b.in_chs, b.kernel_size, out_hw, bias=False), _bn(b.out_chs, out_hw)]
+        parts += [conv_counts(b.out_chs, b.in_chs, b.kernel_size, out_hw, bias=False),
+                  _bn(b.out_chs, out_hw)]
     elif b.block_type in ("ds", "ir"):
         if b.block_type == "ir":  # pointwise expansion at the input resolution
-            parts += [_conv(b.mid_chs, b.in_chs, 1, hw, bias=False), _bn(b.mid_chs, hw)]
-        parts += [_conv(b.mid_chs, 1, b.kernel_size, out_hw, bias=False), _bn(b.mid_chs, out_hw)]
+            parts += [conv_counts(b.mid_chs, b.in_chs, 1, hw, bias=False), _bn(b.mid_chs, hw)]
+        parts += [conv_counts(b.mid_chs, 1, b.kernel_size, out_hw, bias=False),
+                  _bn(b.mid_chs, out_hw)]
         if b.se_chs:
-            parts.append(_squeeze_excite(b.mid_chs, b.se_chs, out_hw))
-        parts += [_conv(b.out_chs, b.mid_chs, 1, out_hw, bias=False), _bn(b.out_chs, out_hw)]
+            parts.append(_squeeze_excite(b.mid_chs, b.se_chs, out_hw, rules))
+        parts += [conv_counts(b.out_chs, b.mid_chs, 1, out_hw, bias=False), _bn(b.out_chs, out_hw)]
     else:
         raise ValueError(f"unsupported block type {b.block_type!r}")
     return sum(p[0] for p in parts), sum(p[1] for p in parts), out_hw
@@ -88,16 +115,16 @@ def count_flops_params(plan: NetPlan, resolution: int, num_classes: int = 1000) 
     """
     if resolution < 1:
         raise ValueError(f"resolution must be positive, got {resolution}")
-    hw = _out_size(resolution, _STEM_KERNEL, _STEM_STRIDE)
-    macs, params = _conv(plan.stem_size, _IN_CHANS, _STEM_KERNEL, hw, bias=False)
+    hw = out_size(resolution, _STEM_KERNEL, _STEM_STRIDE)
+    macs, params = conv_counts(plan.stem_size, _IN_CHANS, _STEM_KERNEL, hw, bias=False)
     bn_ops, bn_params = _bn(plan.stem_size, hw)
     macs, params = macs + bn_ops, params + bn_params
     for stage in plan.stages:
         for b in stage:
-            m, p, hw = _block(b, hw)
+            m, p, hw = block_counts(b, hw, THOP)
             macs, params = macs + m, params + p
-    macs += _avg_pool(plan.out_chs, hw)
-    head_macs, head_params = _conv(plan.num_features, plan.out_chs, 1, 1, bias=True)
+    macs += pool_ops(plan.out_chs, hw, THOP)
+    head_macs, head_params = conv_counts(plan.num_features, plan.out_chs, 1, 1, bias=True)
     macs, params = macs + head_macs, params + head_params
     macs += plan.num_features * num_classes
     params += plan.num_features * num_classes + num_classes

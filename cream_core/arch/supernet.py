@@ -26,17 +26,16 @@ from :func:`plan_supernet`, so the two supernets cannot disagree on a single wid
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
-import re
-
-from cream_core.arch.plan import BlockPlan, plan_network
-from cream_core.arch.plan import decode_block_str
-from cream_core.arch.space import (CHOICE_BLOCK_POOL, CHOICES, NUM_FEATURES, STEM_SIZE, SUPERNET_ARCH_DEF,
-                    child_arch_def)
+from cream_core.arch.flops import PTFLOPS, block_counts, conv_counts, out_size, pool_ops
+from cream_core.arch.plan import BlockPlan, decode_block_str, plan_network
+from cream_core.arch.space import (CHOICE_BLOCK_POOL, CHOICES, NUM_FEATURES, STEM_SIZE,
+                                   SUPERNET_ARCH_DEF, child_arch_def)
 
 __all__ = [
     "FLOPS_OP_DICT_FILE", "flops_op_dict", "LayerSearch", "search_for_layer", "supernet_arch_def",
@@ -291,52 +290,6 @@ class SupernetPaths:
 
 
 # ---- the official FlopsEst, as ptflops 0.6.x counts ---------------------------------------------
-def _out_hw(hw: int, kernel: int, stride: int) -> int:
-    pad = ((stride - 1) + (kernel - 1)) // 2
-    return (hw + 2 * pad - kernel) // stride + 1
-
-
-def _pt_conv(cin: int, cout: int, k: int, groups: int, hw_out: int, bias: bool) -> Tuple[int, int]:
-    """ptflops: k*k*cin*(cout/groups) per output position, + cout per position for a bias."""
-    positions = hw_out * hw_out
-    flops = k * k * cin * (cout // groups) * positions + (cout * positions if bias else 0)
-    params = cout * (cin // groups) * k * k + (cout if bias else 0)
-    return flops, params
-
-
-def _pt_bn(c: int, hw: int) -> Tuple[int, int]:
-    """ptflops: two ops per input element for an affine BatchNorm."""
-    return 2 * c * hw * hw, 2 * c
-
-
-def _pt_se(c: int, rd: int, hw: int) -> Tuple[int, int]:
-    """ptflops on timm 0.1.20's SqueezeExcite: pool (input numel), two biased 1x1 convs, ReLU.
-
-    The hard-sigmoid gate and the rescale are functions, which ptflops 0.6 does not see.
-    """
-    red = _pt_conv(c, rd, 1, 1, 1, True)
-    exp = _pt_conv(rd, c, 1, 1, 1, True)
-    return c * hw * hw + red[0] + rd + exp[0], red[1] + exp[1]
-
-
-def _pt_block(b: BlockPlan, hw: int) -> Tuple[int, int, int]:
-    """(FLOPs, params, output side) of one candidate on a ``hw x hw`` input (Swish is not counted)."""
-    hw_out = _out_hw(hw, b.kernel_size, b.stride)
-    parts: List[Tuple[int, int]] = []
-    if b.block_type == "cn":
-        parts += [_pt_conv(b.in_chs, b.out_chs, b.kernel_size, 1, hw_out, False),
-                  _pt_bn(b.out_chs, hw_out)]
-    else:
-        if b.block_type == "ir":
-            parts += [_pt_conv(b.in_chs, b.mid_chs, 1, 1, hw, False), _pt_bn(b.mid_chs, hw)]
-        parts += [_pt_conv(b.mid_chs, b.mid_chs, b.kernel_size, b.mid_chs, hw_out, False),
-                  _pt_bn(b.mid_chs, hw_out)]
-        if b.se_chs:
-            parts.append(_pt_se(b.mid_chs, b.se_chs, hw_out))
-        parts += [_pt_conv(b.mid_chs, b.out_chs, 1, 1, hw_out, False), _pt_bn(b.out_chs, hw_out)]
-    return sum(p[0] for p in parts), sum(p[1] for p in parts), hw_out
-
-
 @dataclass(frozen=True)
 class FlopsTable:
     """The official ``FlopsEst``: ``flops[stage][block][choice]`` (MFLOPs), ``params`` (M), fixed parts."""
@@ -369,20 +322,20 @@ def _path_total(table: Tuple[Tuple[Tuple[float, ...], ...], ...],
 
 def flops_table(plan: SupernetPlan) -> FlopsTable:
     """The ``FlopsEst`` of a supernet (always at 224x224, batch 1, as the official code profiles)."""
-    hw = _out_hw(FLOPS_RESOLUTION, 3, 2)
-    stem = _pt_conv(3, plan.stem_size, 3, 1, hw, False)
+    hw = out_size(FLOPS_RESOLUTION, 3, 2)
+    stem = conv_counts(plan.stem_size, 3, 3, hw, bias=False)
     flops, params = [], []
     for stage in plan.stages:
         sf, sp = [], []
         for candidates in stage:
-            counts = [_pt_block(b, hw) for b in candidates]
+            counts = [block_counts(b, hw, PTFLOPS) for b in candidates]
             sf.append(tuple((c[0] / 1) / 1e6 for c in counts))
             sp.append(tuple(c[1] / 1e6 for c in counts))
             hw = counts[-1][2]
         flops.append(tuple(sf))
         params.append(tuple(sp))
-    pool_flops = plan.out_chs * hw * hw
-    head = _pt_conv(plan.out_chs, plan.num_features, 1, 1, 1, True)
+    pool_flops = pool_ops(plan.out_chs, hw, PTFLOPS)
+    head = conv_counts(plan.num_features, plan.out_chs, 1, 1, bias=True)
     flops_fixed = 0
     params_fixed = 0
     for f, p in ((stem[0], stem[1]), (pool_flops, 0), (head[0], head[1])):
