@@ -25,8 +25,8 @@ from cream_core.data.errors import BadItem
 from cream_core.data.loader import Batch, EvalLoader
 from cream_core.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, normalize
 
-__all__ = ["TOPK", "ForwardFn", "EvalResult", "EvalAccumulator", "topk_indices", "cross_entropy",
-           "run_evaluation", "iterate_normalized", "progress_bar"]
+__all__ = ["TOPK", "ForwardFn", "EvalResult", "EvalAccumulator", "batch_totals", "topk_indices",
+           "cross_entropy", "run_evaluation", "iterate_normalized", "progress_bar"]
 
 #: The accuracies reported: top-1 and top-5.
 TOPK = (1, 5)
@@ -143,27 +143,42 @@ class EvalAccumulator:
 
     def result(self, seconds: float, skipped: Sequence[BadItem] = ()) -> EvalResult:
         """The totals, with ``seconds`` of wall time for the whole loop."""
-        n = len(self.paths)
-        lab = np.concatenate(self.labels) if self.labels else np.empty((0,), np.int64)
-        pred = np.concatenate(self.preds) if self.preds else np.empty((0, max(TOPK)), np.int64)
-        correct1 = int((pred[:, 0] == lab).sum()) if n else 0
-        correct5 = int((pred == lab[:, None]).any(axis=1).sum()) if n else 0
-        return EvalResult(
-            framework=self.framework,
-            top1=100.0 * correct1 / n if n else 0.0,
-            top5=100.0 * correct5 / n if n else 0.0,
-            loss=math.fsum(np.concatenate(self.losses).tolist()) / n if n else float("nan"),
-            images=n,
-            seconds=seconds,
-            model_seconds=self.model_seconds,
-            correct1=correct1,
-            correct5=correct5,
-            skipped=list(skipped),
-            paths=list(self.paths),
-            labels=lab,
-            predictions=pred,
-            logits=np.concatenate(self.logits) if self.keep_logits and self.logits else None,
-        )
+        return batch_totals(self.framework, self.paths, self.labels, self.preds, self.losses,
+                            self.logits if self.keep_logits else None, seconds=seconds,
+                            model_seconds=self.model_seconds, skipped=skipped)
+
+
+def batch_totals(framework: str, paths: Sequence[str], labels: Sequence[np.ndarray],
+                 predictions: Sequence[np.ndarray], losses: Sequence[np.ndarray],
+                 logits: Optional[Sequence[Optional[np.ndarray]]], *, seconds: float,
+                 model_seconds: float, skipped: Sequence[BadItem] = (),
+                 timed_images: Optional[int] = None) -> EvalResult:
+    """One :class:`EvalResult` from per-batch labels, top-5 predictions, losses and (if every batch
+    kept them) logits, in dataset order: the one place top-1, top-5 and the mean loss are counted
+    (for :class:`EvalAccumulator` and for the journal of a sharded run)."""
+    n = len(paths)
+    lab = np.concatenate(labels) if len(labels) else np.empty((0,), np.int64)
+    pred = np.concatenate(predictions) if len(predictions) else np.empty((0, max(TOPK)), np.int64)
+    correct1 = int((pred[:, 0] == lab).sum()) if n else 0
+    correct5 = int((pred == lab[:, None]).any(axis=1).sum()) if n else 0
+    kept = logits is not None and len(logits) > 0 and all(x is not None for x in logits)
+    return EvalResult(
+        framework=framework,
+        top1=100.0 * correct1 / n if n else 0.0,
+        top5=100.0 * correct5 / n if n else 0.0,
+        loss=math.fsum(np.concatenate(losses).tolist()) / n if n else float("nan"),
+        images=n,
+        seconds=seconds,
+        model_seconds=model_seconds,
+        correct1=correct1,
+        correct5=correct5,
+        skipped=list(skipped),
+        paths=list(paths),
+        labels=lab,
+        predictions=pred,
+        logits=np.concatenate(logits) if kept else None,
+        timed_images=timed_images,
+    )
 
 
 def progress_bar(total: int, desc: str, enabled: bool) -> Any:

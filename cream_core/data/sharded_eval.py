@@ -21,7 +21,6 @@ The framework supplies only ``forward`` (normalised float32 NCHW -> float32 logi
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -31,7 +30,8 @@ import numpy as np
 
 from cream_core.data.errors import BadDataError, BadItem
 from cream_core.data.eval_journal import BatchRecord, PredictionJournal
-from cream_core.data.evaluation import TOPK, EvalResult, ForwardFn, cross_entropy, progress_bar, topk_indices
+from cream_core.data.evaluation import (TOPK, EvalResult, ForwardFn, batch_totals, cross_entropy,
+                                        progress_bar, topk_indices)
 from cream_core.data.loader import Batch, EvalLoader
 from cream_core.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, normalize
 
@@ -183,20 +183,7 @@ def _run_batch(batches: Any, batch_id: int, forward: ForwardFn, loader: EvalLoad
 def merge_records(framework: str, records: Sequence[BatchRecord], skipped: Sequence[BadItem],
                   seconds: float, model_seconds: float, timed_images: int) -> EvalResult:
     """One :class:`EvalResult` from the records of every batch (in dataset order)."""
-    paths = [p for r in records for p in r.paths]
-    n = len(paths)
-    lab = np.concatenate([r.labels for r in records]) if records else np.empty((0,), np.int64)
-    pred = np.concatenate([r.top5 for r in records]) if records else \
-        np.empty((0, max(TOPK)), np.int64)
-    losses = np.concatenate([r.losses for r in records]) if records else np.empty((0,))
-    correct1 = int((pred[:, 0] == lab).sum()) if n else 0
-    correct5 = int((pred == lab[:, None]).any(axis=1).sum()) if n else 0
-    logits = [r.logits for r in records]
-    return EvalResult(
-        framework=framework, top1=100.0 * correct1 / n if n else 0.0,
-        top5=100.0 * correct5 / n if n else 0.0,
-        loss=math.fsum(losses.tolist()) / n if n else float("nan"), images=n, seconds=seconds,
-        model_seconds=model_seconds, correct1=correct1, correct5=correct5, skipped=list(skipped),
-        paths=paths, labels=lab, predictions=pred,
-        logits=np.concatenate(logits) if logits and all(x is not None for x in logits) else None,
-        timed_images=timed_images)
+    return batch_totals(framework, [p for r in records for p in r.paths],
+                        [r.labels for r in records], [r.top5 for r in records],
+                        [r.losses for r in records], [r.logits for r in records], seconds=seconds,
+                        model_seconds=model_seconds, skipped=skipped, timed_images=timed_images)
