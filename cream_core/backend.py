@@ -15,7 +15,11 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["BackendBase", "launched"]
+__all__ = ["CHECKPOINT_SUFFIXES", "BackendBase", "launched"]
+
+#: Each framework's checkpoint file suffix: the one table (a tool checks its outputs before it
+#: imports a framework).
+CHECKPOINT_SUFFIXES: Mapping[str, str] = {"torch": ".pth.tar", "paddle": ".pdparams"}
 
 
 def launched(world_size_env: str) -> bool:

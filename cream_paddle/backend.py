@@ -15,14 +15,14 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 import numpy as np
 import paddle
 
-from cream_core.backend import BackendBase, launched
+from cream_core.backend import CHECKPOINT_SUFFIXES, BackendBase, launched
 from cream_core.rules import paddle_layout, paddle_to_torch_names, torch_to_paddle_names
 
 __all__ = ["FRAMEWORK", "CHECKPOINT_SUFFIX", "WORLD_SIZE_ENV", "Backend", "init_distributed",
            "set_threads"]
 
 FRAMEWORK = "paddle"
-CHECKPOINT_SUFFIX = ".pdparams"
+CHECKPOINT_SUFFIX = CHECKPOINT_SUFFIXES[FRAMEWORK]
 #: The variable the launcher (``paddle.distributed.launch``) sets to the number of processes.
 WORLD_SIZE_ENV = "PADDLE_TRAINERS_NUM"
 

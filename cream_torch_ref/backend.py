@@ -15,13 +15,13 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
-from cream_core.backend import BackendBase, launched
+from cream_core.backend import CHECKPOINT_SUFFIXES, BackendBase, launched
 
 __all__ = ["FRAMEWORK", "CHECKPOINT_SUFFIX", "WORLD_SIZE_ENV", "Backend", "init_distributed",
            "set_threads"]
 
 FRAMEWORK = "torch"
-CHECKPOINT_SUFFIX = ".pth.tar"
+CHECKPOINT_SUFFIX = CHECKPOINT_SUFFIXES[FRAMEWORK]
 #: The variable the launcher (``torchrun``) sets to the number of processes.
 WORLD_SIZE_ENV = "WORLD_SIZE"
 

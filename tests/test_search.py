@@ -366,7 +366,7 @@ def _protocol_members(protocol: type) -> set:
 def test_search_ops_fill_the_core_protocol(framework: str) -> None:
     """Each framework's SearchOps supplies every member the core's step and loop call, with the
     checkpoint suffix the CLI checks outputs with before a framework is imported."""
-    from cream_core.search.loop import CHECKPOINT_SUFFIXES
+    from cream_core.backend import CHECKPOINT_SUFFIXES
     from cream_core.search.searcher import SearchFramework
 
     ops = _framework(framework)[0].SearchOps

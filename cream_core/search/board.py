@@ -94,6 +94,7 @@ class PrioritizedBoard(Generic[T]):
             if abs(sum(self.pre_prob) - 1.0) > 1e-6 or min(self.pre_prob) < 0:
                 raise ValueError(f"pre_prob must be non-negative and sum to 1, got {list(self.pre_prob)}")
         self.sta_num = tuple(int(n) for n in self.sta_num)
+        self.restore(self.board)
 
     # -- size and access ---------------------------------------------------------------------------
     def board_size(self) -> int:
@@ -108,7 +109,7 @@ class PrioritizedBoard(Generic[T]):
         """The best entry (the ``top1`` pick; also the search's final answer)."""
         if not self.board:
             raise ValueError("the prioritized board is empty")
-        return sorted(self.board, key=BoardEntry.key, reverse=True)[0]
+        return self.board[0]
 
     # -- sampling ------------------------------------------------------------------------------------
     def get_prob(self) -> Optional[List[float]]:
@@ -156,8 +157,12 @@ class PrioritizedBoard(Generic[T]):
     def trim(self) -> None:
         """Drop the last entry if the board is over ``pool_size`` (the end of every official update)."""
         if len(self.board) > self.pool_size:
-            self.board = sorted(self.board, key=BoardEntry.key, reverse=True)
             del self.board[-1]
+
+    def restore(self, entries: Sequence[BoardEntry]) -> None:
+        """Replace the entries (e.g. from a checkpoint), sorted best first like :meth:`add` keeps them
+        (stably: a saved board comes back in its saved order)."""
+        self.board = sorted(entries, key=BoardEntry.key, reverse=True)
 
     def summary(self) -> List[Dict[str, Any]]:
         """The board without its tensors, for logs and checkpoints' metadata."""

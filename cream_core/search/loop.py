@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cream_core.backend import CHECKPOINT_SUFFIXES
 from cream_core.io.atomic import atomic_write
 from cream_core.io.cli_errors import UsageError
 from cream_core.io.errors import CheckpointError
@@ -27,18 +28,13 @@ from cream_core.search.records import StepOutput
 from cream_core.search.searcher import SearchFramework, Searcher, plain_config
 
 __all__ = ["SearchOptions", "SearchOutcome", "run_search", "checkpoint_path", "BEST_ARCH",
-           "LOG_NAME", "CHECKPOINT_NAME", "CHECKPOINT_SUFFIXES", "ARCH_TAG"]
+           "LOG_NAME", "CHECKPOINT_NAME", "ARCH_TAG"]
 
 BEST_ARCH = "best_arch.json"
 LOG_NAME = "search.log"
 CHECKPOINT_NAME = "checkpoint-last"
 #: The ``arch`` entry of a search checkpoint.
 ARCH_TAG = "cream-supernet"
-
-
-#: Checkpoint file suffix by framework (each backend's ``CHECKPOINT_SUFFIX``; known here so that
-#: outputs are checked before a framework is imported).
-CHECKPOINT_SUFFIXES: Mapping[str, str] = {"torch": ".pth.tar", "paddle": ".pdparams"}
 
 
 def checkpoint_path(output: str, framework: str, name: str = CHECKPOINT_NAME) -> str:

@@ -179,9 +179,9 @@ class Searcher:
         self.optimizer.load_state_dict({"momentum_buffer": state["momentum"], "live": state["live"],
                                         "lr": state["lr"]})
         tensor = self.backend.tensor
-        self.board.board = [BoardEntry(float(e["prec1"]), float(e["flops"]),
+        self.board.restore([BoardEntry(float(e["prec1"]), float(e["flops"]),
                                        [list(s) for s in e["cand"]], tensor(np.asarray(e["data"])),
                                        tensor(np.asarray(e["feat"])))
-                            for e in state["board"]]
+                            for e in state["board"]])
         self.rng.set_state(rng_state)
         self.iteration = int(state["iteration"])
