@@ -74,8 +74,9 @@ def create_act_layer(name: Optional[LayerType], inplace: Optional[bool] = None,
 
 def create_conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                   dilation: int = 1, groups: int = 1, padding: Union[int, str] = "",
-                  bias: bool = False) -> nn.Conv2D:
-    """``Conv2D`` padded as timm's ``create_conv2d`` pads (``''``: symmetric, see :func:`compat.get_padding`)."""
+                  bias: bool = False) -> compat.Conv2D:
+    """:class:`compat.Conv2D` padded as timm's ``create_conv2d`` pads (``''``: symmetric, see
+    :func:`compat.get_padding`); the factory of every block conv, depthwise ones included."""
     if isinstance(padding, str):
         p = padding.lower()
         if p == "":
@@ -89,8 +90,8 @@ def create_conv2d(in_channels: int, out_channels: int, kernel_size: int, stride:
                              "dynamic padding, which cream_paddle does not implement")
     else:
         pad = int(padding)
-    return nn.Conv2D(in_channels, out_channels, kernel_size, stride=stride, padding=pad,
-                     dilation=dilation, groups=groups, bias_attr=None if bias else False)
+    return compat.Conv2D(in_channels, out_channels, kernel_size, stride=stride, padding=pad,
+                         dilation=dilation, groups=groups, bias_attr=None if bias else False)
 
 
 def _num_groups(group_size: Optional[int], channels: int) -> int:
@@ -154,9 +155,9 @@ class SqueezeExcite(nn.Layer):
         if rd_channels is None:
             rd_channels = (rd_round_fn or round)(in_chs * rd_ratio)
         act_layer = force_act_layer or act_layer
-        self.conv_reduce = nn.Conv2D(in_chs, rd_channels, 1)
+        self.conv_reduce = compat.Conv2D(in_chs, rd_channels, 1)
         self.act1 = create_act_layer(act_layer, inplace=True)
-        self.conv_expand = nn.Conv2D(rd_channels, in_chs, 1)
+        self.conv_expand = compat.Conv2D(rd_channels, in_chs, 1)
         self.gate = create_act_layer(gate_layer)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:  # noqa: D102

@@ -45,13 +45,13 @@ class ChildNet(nn.Layer):
         plan = plan_network(child_arch_def(self.arch_list), drop_path_rate=drop_path_rate,
                                  stem_size=STEM_SIZE, num_features=NUM_FEATURES)
         stem = plan.stem_size
-        self.conv_stem = nn.Conv2D(3, stem, 3, stride=2, padding=compat.get_padding(3, 2),
-                                   bias_attr=False)
+        self.conv_stem = compat.Conv2D(3, stem, 3, stride=2, padding=compat.get_padding(3, 2),
+                                       bias_attr=False)
         self.bn1 = BatchNormAct2d(stem, act_layer="silu")
         self.blocks = build_blocks(plan)
         self.num_features = self.head_hidden_size = plan.num_features
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
-        self.conv_head = nn.Conv2D(plan.out_chs, self.num_features, 1)
+        self.conv_head = compat.Conv2D(plan.out_chs, self.num_features, 1)
         self.norm_head = nn.Identity()
         self.act2 = nn.Silu()
         self.flatten = nn.Flatten(1) if global_pool else nn.Identity()

@@ -15,9 +15,10 @@ BN running variance         unbiased batch variance (``n/(n-1)``)   :func:`batch
 BN running-stat update      outside autograd (buffers)              :func:`batch_norm` writes them back with
                                                                     ``set_value`` (no version bump; see
                                                                     the function).
-BN / gate double grad       native                                  ``formulation`` option of
-                                                                    :func:`batch_norm` and
-                                                                    :class:`Hardsigmoid`
+BN / gate / depthwise-conv  native                                  ``formulation`` option of
+double grad                                                         :func:`batch_norm`,
+                                                                    :class:`Hardsigmoid` and
+                                                                    :class:`Conv2D`
                                                                     (:mod:`cream_paddle.second_order`).
 BN buffer names             ``running_mean``, ``running_var``,      ``_mean``, ``_variance``, no counter
                             ``num_batches_tracked`` (buffers)       (the converter's rules map them);
@@ -68,6 +69,7 @@ __all__ = [
     "batch_norm",
     "Hardsigmoid",
     "hard_sigmoid",
+    "Conv2D",
     "get_padding",
     "dropout",
     "drop_path",
@@ -190,6 +192,50 @@ class Hardsigmoid(nn.Layer):
             return second_order.hard_sigmoid(x)
         raise ValueError(f"{type(self).__name__}.formulation must be a Formulation, "
                          f"got {self.formulation!r}")
+
+
+class Conv2D(nn.Conv2D):
+    """``paddle.nn.Conv2D`` with a ``formulation`` option: the one conv class of the Paddle models.
+
+    A subclass, under Paddle's own name (as :class:`Hardsigmoid`), so that ``isinstance`` checks,
+    parameter names, state-dict keys and the layer tree the mirror test compares with torch's
+    ``Conv2d`` are unchanged. ``formulation`` (a :class:`Formulation`, ``KERNEL`` by default):
+    ``KERNEL`` runs Paddle's own forward; ``TWICE_DIFFERENTIABLE`` runs a depthwise conv (see
+    :func:`cream_paddle.second_order.is_depthwise`) through
+    :func:`cream_paddle.second_order.depthwise_conv2d` (Paddle's depthwise kernel has no double
+    grad), any other conv through Paddle's forward (the ``conv2d`` kernel has double grad).
+    Switching a depthwise conv to ``TWICE_DIFFERENTIABLE`` raises ``ValueError`` for a configuration
+    that formulation does not compute (a padding mode other than zeros, ``'SAME'``/``'VALID'`` or
+    asymmetric padding, NHWC): the check runs where the option is switched, not per forward.
+    """
+
+    _formulation: Formulation = Formulation.KERNEL
+
+    @property
+    def formulation(self) -> Formulation:
+        """How the training- and eval-mode output is computed (see the class docstring)."""
+        return self._formulation
+
+    @formulation.setter
+    def formulation(self, value: Union[Formulation, str]) -> None:
+        value = Formulation(value)
+        if value is Formulation.TWICE_DIFFERENTIABLE and second_order.is_depthwise(self):
+            self._check_twice_differentiable()
+        self._formulation = value
+
+    def _check_twice_differentiable(self) -> None:
+        """``ValueError`` unless :func:`second_order.depthwise_conv2d` computes this layer."""
+        if (self._padding_mode != "zeros" or getattr(self, "_padding_algorithm", "") != "EXPLICIT"
+                or len(list(getattr(self, "_updated_padding", []))) != 2
+                or self._data_format != "NCHW"):
+            raise ValueError(f"second-order depthwise conv: unsupported layer configuration {self!r}")
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:  # noqa: D102
+        if self._formulation is Formulation.TWICE_DIFFERENTIABLE and second_order.is_depthwise(self):
+            out = second_order.depthwise_conv2d(x, self.weight, self._stride, self._updated_padding,
+                                                self._dilation, self._groups)
+            return out if self.bias is None else out + self.bias.reshape([1, -1, 1, 1])
+        return super().forward(x)
 
 
 def spatial_mean(x: paddle.Tensor, keepdim: bool = True) -> paddle.Tensor:

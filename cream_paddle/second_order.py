@@ -12,6 +12,8 @@ depthwise ``conv2d``       :func:`depthwise_conv2d`: the generic grouped ``conv2
                            ``groups = channels`` (``F.conv2d`` routes that case to the separate
                            ``depthwise_conv2d`` kernel, which lacks double grad). The kernel reads the
                            layer's own weight tensor, so the 2020 in-place update semantics hold.
+                           :class:`cream_paddle.compat.Conv2D` runs it for a depthwise layer set
+                           to ``Formulation.TWICE_DIFFERENTIABLE``.
 ``hardsigmoid``/``relu6``  :func:`hard_sigmoid`: ``clip(x + 3, 0, 6) / 6`` (``clip`` has double grad).
 ``softmax``                :func:`softmax`: ``exp(x - max) / sum(exp(x - max))``, the max detached
                            (softmax is shift-invariant, so the gradient is unchanged).
@@ -33,14 +35,15 @@ strided slices             detached.
 
 Everything is confined to the second-order path. Layers that have a twice-differentiable
 alternative say so with an explicit option, a ``formulation`` attribute holding a
-:class:`Formulation` (``KERNEL`` by default): ``BatchNormAct2d`` and the hard-sigmoid gates
-(:class:`cream_paddle.compat.Hardsigmoid` and the supernet's ``HardSigmoid``).
+:class:`Formulation` (``KERNEL`` by default): ``BatchNormAct2d``, the hard-sigmoid gates
+(:class:`cream_paddle.compat.Hardsigmoid` and the supernet's ``HardSigmoid``) and the convolutions
+(:class:`cream_paddle.compat.Conv2D`, a ``paddle.nn.Conv2D`` the Paddle models build every conv
+with; a depthwise one runs :func:`depthwise_conv2d` when switched).
 :func:`second_order_mode` sets it to ``TWICE_DIFFERENTIABLE`` on every such layer of one model for
-the duration of a ``with`` block, switches its depthwise convolutions (Paddle's own ``Conv2D``,
-which has no such option) to :func:`depthwise_conv2d`, and restores everything afterwards; the
-search code calls :func:`softmax` / :func:`soft_target_cross_entropy` only inside the meta-matching
-step. ``tests/test_second_order.py`` checks each formulation's value, gradient and second derivative
-against torch.
+the duration of a ``with`` block and restores it afterwards (it never replaces a layer's
+``forward``); the search code calls :func:`softmax` / :func:`soft_target_cross_entropy` only
+inside the meta-matching step. ``tests/test_second_order.py`` checks each formulation's value,
+gradient and second derivative against torch.
 """
 from __future__ import annotations
 
@@ -133,24 +136,10 @@ def is_depthwise(layer: nn.Layer) -> bool:
     return groups > 1 and int(layer._in_channels) == groups and int(layer._out_channels) % groups == 0
 
 
-def _dw_forward(layer: nn.Conv2D):
-    pad = list(getattr(layer, "_updated_padding", []))
-    if (layer._padding_mode != "zeros" or getattr(layer, "_padding_algorithm", "") != "EXPLICIT"
-            or len(pad) != 2 or layer._data_format != "NCHW"):
-        raise ValueError(f"second-order depthwise conv: unsupported layer configuration {layer!r}")
-
-    def forward(x: paddle.Tensor) -> paddle.Tensor:
-        out = depthwise_conv2d(x, layer.weight, layer._stride, pad, layer._dilation, layer._groups)
-        if layer.bias is not None:
-            out = out + layer.bias.reshape([1, -1, 1, 1])
-        return out
-    return forward
-
-
 def _has_formulation(layer: nn.Layer) -> bool:
-    """True for a layer that declares a :class:`Formulation` option (its ``formulation`` attribute);
-    ``ValueError`` if the value it holds is not one."""
-    if "formulation" not in layer.__dict__:
+    """True for a layer that declares a :class:`Formulation` option (its ``formulation`` attribute
+    or property); ``ValueError`` if the value it holds is not one."""
+    if not hasattr(layer, "formulation"):
         return False
     Formulation(layer.formulation)
     return True
@@ -158,30 +147,21 @@ def _has_formulation(layer: nn.Layer) -> bool:
 
 @contextlib.contextmanager
 def second_order_mode(model: nn.Layer) -> Iterator[nn.Layer]:
-    """Within the block, ``model``'s depthwise convs, hard-sigmoid gates and BatchNorms support double grad.
+    """Within the block, ``model``'s depthwise convs, hard-sigmoid gates and BatchNorms support
+    double grad.
 
-    Layers with a ``formulation`` option are set to ``TWICE_DIFFERENTIABLE``; depthwise ``Conv2D``
-    layers get their own ``forward`` (Paddle's class has no such option). The previous state is
-    restored on exit, also after an exception.
+    Every layer with a ``formulation`` option is set to ``TWICE_DIFFERENTIABLE`` (nothing else is
+    changed: no layer gets a ``forward`` of its own); the previous values come back on exit, also
+    after an exception. A depthwise :class:`cream_paddle.compat.Conv2D` whose configuration the
+    formulation does not compute raises ``ValueError`` when it is switched.
     """
     switched: List[Tuple[nn.Layer, Formulation]] = []
-    patched: List[Tuple[nn.Layer, bool, object]] = []
     try:
         for layer in model.sublayers(include_self=True):
             if _has_formulation(layer):
                 switched.append((layer, layer.formulation))
                 layer.formulation = Formulation.TWICE_DIFFERENTIABLE
-            elif is_depthwise(layer):
-                new = _dw_forward(layer)
-                had = "forward" in layer.__dict__
-                patched.append((layer, had, layer.__dict__.get("forward")))
-                layer.forward = new
         yield model
     finally:
         for layer, formulation in reversed(switched):
             layer.formulation = formulation
-        for layer, had, old in reversed(patched):
-            if had:
-                layer.forward = old
-            else:
-                del layer.forward

@@ -7,8 +7,9 @@ state dicts differ only by the framework conventions of ``cream_core.rules`` (BN
 Linear weight layout, no ``num_batches_tracked``).
 
 For the meta-matching step, wrap forward passes in :func:`cream_paddle.second_order.second_order_mode`,
-which switches this model's depthwise convolutions, hard-sigmoid gates and BatchNorm layers to
-twice-differentiable formulations. The BatchNorm layers are the child nets' ``BatchNormAct2d``
+which switches the ``formulation`` option of this model's convolutions (``compat.Conv2D``: the
+depthwise ones change), hard-sigmoid gates and BatchNorm layers to twice-differentiable
+formulations. The BatchNorm layers are the child nets' ``BatchNormAct2d``
 (:func:`cream_paddle.compat.batch_norm`): it writes running statistics back outside autograd's
 version tracking, so the several train-mode forwards of a search iteration before one backward work.
 """
@@ -45,8 +46,8 @@ class SuperNet(SupernetPaths, nn.Layer):
                  drop_rate: float = 0.0, global_pool: str = "avg") -> None:
         super().__init__()
         self._hold_sizes(plan, num_classes, slice, drop_rate)
-        self.conv_stem = nn.Conv2D(3, plan.stem_size, 3, stride=2, padding=compat.get_padding(3, 2),
-                                   bias_attr=False)
+        self.conv_stem = compat.Conv2D(3, plan.stem_size, 3, stride=2,
+                                       padding=compat.get_padding(3, 2), bias_attr=False)
         self.bn1 = BatchNormAct2d(plan.stem_size, apply_act=False)
         self.act1 = nn.Silu()
         self.blocks = nn.LayerList([
@@ -54,7 +55,7 @@ class SuperNet(SupernetPaths, nn.Layer):
                           for candidates in stage])
             for stage in plan.stages])
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
-        self.conv_head = nn.Conv2D(plan.out_chs, self.num_features, 1)
+        self.conv_head = compat.Conv2D(plan.out_chs, self.num_features, 1)
         self.act2 = nn.Silu()
         self.classifier = nn.Linear(self.num_features * self.global_pool.feat_mult(), num_classes)
         self.meta_layer = nn.Linear(num_classes * slice, 1)

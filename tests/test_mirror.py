@@ -174,6 +174,9 @@ def test_layer_tree_and_keys_mirror(name: str) -> None:
     assert _paddle_tree(pm) == _torch_tree(tm)
     gates = [m for _, m in pm.named_sublayers() if type(m).__name__ == "Hardsigmoid"]
     assert gates and all(type(g).__module__ == "cream_paddle.compat" for g in gates)
+    # every conv is compat's Conv2D (Paddle's class name, plus the second-order option)
+    convs = [m for _, m in pm.named_sublayers() if type(m).__name__ == "Conv2D"]
+    assert convs and all(type(c) is cream_paddle.compat.Conv2D for c in convs)
     # state dicts are equal modulo the conversion rules, both ways, with no key left over
     tl, pl = torch_layout(tm), paddle_layout(pm)
     zt = {k: np.zeros(v.shape, dtype=v.dtype) for k, v in tl.items()}

@@ -108,13 +108,12 @@ def test_second_order_mode_switches_and_restores() -> None:
     model.train()
     x = paddle.to_tensor(np.random.RandomState(4).standard_normal((4, 3, 32, 32)).astype(np.float32))
     cand = [[0], [1], [2], [3], [4], [5], [0]]
-    before = {id(layer): layer.__dict__.get("forward") for layer in model.sublayers()}
     state = {k: v.numpy().copy() for k, v in model.state_dict().items()}
     ref = model(x, cand).numpy()
     stats_normal = {k: v.numpy().copy() for k, v in model.state_dict().items()}
     model.set_state_dict(state)
     with so.second_order_mode(model):
-        assert any("forward" in layer.__dict__ and so.is_depthwise(layer) for layer in model.sublayers())
+        assert {dw.formulation for dw in _depthwise(model)} == {so.Formulation.TWICE_DIFFERENTIABLE}
         out = model(x, cand)
         params = list(model.rand_parameters(cand))
         g = paddle.grad(out.sum(), params, create_graph=True)
@@ -125,12 +124,7 @@ def test_second_order_mode_switches_and_restores() -> None:
     _close(out.numpy(), ref, LAYER_TRAIN_FP32.rtol)
     for k, v in model.state_dict().items():  # and the same running-statistics update
         _close(v.numpy(), stats_normal[k], 1e-5, floor=1e-2)  # some means are ~1e-9: noise
-    after = {id(layer): layer.__dict__.get("forward") for layer in model.sublayers()}
-    assert after == before  # every layer back to what it was
-    with pytest.raises(RuntimeError, match="boom"):
-        with so.second_order_mode(model):
-            raise RuntimeError("boom")
-    assert {id(layer): layer.__dict__.get("forward") for layer in model.sublayers()} == before
+    assert {dw.formulation for dw in _depthwise(model)} == {so.Formulation.KERNEL}
 
 
 def test_unpatched_depthwise_has_no_double_grad_in_paddle() -> None:
@@ -234,34 +228,140 @@ def test_batch_norm_weight_second_derivative_needs_the_option(formulation: str) 
 
 
 def _formulations(model) -> dict:
-    return {id(layer): layer.formulation for layer in model.sublayers() if "formulation" in layer.__dict__}
+    return {id(layer): layer.formulation for layer in model.sublayers() if hasattr(layer, "formulation")}
+
+
+def _depthwise(model) -> list:
+    dws = [layer for layer in model.sublayers() if so.is_depthwise(layer)]
+    assert dws
+    return dws
 
 
 def test_second_order_mode_switches_formulations_not_forwards() -> None:
-    """BatchNorms and gates are switched by their ``formulation`` option (no ``forward`` of their
-    own, no class-name test); every option comes back, also after an exception or a wrong value."""
+    """BatchNorms, gates and convs are switched by their ``formulation`` option, and only by it: no
+    layer gets a ``forward`` of its own (no class-name test); every option comes back, also after
+    an exception or a wrong value."""
     from cream_core.arch.supernet import plan_supernet
     from cream_paddle.blocks import BatchNormAct2d
-    from cream_paddle.compat import Formulation
+    from cream_paddle.compat import Conv2D, Formulation
     from cream_paddle.supernet import HardSigmoid, SuperNet
 
     model = SuperNet(plan_supernet((1, 1, 1, 1, 1)), num_classes=5)
-    kinds = (BatchNormAct2d, HardSigmoid)
+    kinds = (BatchNormAct2d, HardSigmoid, Conv2D)
     switchable = [layer for layer in model.sublayers() if isinstance(layer, kinds)]
     assert len(_formulations(model)) == len(switchable) > 0
+    assert {type(layer) for layer in switchable} == set(kinds)
     before = _formulations(model)
     assert set(before.values()) == {Formulation.KERNEL}
     with so.second_order_mode(model):
         assert set(_formulations(model).values()) == {Formulation.TWICE_DIFFERENTIABLE}
-        assert not any("forward" in layer.__dict__ for layer in switchable)
+        assert not [name for name, layer in model.named_sublayers(include_self=True)
+                    if "forward" in layer.__dict__]
     assert _formulations(model) == before
     with pytest.raises(RuntimeError, match="boom"):
         with so.second_order_mode(model):
             raise RuntimeError("boom")
     assert _formulations(model) == before
-    switchable[-1].formulation = "fast"
+    conv = switchable[0]
+    with pytest.raises(ValueError, match="formulation 'fast'"):
+        conv.formulation = "fast"  # a property: checked when set
+    assert conv.formulation is Formulation.KERNEL
+    wrong = [layer for layer in switchable if not isinstance(layer, Conv2D)][-1]
+    wrong.formulation = "fast"  # a plain attribute: checked when switched
     with pytest.raises(ValueError, match="formulation 'fast'"):
         with so.second_order_mode(model):
             pass  # pragma: no cover
-    assert {k: v for k, v in _formulations(model).items() if k != id(switchable[-1])} == \
-        {k: v for k, v in before.items() if k != id(switchable[-1])}
+    assert {k: v for k, v in _formulations(model).items() if k != id(wrong)} == \
+        {k: v for k, v in before.items() if k != id(wrong)}
+
+
+def test_supernet_builds_every_conv_with_the_option() -> None:
+    """Every conv of the supernet is ``compat.Conv2D`` (so ``second_order_mode`` reaches all the
+    depthwise ones through their option); the child nets: ``tests/test_mirror.py``."""
+    from cream_core.arch.supernet import plan_supernet
+    from cream_paddle.compat import Conv2D
+    from cream_paddle.supernet import SuperNet
+
+    model = SuperNet(plan_supernet((1, 1, 1, 1, 1)), num_classes=5)
+    convs = [layer for layer in model.sublayers() if isinstance(layer, paddle.nn.Conv2D)]
+    assert convs and {type(c) for c in convs} == {Conv2D}
+    assert len(_depthwise(model)) > 1
+
+
+def _dw_layer(k: int, stride: int, pad: int, bias: bool, w: np.ndarray, b: np.ndarray):
+    from cream_paddle.compat import Conv2D
+
+    layer = Conv2D(8, 8, k, stride=stride, padding=pad, groups=8, bias_attr=None if bias else False)
+    layer.weight.set_value(w)
+    if bias:
+        layer.bias.set_value(b)
+    return layer
+
+
+@pytest.mark.parametrize("formulation", ["kernel", "twice_differentiable"])
+@pytest.mark.parametrize("k,stride,bias", [(3, 1, False), (5, 2, True)])
+def test_depthwise_conv_layer_option(formulation: str, k: int, stride: int, bias: bool) -> None:
+    """``compat.Conv2D``'s option: with ``TWICE_DIFFERENTIABLE`` a depthwise layer gives torch's
+    value, gradients (input, weight, bias) and second derivatives; with ``KERNEL`` the same value
+    (bit for bit: Paddle's forward) but Paddle 3.3 cannot differentiate it twice."""
+    from cream_paddle.compat import Formulation
+
+    rng = np.random.RandomState(10 * k + stride)
+    xn = rng.standard_normal((2, 8, 9, 9)).astype(np.float32)
+    wn = (rng.standard_normal((8, 1, k, k)) * 0.3).astype(np.float32)
+    bn = rng.standard_normal(8).astype(np.float32)
+    pad = ((stride - 1) + (k - 1)) // 2
+    layer = _dw_layer(k, stride, pad, bias, wn, bn)
+    plain = paddle.nn.Conv2D(8, 8, k, stride=stride, padding=pad, groups=8,
+                             bias_attr=None if bias else False)
+    plain.set_state_dict(layer.state_dict())
+    layer.formulation = Formulation(formulation)
+    x = paddle.to_tensor(xn)
+    x.stop_gradient = False
+    params = [layer.weight] + ([layer.bias] if bias else [])
+    tx, tw = torch.tensor(xn, requires_grad=True), torch.tensor(wn, requires_grad=True)
+    tb = torch.tensor(bn, requires_grad=True) if bias else None
+    ty = TF.conv2d(tx, tw, tb, stride=stride, padding=pad, groups=8)
+    py = layer(x)
+    if formulation == "kernel":
+        assert np.array_equal(py.numpy(), plain(x).numpy())
+    _close(py.numpy(), ty.detach().numpy(), VALUE_REL)
+    c = rng.standard_normal(ty.shape).astype(np.float32)
+    pg = paddle.grad((py * paddle.to_tensor(c)).sum(), [x] + params, create_graph=True)
+    tg = torch.autograd.grad((ty * torch.from_numpy(c)).sum(), [tx, tw] + ([tb] if bias else []),
+                             create_graph=True)
+    for a, b in zip(pg, tg):
+        _close(a.numpy(), b.detach().numpy(), GRAD_REL)
+    d = [rng.standard_normal(g.shape).astype(np.float32) for g in tg]
+    second = lambda: paddle.grad(sum((g * paddle.to_tensor(v)).sum()  # noqa: E731
+                                     for g, v in zip(pg, d)), [x, layer.weight], allow_unused=True)
+    tgg = torch.autograd.grad(sum((g * torch.from_numpy(v)).sum() for g, v in zip(tg, d)), [tx, tw])
+    if formulation == "kernel":
+        with pytest.raises((RuntimeError, ValueError, NotImplementedError),
+                           match="depthwise_conv2d_double_grad|grad op"):
+            second()
+        return
+    for a, b in zip(second(), tgg):
+        _close(a.numpy(), b.numpy(), GRAD_REL)
+
+
+@pytest.mark.parametrize("options", [{"padding_mode": "reflect"}, {"padding": "SAME"},
+                                     {"data_format": "NHWC"}, {"padding": [1, 1, 0, 2]}])
+def test_depthwise_configurations_the_formulation_cannot_compute_are_refused(options: dict) -> None:
+    """Switching such a depthwise conv raises the ValueError naming the layer and keeps ``KERNEL``;
+    a normal conv of the same configuration switches (Paddle's own forward has double grad); in a
+    model, ``second_order_mode`` raises and restores every option it had switched."""
+    from cream_paddle.compat import Conv2D, Formulation
+
+    kwargs = {"padding": 1, **options}
+    dw, normal = Conv2D(4, 4, 3, groups=4, **kwargs), Conv2D(4, 4, 3, **kwargs)
+    with pytest.raises(ValueError, match="second-order depthwise conv: unsupported layer configuration"):
+        dw.formulation = Formulation.TWICE_DIFFERENTIABLE
+    assert dw.formulation is Formulation.KERNEL
+    normal.formulation = Formulation.TWICE_DIFFERENTIABLE
+    normal.formulation = Formulation.KERNEL
+    model = paddle.nn.Sequential(normal, Conv2D(4, 4, 3, groups=4, padding=1), dw)
+    with pytest.raises(ValueError, match="unsupported layer configuration"):
+        with so.second_order_mode(model):
+            pass  # pragma: no cover
+    assert set(_formulations(model).values()) == {Formulation.KERNEL}
