@@ -127,8 +127,8 @@ def test_second_order_mode_switches_and_restores() -> None:
     assert {dw.formulation for dw in _depthwise(model)} == {so.Formulation.KERNEL}
 
 
-def test_unpatched_depthwise_has_no_double_grad_in_paddle() -> None:
-    """Why the module exists; if Paddle gains the kernel this test tells us the shim may go."""
+def test_paddle_depthwise_kernel_has_no_double_grad() -> None:
+    """Why the module exists; if Paddle gains the kernel this test tells us the formulation may go."""
     x = paddle.to_tensor(np.ones((1, 4, 5, 5), np.float32))
     x.stop_gradient = False
     w = paddle.create_parameter([4, 1, 3, 3], "float32")
