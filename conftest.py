@@ -21,8 +21,9 @@ def _launch_two(framework: str, tool: str, args: List[str], cwd: Path, logs: Pat
     test with the launcher's and workers' logs unless it exits 0 within LAUNCH_TIMEOUT_S."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     if framework == "torch":
+        # --log-dir: without it torchrun keeps its run files in a new temporary folder it never removes
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-               "2", "-m", f"cream_cli.{tool}", *args]
+               "2", "--log-dir", str(logs), "-m", f"cream_cli.{tool}", *args]
     else:  # paddle's launcher runs a script, not a module
         cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
                "--log_dir", str(logs), str(REPO / "cream_cli" / f"{tool}.py"), *args]

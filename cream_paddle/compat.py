@@ -217,8 +217,9 @@ class Conv2D(nn.Conv2D):
         return self._formulation
 
     @formulation.setter
-    def formulation(self, value: Union[Formulation, str]) -> None:
-        value = Formulation(value)
+    def formulation(self, value: Formulation) -> None:
+        if not isinstance(value, Formulation):  # as Hardsigmoid: a value's string is refused, not guessed
+            raise ValueError(f"{type(self).__name__}.formulation must be a Formulation, got {value!r}")
         if value is Formulation.TWICE_DIFFERENTIABLE and second_order.is_depthwise(self):
             self._check_twice_differentiable()
         self._formulation = value

@@ -123,13 +123,15 @@ def test_interrupted_then_resumed_equals_uninterrupted(synthetic_val, cream14_we
 def test_interrupted_then_resumed_in_two_processes(synthetic_val, cream14_weights, uninterrupted,
                                                    tmp_path, monkeypatch, launch_two, framework):
     """Batches do not depend on the number of processes: one process's run resumed by two."""
-    args = _args(framework, cream14_weights, synthetic_val, tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    args = _args(framework, cream14_weights, synthetic_val, out)
     with monkeypatch.context() as m:
         _interrupt_after(m, 1)
         assert cream_eval(args) == 130
-    launch_two(framework, "eval", [*args, "--resume"], tmp_path, tmp_path.parent / "logs")
-    assert _outputs(tmp_path, processes=2) == uninterrupted[framework]
-    _no_leftovers(tmp_path)
+    launch_two(framework, "eval", [*args, "--resume"], out, tmp_path / "logs")
+    assert _outputs(out, processes=2) == uninterrupted[framework]
+    _no_leftovers(out)
 
 
 def test_killed_process_resumed_equals_uninterrupted(synthetic_val, cream14_weights, tmp_path):

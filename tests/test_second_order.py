@@ -263,8 +263,9 @@ def test_second_order_mode_switches_formulations_not_forwards() -> None:
             raise RuntimeError("boom")
     assert _formulations(model) == before
     conv = switchable[0]
-    with pytest.raises(ValueError, match="formulation 'fast'"):
-        conv.formulation = "fast"  # a property: checked when set
+    for value in ("fast", "twice_differentiable"):  # a member's string too: refused, not guessed
+        with pytest.raises(ValueError, match=f"formulation must be a Formulation, got '{value}'"):
+            conv.formulation = value  # a property: checked when set
     assert conv.formulation is Formulation.KERNEL
     wrong = [layer for layer in switchable if not isinstance(layer, Conv2D)][-1]
     wrong.formulation = "fast"  # a plain attribute: checked when switched

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from cream_core.search.board import PrioritizedBoard, with_fixed_stages
+from cream_core.search.board import BoardEntry, PrioritizedBoard, with_fixed_stages
 from cream_core.io.digest import digest_errors, tensor_digest
 from cream_core.config.search import ConfigError, load_search_config
 from cream_core.arch.supernet import (child_state_from_supernet, detect_supernet, flops_op_dict,
@@ -262,6 +262,20 @@ def test_board_update_rule_and_size() -> None:
     assert b.top1().prec1 == 30.0
     b.add(30.0, 95.0, with_fixed_stages([[2]] * 5), None, None)  # tie on accuracy: more FLOPs first
     assert [(e.prec1, e.flops) for e in b.entries()][:2] == [(30.0, 95.0), (30.0, 90.0)]
+
+
+def test_board_given_or_restored_entries_are_sorted() -> None:
+    """top1 and trim read the board's order: entries given at construction or restored from a
+    checkpoint are put best first, stably (equal keys keep their order)."""
+    cand = with_fixed_stages([[1]] * 5)
+    entries = [BoardEntry(p1, fl, cand, tag, None)
+               for p1, fl, tag in ((10.0, 1.0, "a"), (90.0, 1.0, "b"), (50.0, 2.0, "c"),
+                                   (50.0, 2.0, "d"))]
+    built = PrioritizedBoard((1,) * 5, board=list(entries))
+    restored = PrioritizedBoard((1,) * 5)
+    restored.restore(entries)
+    for b in (built, restored):
+        assert [e.data for e in b.entries()] == ["b", "c", "d", "a"] and b.top1().data == "b"
 
 
 def test_board_sampling() -> None:
