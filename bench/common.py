@@ -7,18 +7,25 @@ in each. Run the benchmarks as modules from the repository root (``python -m ben
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
+import signal
+import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from types import FrameType
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from cream_core.io.atomic import atomic_write_text
 
 __all__ = ["ROOT", "child_env", "run_timed", "run_json_worker", "run_script_in", "rss_now",
-           "reset_peak_rss", "peak_rss", "github_table", "verdict", "write_results"]
+           "reset_peak_rss", "peak_rss", "github_table", "verdict", "median_of", "write_results",
+           "sigterm_raises", "work_folder"]
 
 #: The repository root: the working folder of every child process.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,6 +128,43 @@ def verdict(run: Mapping[str, Any]) -> str:
     if "ok" not in run:
         return f"error: {str(run.get('error'))[:80]}"
     return "PASS" if run["ok"] else "FAIL"
+
+
+def median_of(runs: Sequence[Mapping[str, Any]], field: str) -> float:
+    """The median of ``field`` over ``runs``, rounded to 0.1 (as the tables show seconds)."""
+    return round(statistics.median(r[field] for r in runs), 1)
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``SystemExit(143)`` as Ctrl-C raises ``KeyboardInterrupt``,
+    so the clean-ups of ``with``/``finally`` run when a run is stopped (``kill``, a CI timeout); the
+    previous handler comes back after. Outside the main thread (no handler can be set) a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, frame: Optional[FrameType]) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def work_folder(prefix: str, keep: Optional[str] = None) -> Iterator[str]:
+    """The folder a benchmark writes its checkpoints and reports to: ``keep`` (created if missing,
+    left in place), else a new temporary folder named ``prefix...`` that is removed when the block
+    ends, also on an error, Ctrl-C or SIGTERM (a benchmark's folder holds 60-100 MB)."""
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        yield keep
+        return
+    with sigterm_raises(), tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield tmp
 
 
 def write_results(path: Optional[str], results: Any) -> None:
