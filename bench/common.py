@@ -25,10 +25,13 @@ from cream_core.io.atomic import atomic_write_text
 
 __all__ = ["ROOT", "child_env", "run_timed", "run_json_worker", "run_script_in", "rss_now",
            "reset_peak_rss", "peak_rss", "github_table", "verdict", "median_of", "write_results",
-           "sigterm_raises", "work_folder"]
+           "sigterm_raises", "work_folder", "STOP_GRACE_S", "call_to_the_end"]
 
 #: The repository root: the working folder of every child process.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Longest a stopped benchmark may take to end (its workers stop, its work folder is removed: a
+#: few seconds) before it is killed.
+STOP_GRACE_S = 60
 
 
 def child_env(**extra: str) -> Dict[str, str]:
@@ -165,6 +168,24 @@ def work_folder(prefix: str, keep: Optional[str] = None) -> Iterator[str]:
         return
     with sigterm_raises(), tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         yield tmp
+
+
+def call_to_the_end(cmd: Sequence[str], cwd: str, grace_s: float = STOP_GRACE_S) -> int:
+    """Run ``cmd`` (a benchmark) and return its exit status. If this process is stopped meanwhile,
+    the child is stopped and waited for, not killed, so that its clean-ups run (subprocess.call
+    would kill it 0.25 s after a Ctrl-C): a Ctrl-C reached it too (same process group); anything
+    else (SIGTERM under :func:`sigterm_raises`) is passed on as SIGTERM."""
+    with subprocess.Popen(list(cmd), cwd=cwd) as p:
+        try:
+            return p.wait()
+        except BaseException as e:
+            if not isinstance(e, KeyboardInterrupt):
+                p.terminate()
+            try:
+                p.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                p.kill()
+            raise
 
 
 def write_results(path: Optional[str], results: Any) -> None:

@@ -13,22 +13,37 @@ from typing import Optional, Type
 
 import pytest
 
-from bench.common import ROOT, median_of, sigterm_raises, work_folder
+from bench.common import ROOT, call_to_the_end, median_of, sigterm_raises, work_folder
 
 #: The prefix the folders under test are made with.
 PREFIX = "bench-common-test-"
 #: Longest a child may take to start, reach the folder, or stop after a signal (seconds).
 CHILD_TIMEOUT_S = 60
+#: How long the fake benchmark takes to unwind before its folder goes (a real one stops its
+#: workers first): longer than the 0.25 s subprocess.call gives a child after a Ctrl-C.
+UNWIND_S = 1.0
 
-#: A child that makes its work folder, writes into it, prints its path and waits to be stopped.
-_CHILD = f"""
+#: A fake benchmark: makes its work folder, writes into it, prints its path, waits to be stopped.
+_BENCH = f"""
 import os, sys, time
 from bench.common import work_folder
 with work_folder({PREFIX!r}) as tmp:
-    open(os.path.join(tmp, "ckpt.bin"), "wb").write(b"x" * 1000)
-    print(tmp, flush=True)
-    time.sleep({CHILD_TIMEOUT_S})
+    try:
+        open(os.path.join(tmp, "ckpt.bin"), "wb").write(b"x" * 1000)
+        print(tmp, flush=True)
+        time.sleep({CHILD_TIMEOUT_S})
+    finally:
+        time.sleep({UNWIND_S})
 """
+#: ``bench.run_all`` in small: runs the fake benchmark to its end.
+_RUN_ALL = f"""
+import sys
+from bench.common import call_to_the_end, sigterm_raises
+with sigterm_raises():
+    sys.exit(call_to_the_end([sys.executable, "-c", {_BENCH!r}], "."))
+"""
+#: How each stop ends a Python process: Ctrl-C (KeyboardInterrupt) or SIGTERM (sigterm_raises).
+EXIT_CODES = {signal.SIGINT: {-signal.SIGINT, 130}, signal.SIGTERM: {128 + signal.SIGTERM}}
 
 
 @pytest.fixture
@@ -72,22 +87,43 @@ def test_sigterm_handler_is_restored() -> None:
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-@pytest.mark.parametrize("signum, exit_codes", [(signal.SIGINT, {-signal.SIGINT, 130}),
-                                                (signal.SIGTERM, {128 + signal.SIGTERM})])
-def test_stopped_run_removes_its_folder(tmp_path: Path, signum: int, exit_codes: set) -> None:
+def _stop(script: str, tmp_path: Path, signum: int, group: bool) -> int:
+    """Run ``script`` in its own session, wait for the work folder it prints, then send ``signum``
+    to the whole group (a Ctrl-C in a terminal) or to the process alone (``kill``); its exit
+    status once it and its children have ended."""
     env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONPATH=ROOT)
-    p = subprocess.Popen([sys.executable, "-c", _CHILD], cwd=ROOT, env=env, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         folder = Path(p.stdout.readline().strip())
         assert folder.parent == tmp_path and (folder / "ckpt.bin").is_file(), p.stderr.read()
-        p.send_signal(signum)
-        p.wait(CHILD_TIMEOUT_S)
+        if group:
+            os.killpg(p.pid, signum)
+        else:
+            p.send_signal(signum)
+        p.communicate(timeout=CHILD_TIMEOUT_S)  # until every process holding the pipe has ended
     finally:
-        p.kill()
-        p.communicate()
-    assert p.returncode in exit_codes
+        if p.returncode is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+    return p.returncode
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stopped_run_removes_its_folder(tmp_path: Path, signum: int) -> None:
+    assert _stop(_BENCH, tmp_path, signum, group=signum == signal.SIGINT) in EXIT_CODES[signum]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stopped_run_all_lets_the_benchmark_clean_up(tmp_path: Path, signum: int) -> None:
+    # Ctrl-C reaches both (one process group); a SIGTERM only run_all, which passes it on
+    assert _stop(_RUN_ALL, tmp_path, signum, group=signum == signal.SIGINT) in EXIT_CODES[signum]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_call_to_the_end_returns_the_exit_status() -> None:
+    assert call_to_the_end([sys.executable, "-c", "raise SystemExit(3)"], ROOT) == 3
 
 
 def test_median_of_rounds_to_a_tenth() -> None:
