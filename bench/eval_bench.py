@@ -424,16 +424,17 @@ def main(argv: "List[str] | None" = None) -> int:
     models: Dict[str, Any] = {}
     inputs: Dict[str, Any] = {}
     with work_folder("cream_eval_bench_") as tmp:
+        # a folder per suite: each writes its own checkpoints (--suite all failed on the second's)
         if args.suite in ("frameworks", "all"):
             models, rows = bench(args.models, args.images, args.batch_size, args.reps,
-                                 args.rounds, workers, Path(tmp))
+                                 args.rounds, workers, Path(tmp, "frameworks"))
             print(tabulate(rows, headers=["model", "run", "configuration", "img/s",
                                           "img per CPU-s", "cores busy", "top-1 = torch (%)",
                                           "max |dlogit|"], tablefmt="github",
                            disable_numparse=True))
         if args.suite in ("inputs", "all"):
             inputs, rows = bench_inputs(args.models, args.images, args.batch_size, args.reps,
-                                        args.rounds, Path(tmp))
+                                        args.rounds, Path(tmp, "inputs"))
             print(tabulate(rows, headers=["model", "cream-eval run", "img/s", "% of bound",
                                           "img per CPU-s", "% of CPU bound",
                                           "per core and image", "top-1 (%)"],
