@@ -24,7 +24,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 from cream_core.io.atomic import atomic_write_text
 
 __all__ = ["ROOT", "child_env", "run_timed", "run_json_worker", "run_script_in", "rss_now",
-           "reset_peak_rss", "peak_rss", "github_table", "verdict", "median_of", "write_results",
+           "reset_peak_rss", "peak_rss", "github_table", "verdict", "median_of", "save_json",
+           "write_results",
            "sigterm_raises", "work_folder", "STOP_GRACE_S", "call_to_the_end"]
 
 #: The repository root: the working folder of every child process.
@@ -188,9 +189,15 @@ def call_to_the_end(cmd: Sequence[str], cwd: str, grace_s: float = STOP_GRACE_S)
             raise
 
 
+def save_json(path: str, results: Any) -> None:
+    """Write ``results`` as JSON to ``path``, whole or not at all: an interrupted run leaves the
+    previous file, never a truncated one (the benchmarks that save after every run rely on it)."""
+    atomic_write_text(path, json.dumps(results, indent=1, default=str) + "\n")
+
+
 def write_results(path: Optional[str], results: Any) -> None:
-    """Write ``results`` as JSON to ``path`` (whole or not at all) and say so; no path, no file."""
+    """Write ``results`` as JSON to ``path`` (:func:`save_json`) and say so; no path, no file."""
     if not path:
         return
-    atomic_write_text(path, json.dumps(results, indent=1, default=str) + "\n")
+    save_json(path, results)
     print(f"\nJSON: {path}")

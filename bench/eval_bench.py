@@ -52,7 +52,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from bench.common import work_folder
+from bench.common import ROOT, child_env, save_json, work_folder
 
 #: Photos the seeded weights' BatchNorm statistics are calibrated on.
 CALIBRATION_PHOTOS = 8
@@ -256,8 +256,9 @@ def _child(spec_json: str) -> int:
 
 
 def _run_child(spec: Dict[str, Any]) -> Dict[str, Any]:
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                          capture_output=True, text=True)
+    # "-m" from the repository root, the checkout first on the path: the child imports bench.common
+    proc = subprocess.run([sys.executable, "-m", "bench.eval_bench", "--child", json.dumps(spec)],
+                          cwd=ROOT, env=child_env(), capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -451,7 +452,7 @@ def main(argv: "List[str] | None" = None) -> int:
                   "image_size": IMAGENET_TYPICAL_SIZE, "workers": workers, "rounds": args.rounds,
                   "load_average_before": load_before, "load_average_after": load_after,
                   "models": models, "inputs": inputs}
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        save_json(args.json, report)
     return 0
 
 
