@@ -97,6 +97,7 @@ def _run_worker(kind: str, src: str, out: str, repeat: int) -> Dict[str, Any]:
 
 
 def _parse(argv: "List[str] | None") -> argparse.Namespace:
+    """The command line (``--worker``: this process is a measuring worker)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["cream-14", "cream-604"])
     ap.add_argument("--repeat", type=int, default=3)
@@ -205,6 +206,7 @@ def _summarize(name: str, r: Dict[str, Any], bare_s: float) -> List[str]:
 
 
 def _print(results: Dict[str, Any], rows: List[List[str]]) -> None:
+    """The bare import's line and the table, one row per model."""
     from tabulate import tabulate
 
     bare = results["bare_import"]
@@ -221,6 +223,7 @@ def _print(results: Dict[str, Any], rows: List[List[str]]) -> None:
 
 
 def main(argv: "List[str] | None" = None) -> int:
+    """Measure, summarize, print the table and write the JSON (or, as a worker, measure one)."""
     a = _parse(argv)
     if a.worker:
         kind, src, out, rep = a.worker

@@ -248,6 +248,7 @@ def padiff_worker(args: argparse.Namespace) -> int:
 
 
 def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
+    """The command line (``--padiff-worker`` and the hidden options: a PaDiff worker's)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="cream-14")
     p.add_argument("--json", help="write the figures here")
@@ -376,6 +377,8 @@ def _print_tables(results: Dict[str, Any], rows: List[List[Any]]) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Measure both tools in a work folder, print the tables and write the JSON (exit 2 without
+    PaDiff); as a worker, one PaDiff run."""
     args = _parse(argv)
     if args.padiff_worker:
         return padiff_worker(args)
