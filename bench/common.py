@@ -7,21 +7,32 @@ in each. Run the benchmarks as modules from the repository root (``python -m ben
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
+import signal
+import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from types import FrameType
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 from cream_core.io.atomic import atomic_write_text
 
 __all__ = ["ROOT", "child_env", "run_timed", "run_json_worker", "run_script_in", "rss_now",
-           "reset_peak_rss", "peak_rss", "github_table", "verdict", "write_results"]
+           "reset_peak_rss", "peak_rss", "github_table", "verdict", "median_of", "save_json",
+           "write_results",
+           "sigterm_raises", "work_folder", "STOP_GRACE_S", "call_to_the_end"]
 
 #: The repository root: the working folder of every child process.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Longest a stopped benchmark may take to end (its workers stop, its work folder is removed: a
+#: few seconds) before it is killed.
+STOP_GRACE_S = 60
 
 
 def child_env(**extra: str) -> Dict[str, str]:
@@ -123,9 +134,70 @@ def verdict(run: Mapping[str, Any]) -> str:
     return "PASS" if run["ok"] else "FAIL"
 
 
+def median_of(runs: Sequence[Mapping[str, Any]], field: str) -> float:
+    """The median of ``field`` over ``runs``, rounded to 0.1 (as the tables show seconds)."""
+    return round(statistics.median(r[field] for r in runs), 1)
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``SystemExit(143)`` as Ctrl-C raises ``KeyboardInterrupt``,
+    so the clean-ups of ``with``/``finally`` run when a run is stopped (``kill``, a CI timeout); the
+    previous handler comes back after. Outside the main thread (no handler can be set) a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _exit(signum: int, frame: Optional[FrameType]) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def work_folder(prefix: str, keep: Optional[str] = None) -> Iterator[str]:
+    """The folder a benchmark writes its checkpoints and reports to: ``keep`` (created if missing,
+    left in place), else a new temporary folder named ``prefix...`` that is removed when the block
+    ends, also on an error, Ctrl-C or SIGTERM (a benchmark's folder holds 60-100 MB)."""
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        yield keep
+        return
+    with sigterm_raises(), tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield tmp
+
+
+def call_to_the_end(cmd: Sequence[str], cwd: str, grace_s: float = STOP_GRACE_S) -> int:
+    """Run ``cmd`` (a benchmark) and return its exit status. If this process is stopped meanwhile,
+    the child is stopped and waited for, not killed, so that its clean-ups run (subprocess.call
+    would kill it 0.25 s after a Ctrl-C): a Ctrl-C reached it too (same process group); anything
+    else (SIGTERM under :func:`sigterm_raises`) is passed on as SIGTERM."""
+    with subprocess.Popen(list(cmd), cwd=cwd) as p:
+        try:
+            return p.wait()
+        except BaseException as e:
+            if not isinstance(e, KeyboardInterrupt):
+                p.terminate()
+            try:
+                p.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                p.kill()
+            raise
+
+
+def save_json(path: str, results: Any) -> None:
+    """Write ``results`` as JSON to ``path``, whole or not at all: an interrupted run leaves the
+    previous file, never a truncated one (the benchmarks that save after every run rely on it)."""
+    atomic_write_text(path, json.dumps(results, indent=1, default=str) + "\n")
+
+
 def write_results(path: Optional[str], results: Any) -> None:
-    """Write ``results`` as JSON to ``path`` (whole or not at all) and say so; no path, no file."""
+    """Write ``results`` as JSON to ``path`` (:func:`save_json`) and say so; no path, no file."""
     if not path:
         return
-    atomic_write_text(path, json.dumps(results, indent=1, default=str) + "\n")
+    save_json(path, results)
     print(f"\nJSON: {path}")

@@ -46,12 +46,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
+
+from bench.common import ROOT, child_env, save_json, work_folder
 
 #: Photos the seeded weights' BatchNorm statistics are calibrated on.
 CALIBRATION_PHOTOS = 8
@@ -220,8 +221,10 @@ def _eval_command(spec: Dict[str, Any], tmp: Path) -> List[str]:
         return [sys.executable, "-m", "cream_cli.eval", *args]
     args += ["--threads", "1", "--workers", "0"]
     if spec["framework"] == "torch":
+        # --log-dir: else torchrun leaves a /tmp/torchelastic_* folder behind on every run
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                str(spec["processes"]), "-m", "cream_cli.eval", *args]
+                str(spec["processes"]), "--log-dir", str(tmp / "log"), "-m", "cream_cli.eval",
+                *args]
     return [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node",
             str(spec["processes"]), "--log_dir", str(tmp / "log"),
             str(repo / "cream_cli" / "eval.py"), *args]
@@ -229,7 +232,7 @@ def _eval_command(spec: Dict[str, Any], tmp: Path) -> List[str]:
 
 def run_cli(spec: Dict[str, Any]) -> Dict[str, Any]:
     """``cream-eval``'s own images/s (and its top-1) on the given input and process count."""
-    with tempfile.TemporaryDirectory(prefix="cream_eval_bench_cli_") as tmp:
+    with work_folder("cream_eval_bench_cli_") as tmp:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         proc = subprocess.run(_eval_command(spec, Path(tmp)), capture_output=True, text=True,
                               env=env)
@@ -253,8 +256,9 @@ def _child(spec_json: str) -> int:
 
 
 def _run_child(spec: Dict[str, Any]) -> Dict[str, Any]:
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                          capture_output=True, text=True)
+    # "-m" from the repository root, the checkout first on the path: the child imports bench.common
+    proc = subprocess.run([sys.executable, "-m", "bench.eval_bench", "--child", json.dumps(spec)],
+                          cwd=ROOT, env=child_env(), capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -420,17 +424,18 @@ def main(argv: "List[str] | None" = None) -> int:
     load_before = os.getloadavg()
     models: Dict[str, Any] = {}
     inputs: Dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="cream_eval_bench_") as tmp:
+    with work_folder("cream_eval_bench_") as tmp:
+        # a folder per suite: each writes its own checkpoints (--suite all failed on the second's)
         if args.suite in ("frameworks", "all"):
             models, rows = bench(args.models, args.images, args.batch_size, args.reps,
-                                 args.rounds, workers, Path(tmp))
+                                 args.rounds, workers, Path(tmp, "frameworks"))
             print(tabulate(rows, headers=["model", "run", "configuration", "img/s",
                                           "img per CPU-s", "cores busy", "top-1 = torch (%)",
                                           "max |dlogit|"], tablefmt="github",
                            disable_numparse=True))
         if args.suite in ("inputs", "all"):
             inputs, rows = bench_inputs(args.models, args.images, args.batch_size, args.reps,
-                                        args.rounds, Path(tmp))
+                                        args.rounds, Path(tmp, "inputs"))
             print(tabulate(rows, headers=["model", "cream-eval run", "img/s", "% of bound",
                                           "img per CPU-s", "% of CPU bound",
                                           "per core and image", "top-1 (%)"],
@@ -447,7 +452,7 @@ def main(argv: "List[str] | None" = None) -> int:
                   "image_size": IMAGENET_TYPICAL_SIZE, "workers": workers, "rounds": args.rounds,
                   "load_average_before": load_before, "load_average_after": load_after,
                   "models": models, "inputs": inputs}
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        save_json(args.json, report)
     return 0
 
 

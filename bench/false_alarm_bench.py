@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import math
 import os
 import sys
@@ -32,8 +31,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from bench.common import ROOT, save_json
+
 GOLDEN_GLOB = os.path.join(ROOT, "tests", "data", "golden_search", "official_init*.pt")
 BATCHES = (8, 4)
 #: train-step faults only the fp64 semantic check can see (parity/test_train_step.py FAULT_CASES)
@@ -169,8 +168,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
 
     def save(out: List[Dict[str, Any]]) -> None:  # after every run: a long bench keeps its numbers
-        with open(args.json, "w") as fh:
-            json.dump(dict(result, train=out), fh, indent=1)
+        save_json(args.json, dict(result, train=out))
 
     if "train" in args.only:
         seeds = list(range(args.seed_start, args.seeds))
@@ -181,8 +179,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "faults" in args.only:
         result["faults"] = bench_faults(args.fault_steps, log)
     _summary(result)
-    with open(args.json, "w") as fh:
-        json.dump(result, fh, indent=1)
+    save_json(args.json, result)
     print(f"JSON: {args.json}")
     return 0
 

@@ -16,12 +16,13 @@ in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from typing import Any, Dict, List
 
 import numpy as np
+
+from bench.common import save_json
 
 
 def reseeded(pair: Any, seed: int, shape: List[int]) -> Any:
@@ -96,9 +97,7 @@ def main() -> int:
                   f"noise {row['noise_s']} s of fp32 {row['fp32_s']} s (fp64 {row['fp64_s']} s, "
                   f"total {row['total_s']} s)", flush=True)
             if args.json:
-                with open(args.json, "w") as f:
-                    json.dump({"members": members, "shape": shape, "runs": rows}, f, indent=1,
-                              default=str)
+                save_json(args.json, {"members": members, "shape": shape, "runs": rows})
     alarms = sum(not r["ok"] for r in rows)
     print(f"\nfalse alarms: {alarms} of {len(rows)} runs (members {members}, shape {shape}); "
           f"largest error/noise of a correct port: {max(r['max_ratio'] for r in rows):.3g}; "

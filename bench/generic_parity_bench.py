@@ -31,14 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from bench.common import (ROOT, child_env, github_table, run_script_in, run_timed, verdict,
-                          write_results)
+from bench.common import (ROOT, child_env, github_table, median_of, run_script_in, run_timed,
+                          verdict, work_folder, write_results)
 
 #: PaDiff option sets: (label, options). parity's fp32 bounds are LAYER_FP32 / GRAD_FP32 (1e-5 /
 #: 1e-4 of scale) with LOGITS_FP32's 1e-5 absolute; PaDiff has one atol/rtol for every tensor.
@@ -177,10 +175,6 @@ def _weights(pair: str, shape: Tuple[int, ...], path: str) -> None:
     torch.save(model.state_dict(), path)
 
 
-def _median(runs: List[Dict[str, Any]], key: str) -> float:
-    return round(statistics.median(r[key] for r in runs), 1)
-
-
 def _measure(args: argparse.Namespace, work: str, sd: str) -> Dict[str, Any]:
     from parity.generic_faults import GENERIC_FAULTS
 
@@ -210,11 +204,11 @@ def _measure(args: argparse.Namespace, work: str, sd: str) -> Dict[str, Any]:
 
 def _print(res: Dict[str, Any]) -> None:
     p = res["parity"]
-    rows = [["parity run --torch/--paddle", _median(p, "wall_s"), _median(p, "cpu_s"),
+    rows = [["parity run --torch/--paddle", median_of(p, "wall_s"), median_of(p, "cpu_s"),
              verdict(p[-1]), p[-1].get("compared", "")]]
     for i, (label, _) in enumerate(PADIFF_CONFIGS):
         runs = res["padiff"][i]
-        rows.append([label, _median(runs, "wall_s"), _median(runs, "cpu_s"), verdict(runs[-1]),
+        rows.append([label, median_of(runs, "wall_s"), median_of(runs, "cpu_s"), verdict(runs[-1]),
                      runs[-1].get("where") or ""])
     print()
     print(github_table(rows, ["correct port", "wall s", "CPU s", "verdict",
@@ -255,11 +249,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     import importlib.metadata as md
 
-    work = args.keep or tempfile.mkdtemp(prefix="generic-parity-bench-")
-    os.makedirs(work, exist_ok=True)
-    sd = os.path.join(work, f"{args.pair}.pth")
-    _weights(args.pair, tuple(int(v) for v in args.input_shape.split(",")), sd)
-    res = _measure(args, work, sd)
+    with work_folder("generic-parity-bench-", args.keep) as work:
+        sd = os.path.join(work, f"{args.pair}.pth")
+        _weights(args.pair, tuple(int(v) for v in args.input_shape.split(",")), sd)
+        res = _measure(args, work, sd)
     res.update(pair=args.pair, input_shape=args.input_shape, rounds=args.rounds,
                load_average_at_start=os.getloadavg(),
                versions={k: md.version(k) for k in ("torch", "torchvision", "paddlepaddle",

@@ -30,14 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-from bench.common import (ROOT, child_env, github_table, run_script_in, run_timed, verdict,
-                          write_results)
+from bench.common import (ROOT, child_env, github_table, median_of, run_script_in, run_timed,
+                          verdict, work_folder, write_results)
 
 #: What each tool compares in the configuration benchmarked (PaDiff 0.2 as called above).
 CHECKS = [
@@ -105,6 +103,111 @@ SUITE = (
 )
 
 
+def _build_pair(args: argparse.Namespace, x: Any, prec: str, mode: str) -> Tuple[Any, ...]:
+    """Fresh reference and Paddle models on the benchmark's weights (the fault applied to the
+    Paddle one), and the input for each, in ``prec`` and ``mode``: ``(tm, pm, xt, xp)``."""
+    import paddle
+    import torch
+
+    import cream_paddle
+    from cream_torch_ref import create_model
+
+    tm = create_model(args.model, checkpoint=args.ckpt)
+    pm = cream_paddle.create_model(args.model, checkpoint=args.pdparams)
+    if args.fault:
+        from parity.faults import FAULTS
+
+        FAULTS[args.fault].apply(pm)
+    xt, xp = torch.tensor(x), paddle.to_tensor(x)
+    if prec == "fp64":
+        from parity.runner import align_bn_constants_to_paddle
+
+        tm, xt, xp = align_bn_constants_to_paddle(tm.double()), xt.double(), xp.astype("float64")
+        pm.to(dtype="float64")
+    if mode == "train":
+        tm.train()
+        pm.train()
+    else:
+        tm.eval()
+        pm.eval()
+    return tm, pm, xt, xp
+
+
+def _auto_diff_kwargs(tm: Any, pm: Any, y: Any, mode: str, opt: Optional[str], atol: float,
+                      rtol: float, steps: int) -> Dict[str, Any]:
+    """``auto_diff``'s keyword arguments: its options, and in train mode the label-smoothing loss
+    of both frameworks, the optimizers (search SGD or retraining RMSpropTF) and the steps."""
+    import paddle
+    import torch
+
+    import cream_paddle.losses as PL
+    import cream_paddle.optim as PO
+    import cream_torch_ref.losses as TL
+    import cream_torch_ref.optim as TO
+
+    def tloss(out: Any) -> Any:
+        return TL.label_smoothing_cross_entropy(out, torch.tensor(y), 0.1)
+
+    def ploss(out: Any) -> Any:
+        return PL.label_smoothing_cross_entropy(out, paddle.to_tensor(y), 0.1)
+
+    kw: Dict[str, Any] = {}
+    options: Dict[str, Any] = {"atol": atol, "rtol": rtol, "compare_mode": "strict"}
+    if mode == "train":
+        kw["loss_fn"] = (ploss, tloss)
+        if opt == "sgd":
+            kw["optimizer"] = (PO.create_search_optimizer(pm), TO.create_search_optimizer(tm))
+        elif opt == "rmsproptf":
+            kw["optimizer"] = (PO.create_retrain_optimizer(pm), TO.create_retrain_optimizer(tm))
+        kw["steps"] = steps
+    else:
+        options["diff_phase"] = "forward"
+    kw["options"] = options
+    return kw
+
+
+def _auto_diff_once(args: argparse.Namespace, x: Any, y: Any, mode: str, prec: str,
+                    opt: Optional[str], atol: float, rtol: float, steps: int) -> Dict[str, Any]:
+    """One ``auto_diff`` call on fresh models: its verdict, build and call seconds."""
+    from padiff import auto_diff
+
+    t1 = time.perf_counter()
+    tm, pm, xt, xp = _build_pair(args, x, prec, mode)
+    kw = _auto_diff_kwargs(tm, pm, y, mode, opt, atol, rtol, steps)
+    t_build = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    ok = auto_diff(pm, tm, ({"x": xp}, {"x": xt}), auto_weights=False, **kw)
+    return {"ok": bool(ok), "build_s": round(t_build, 2),
+            "auto_diff_s": round(time.perf_counter() - t2, 2)}
+
+
+def _suite(args: argparse.Namespace, x: Any, y: Any) -> Dict[str, Any]:
+    """Every configuration of :data:`SUITE` in turn, one step each (an exception: a failed run)."""
+    runs = []
+    for label, mode, prec, opt, atol, rtol in SUITE:
+        try:
+            r = _auto_diff_once(args, x, y, mode, prec, opt, atol, rtol, 1)
+        except Exception as e:  # noqa: BLE001 - report what PaDiff cannot do
+            r = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:120]}"}
+        runs.append({"config": label, **r})
+    return {"ok": all(r["ok"] for r in runs), "runs": runs}
+
+
+def _first_in_diff_log(folder: str) -> Optional[str]:
+    """Where PaDiff's ``diff_log`` in ``folder`` first names a module of the net (file: module)."""
+    log_dir = os.path.join(folder, "diff_log")
+    if not os.path.isdir(log_dir):
+        return None
+    first = None
+    for name in sorted(os.listdir(log_dir)):
+        with open(os.path.join(log_dir, name)) as f:
+            for ln in f:
+                if ln.strip().startswith("ChildNet."):
+                    first = first or f"{name[:-4]}: {ln.strip()[len('ChildNet.'):]}"
+                    break
+    return first
+
+
 def padiff_worker(args: argparse.Namespace) -> int:
     """In a fresh process: PaDiff's auto_diff on the same weights and input as ``parity run``.
 
@@ -115,100 +218,37 @@ def padiff_worker(args: argparse.Namespace) -> int:
     warnings.simplefilter("ignore")
     t0 = time.perf_counter()
     import padiff  # noqa: F401 - patches torch/paddle APIs on import
-    from padiff import auto_diff
     import numpy as np
-    import paddle
+    import paddle  # noqa: F401
     import torch
 
     t_import = time.perf_counter() - t0
-    import cream_paddle
-    import cream_paddle.losses as PL
-    import cream_paddle.optim as PO
-    import cream_torch_ref.losses as TL
-    import cream_torch_ref.optim as TO
+    # the project's modules load here, outside the timed model builds
+    import cream_paddle  # noqa: F401
+    import cream_paddle.losses  # noqa: F401
+    import cream_paddle.optim  # noqa: F401
+    import cream_torch_ref.losses  # noqa: F401
+    import cream_torch_ref.optim  # noqa: F401
     from cream_core.arch import child_spec, seeded_input
-    from cream_torch_ref import create_model
+    from cream_torch_ref import create_model  # noqa: F401
 
     torch.set_num_threads(1)
-    res = child_spec(args.model).resolution
-    x = seeded_input(2, res, 0)
+    x = seeded_input(2, child_spec(args.model).resolution, 0)
     y = np.random.RandomState(0).randint(0, 1000, 2).astype(np.int64)
-
-    def one(mode: str, prec: str, opt: Optional[str], atol: float, rtol: float,
-            steps: int) -> Dict[str, Any]:
-        t1 = time.perf_counter()
-        tm = create_model(args.model, checkpoint=args.ckpt)
-        pm = cream_paddle.create_model(args.model, checkpoint=args.pdparams)
-        if args.fault:
-            from parity.faults import FAULTS
-
-            FAULTS[args.fault].apply(pm)
-        xt, xp = torch.tensor(x), paddle.to_tensor(x)
-        if prec == "fp64":
-            from parity.runner import align_bn_constants_to_paddle
-
-            tm, xt, xp = align_bn_constants_to_paddle(tm.double()), xt.double(), xp.astype("float64")
-            pm.to(dtype="float64")
-        if mode == "train":
-            tm.train()
-            pm.train()
-        else:
-            tm.eval()
-            pm.eval()
-
-        def tloss(out: Any) -> Any:
-            return TL.label_smoothing_cross_entropy(out, torch.tensor(y), 0.1)
-
-        def ploss(out: Any) -> Any:
-            return PL.label_smoothing_cross_entropy(out, paddle.to_tensor(y), 0.1)
-
-        kw: Dict[str, Any] = {}
-        options: Dict[str, Any] = {"atol": atol, "rtol": rtol, "compare_mode": "strict"}
-        if mode == "train":
-            kw["loss_fn"] = (ploss, tloss)
-            if opt == "sgd":
-                kw["optimizer"] = (PO.create_search_optimizer(pm), TO.create_search_optimizer(tm))
-            elif opt == "rmsproptf":
-                kw["optimizer"] = (PO.create_retrain_optimizer(pm),
-                                   TO.create_retrain_optimizer(tm))
-            kw["steps"] = steps
-        else:
-            options["diff_phase"] = "forward"
-        t_build = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        ok = auto_diff(pm, tm, ({"x": xp}, {"x": xt}), auto_weights=False, options=options, **kw)
-        return {"ok": bool(ok), "build_s": round(t_build, 2),
-                "auto_diff_s": round(time.perf_counter() - t2, 2)}
-
     if args.suite:
-        runs = []
-        for label, mode, prec, opt, atol, rtol in SUITE:
-            try:
-                r = one(mode, prec, opt, atol, rtol, 1)
-            except Exception as e:  # noqa: BLE001 - report what PaDiff cannot do
-                r = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:120]}"}
-            runs.append({"config": label, **r})
-        result: Dict[str, Any] = {"ok": all(r["ok"] for r in runs), "runs": runs,
-                                  "import_s": round(t_import, 2)}
+        result = _suite(args, x, y)
     else:
-        result = {**one("train", "fp32", "sgd", args.atol, args.rtol, args.steps),
-                  "import_s": round(t_import, 2)}
-    first = None
-    log_dir = os.path.join(os.getcwd(), "diff_log")
-    if os.path.isdir(log_dir):
-        for name in sorted(os.listdir(log_dir)):
-            with open(os.path.join(log_dir, name)) as f:
-                for ln in f:
-                    if ln.strip().startswith("ChildNet."):
-                        first = first or f"{name[:-4]}: {ln.strip()[len('ChildNet.'):]}"
-                        break
-    result["first"] = first
+        result = _auto_diff_once(args, x, y, "train", "fp32", "sgd", args.atol, args.rtol,
+                                 args.steps)
+    result["import_s"] = round(t_import, 2)
+    result["first"] = _first_in_diff_log(os.getcwd())
     print("PADIFF_RESULT " + json.dumps(result), flush=True)
     sys.stderr.flush()
     os._exit(0)  # skip torch's and Paddle's slow teardown, as `parity` itself does
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def _parse(argv: Optional[List[str]]) -> argparse.Namespace:
+    """The command line (``--padiff-worker`` and the hidden options: a PaDiff worker's)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="cream-14")
     p.add_argument("--json", help="write the figures here")
@@ -223,36 +263,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
     p.add_argument("--fault", help=argparse.SUPPRESS)
     p.add_argument("--suite", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.padiff_worker:
-        return padiff_worker(args)
-    try:
-        import padiff  # noqa: F401
-    except ImportError:
-        print("parity_bench: padiff is not installed (pip install padiff)", file=sys.stderr)
-        return 2
-    import importlib.metadata as md
+    return p.parse_args(argv)
 
+
+def _weights(model: str, work: str) -> Tuple[str, str]:
+    """The checkpoint both tools start from (seeded, official format) and its conversion."""
     from converters.convert import convert_checkpoint
     from parity.runner import make_seeded_checkpoint
 
-    work = args.keep or tempfile.mkdtemp(prefix="parity-bench-")
-    os.makedirs(work, exist_ok=True)
-    ckpt = os.path.join(work, f"{args.model}.pth.tar")
-    make_seeded_checkpoint(args.model, ckpt, seed=1)
-    pdparams = os.path.join(work, f"{args.model}.pdparams")
-    convert_checkpoint(ckpt, pdparams, model=args.model, force=True)
+    ckpt = os.path.join(work, f"{model}.pth.tar")
+    make_seeded_checkpoint(model, ckpt, seed=1)
+    pdparams = os.path.join(work, f"{model}.pdparams")
+    convert_checkpoint(ckpt, pdparams, model=model, force=True)
+    return ckpt, pdparams
 
-    results: Dict[str, Any] = {"model": args.model, "batch": 2, "rounds": args.rounds,
-                               "load_average_at_start": os.getloadavg(),
-                               "versions": {k: md.version(k) for k in
-                                            ("torch", "paddlepaddle", "timm", "padiff")}}
+
+def _measure_correct(args: argparse.Namespace, work: str, ckpt: str, pdparams: str,
+                     results: Dict[str, Any]) -> None:
+    """The correct port: ``parity run`` cold, then the warm runs and both PaDiff settings
+    round-robin (load from other processes hits all alike), PaDiff 3 steps and the suite."""
     report = os.path.join(work, "report")
     print(f"parity run --model {args.model} (cold: new report folder)", flush=True)
     results["parity_cold"] = _parity(args.model, ckpt, report)
     runs: Dict[str, List[Dict[str, Any]]] = {"parity_warm": [], "padiff_strict": [],
                                              "padiff_loose": []}
-    for r in range(args.rounds):  # round-robin: load from other processes hits all alike
+    for r in range(args.rounds):
         print(f"round {r + 1}/{args.rounds}: parity run (warm); PaDiff strict at parity's fp32 "
               "bounds, 3 steps; PaDiff 10x looser, 1 step", flush=True)
         runs["parity_warm"].append(_parity(args.model, ckpt, report))
@@ -267,44 +302,65 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("PaDiff suite: train/eval x fp32/fp64 x both optimizers, one process", flush=True)
     results["padiff_suite"] = _padiff(args.model, ckpt, pdparams, 0, 0, 1, None,
                                       os.path.join(work, "padiff-suite"), suite=True)
+
+
+def _measure_fault(args: argparse.Namespace, work: str, ckpt: str, pdparams: str,
+                   results: Dict[str, Any]) -> None:
+    """Both tools on the injected fault (PaDiff in the configurations a correct port passes)."""
+    print("injected fault: Paddle's default hard-sigmoid in every SE gate", flush=True)
+    results["fault_parity"] = _parity(args.model, ckpt, os.path.join(work, "report-fault"),
+                                      fault="hardsigmoid-slope")
+    results["fault_padiff"] = _padiff(args.model, ckpt, pdparams, 1e-4, 1e-3, 1,
+                                      "hardsigmoid-slope", os.path.join(work, "padiff-f"))
+    results["fault_padiff_suite"] = _padiff(args.model, ckpt, pdparams, 0, 0, 1,
+                                            "hardsigmoid-slope", os.path.join(work, "padiff-fs"),
+                                            suite=True)
+
+
+def _measure(args: argparse.Namespace, work: str) -> Dict[str, Any]:
+    """Every measurement of the benchmark, its files in ``work``."""
+    import importlib.metadata as md
+
+    ckpt, pdparams = _weights(args.model, work)
+    results: Dict[str, Any] = {"model": args.model, "batch": 2, "rounds": args.rounds,
+                               "load_average_at_start": os.getloadavg(),
+                               "versions": {k: md.version(k) for k in
+                                            ("torch", "paddlepaddle", "timm", "padiff")}}
+    _measure_correct(args, work, ckpt, pdparams, results)
     if not args.no_fault:
-        print("injected fault: Paddle's default hard-sigmoid in every SE gate", flush=True)
-        results["fault_parity"] = _parity(args.model, ckpt, os.path.join(work, "report-fault"),
-                                          fault="hardsigmoid-slope")
-        # PaDiff in the configurations a correct port passes: do they notice the fault?
-        results["fault_padiff"] = _padiff(args.model, ckpt, pdparams, 1e-4, 1e-3, 1,
-                                          "hardsigmoid-slope", os.path.join(work, "padiff-f"))
-        results["fault_padiff_suite"] = _padiff(args.model, ckpt, pdparams, 0, 0, 1,
-                                                "hardsigmoid-slope",
-                                                os.path.join(work, "padiff-fs"), suite=True)
+        _measure_fault(args, work, ckpt, pdparams, results)
+    return results
 
-    def med(key: str, field: str) -> float:
-        return round(statistics.median(x[field] for x in runs[key]), 1)
 
-    rows = [["parity run (cold, once)", results["parity_cold"]["wall_s"],
-             results["parity_cold"]["cpu_s"], verdict(results["parity_cold"]),
-             results["parity_cold"].get("compared", "")]]
+def _summary_rows(results: Dict[str, Any]) -> List[List[Any]]:
+    """The correct-port table: each tool's median wall and CPU seconds, verdict, tensors."""
+    cold = results["parity_cold"]
+    rows = [["parity run (cold, once)", cold["wall_s"], cold["cpu_s"], verdict(cold),
+             cold.get("compared", "")]]
     for key, label in (("parity_warm", "parity run (warm)"),
                        ("padiff_strict", "PaDiff strict, atol 1e-5 rtol 1e-4, 3 steps"),
                        ("padiff_loose", "PaDiff strict, atol 1e-4 rtol 1e-3, 1 step")):
-        last = runs[key][-1]
-        rows.append([label, med(key, "wall_s"), med(key, "cpu_s"), verdict(last),
-                     last.get("compared", "")])
+        last = results[key][-1]
+        rows.append([label, median_of(results[key], "wall_s"), median_of(results[key], "cpu_s"),
+                     verdict(last), last.get("compared", "")])
     c3 = results["padiff_loose_3steps"]
     rows.append(["PaDiff strict, atol 1e-4 rtol 1e-3, 3 steps (once)", c3["wall_s"], c3["cpu_s"],
                  verdict(c3), ""])
     su = results["padiff_suite"]
     rows.append([f"PaDiff suite: {len(SUITE)} auto_diff calls, one process (once)", su["wall_s"],
                  su["cpu_s"], verdict(su), ""])
-    results["summary"] = [dict(zip(["tool", "wall_s_median", "cpu_s_median", "verdict",
-                                    "tensors_compared"], r)) for r in rows]
+    return rows
+
+
+def _print_tables(results: Dict[str, Any], rows: List[List[Any]]) -> None:
+    """The correct-port table, what each tool checks, the fault (if run) and the PaDiff suite."""
     print()
     print(github_table(rows, ["tool", "wall s (median)", "CPU s (median)", "verdict",
                               "tensors compared"]))
     print()
     print(github_table([[c, "yes" if a else "-", "yes" if b else "-"] for c, a, b in CHECKS],
                        ["check", "parity run", "PaDiff"]))
-    if not args.no_fault:
+    if "fault_parity" in results:
         fp, fd, fs = results["fault_parity"], results["fault_padiff"], results["fault_padiff_suite"]
         print()
         print(github_table(
@@ -318,6 +374,25 @@ def main(argv: Optional[List[str]] = None) -> int:
             [[r["config"], "PASS" if r["ok"] else "FAIL", r.get("auto_diff_s", ""),
               r.get("error", "")] for r in results["padiff_suite"]["runs"]],
             ["PaDiff suite (correct port)", "verdict", "auto_diff s", "error"]))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Measure both tools in a work folder, print the tables and write the JSON (exit 2 without
+    PaDiff); as a worker, one PaDiff run."""
+    args = _parse(argv)
+    if args.padiff_worker:
+        return padiff_worker(args)
+    try:
+        import padiff  # noqa: F401
+    except ImportError:
+        print("parity_bench: padiff is not installed (pip install padiff)", file=sys.stderr)
+        return 2
+    with work_folder("parity-bench-", args.keep) as work:
+        results = _measure(args, work)
+    rows = _summary_rows(results)
+    results["summary"] = [dict(zip(["tool", "wall_s_median", "cpu_s_median", "verdict",
+                                    "tensors_compared"], r)) for r in rows]
+    _print_tables(results, rows)
     results["checks"] = [{"check": c, "parity": a, "padiff": b} for c, a, b in CHECKS]
     write_results(args.json, results)
     return 0

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from typing import List, Optional
 
+from bench.common import ROOT, call_to_the_end, sigterm_raises
+
 __all__ = ["BENCHES", "main"]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Benchmark name -> script in this folder (every one accepts ``--json PATH``); each runs as a module
 #: from the repository root (``python -m bench.NAME``), so ``bench.common`` and this checkout import.
 BENCHES = {
@@ -37,16 +37,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     failed = []
-    for name in args.only or list(BENCHES):
-        module = "bench." + os.path.splitext(BENCHES[name])[0]
-        dest = os.path.join(args.out, f"{name}.json")
-        print(f"== {name}: python -m {module} --json {dest}", flush=True)
-        t = time.perf_counter()
-        rc = subprocess.call([sys.executable, "-m", module, "--json", dest], cwd=ROOT)
-        print(f"== {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - t:.0f} s",
-              flush=True)
-        if rc != 0:
-            failed.append(name)
+    with sigterm_raises():  # stopped, the running benchmark still removes its temporary files
+        for name in args.only or list(BENCHES):
+            module = "bench." + os.path.splitext(BENCHES[name])[0]
+            dest = os.path.join(args.out, f"{name}.json")
+            print(f"== {name}: python -m {module} --json {dest}", flush=True)
+            t = time.perf_counter()
+            rc = call_to_the_end([sys.executable, "-m", module, "--json", dest], ROOT)
+            print(f"== {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in "
+                  f"{time.perf_counter() - t:.0f} s", flush=True)
+            if rc != 0:
+                failed.append(name)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

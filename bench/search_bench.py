@@ -28,8 +28,8 @@ import sys
 import time
 from typing import Any, Dict, List
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from bench.common import ROOT, save_json
+
 GOAL_RATIO = 1.5
 PATH = [[0], [3, 1, 5, 2], [2, 3, 0, 4], [1, 5, 3, 2], [3, 3, 1, 0], [4, 2, 5, 1], [0]]
 TEACHER = [[0], [3, 3, 5, 1], [2, 0, 0, 4], [1, 5, 1, 2], [3, 0, 1, 0], [4, 2, 3, 1], [0]]
@@ -166,8 +166,7 @@ def main(argv: List[str] = None) -> int:
     print(f"goal Paddle <= {GOAL_RATIO}x torch on the meta iteration: "
           f"{'met' if ratio <= GOAL_RATIO else 'NOT met'} ({ratio:.2f}x)")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"settings": vars(args), "results": results, "goal_ratio": GOAL_RATIO}, f, indent=1)
+        save_json(args.json, {"settings": vars(args), "results": results, "goal_ratio": GOAL_RATIO})
     return 0
 
 
