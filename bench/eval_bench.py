@@ -221,7 +221,7 @@ def _eval_command(spec: Dict[str, Any], tmp: Path) -> List[str]:
         return [sys.executable, "-m", "cream_cli.eval", *args]
     args += ["--threads", "1", "--workers", "0"]
     if spec["framework"] == "torch":
-        # --log-dir: else torchrun leaves a /tmp/torchelastic_* folder behind on every run
+        # --log-dir: else torchrun leaves a torchelastic_* temporary folder behind on every run
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                 str(spec["processes"]), "--log-dir", str(tmp / "log"), "-m", "cream_cli.eval",
                 *args]
