@@ -26,8 +26,9 @@ import numpy as np
 from cream_core.io.errors import CheckpointError
 from cream_core.rules import RuleError
 
-from .files import (BackgroundHash, HashingFile, check_destination, check_source, default_output,
-                    read_own_sidecar, sha256_file, sidecar_path, tool_version, write_outputs)
+from .files import (SIDECAR_TOOL, BackgroundHash, HashingFile, check_destination, check_source,
+                    default_output, read_own_sidecar, sha256_file, sidecar_path, tool_version,
+                    write_outputs)
 from .matching import (MatchError, Matching, load_matching, match_models, paddle_to_torch_state,
                        torch_to_paddle_state)
 
@@ -234,7 +235,7 @@ def _sidecar(direction: str, src: str, src_sha: str, torch_spec: str, paddle_spe
              ) -> Dict[str, Any]:
     values = set(counters.values())
     return {
-        "tool": "convert-ckpt",
+        "tool": SIDECAR_TOOL,
         "tool_version": tool_version(),
         "direction": direction,
         "torch": torch_spec,

@@ -34,6 +34,8 @@ from cream_core.data.framework_eval import bind_evaluate
 from cream_core.data.sharded_eval import Comm
 from cream_core.io.native_output import redirect_native_output
 
+from .backend import init_distributed
+
 __all__ = ["FRAMEWORK", "FORWARD_MODES", "AUTO_MODE", "AUTO_COMPILE_MIN_IMAGES", "INFERENCE_ONEDNN",
            "resolve_mode", "make_forward", "forward_logits", "init_comm", "evaluate"]
 
@@ -163,8 +165,6 @@ def make_forward(model: paddle.nn.Layer, mode: str = "auto", img_size: Optional[
 def init_comm() -> Comm:
     """This process's place among the ``paddle.distributed.launch`` processes (joins the gloo
     collective group when there are several), with ``all_gather_object`` to merge results."""
-    from cream_paddle.train import init_distributed
-
     rank, world = init_distributed()
     if world == 1:
         return Comm()

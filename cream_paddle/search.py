@@ -48,10 +48,7 @@ from .supernet import SuperNet, create_supernet
 
 __all__ = ["LegacySGD", "clip_grad_norm_legacy", "StepRecord", "StepOutput", "select_teacher",
            "meta_matching_update", "should_meta_update", "search_step", "accuracy", "make_loss_fn",
-           "SearchOps", "torch_state"]
-
-#: ``model``'s state in torch's names and layouts (:class:`Backend`, by the shared rules).
-torch_state = Backend.torch_state
+           "SearchOps"]
 
 
 # ---- torch 1.2 optimizer semantics --------------------------------------------------------------

@@ -27,7 +27,6 @@ import paddle
 import paddle.nn as nn
 
 from cream_core.arch import child_spec
-from cream_core.io.atomic import atomic_write
 from cream_core.io.errors import CheckpointError
 from cream_core.data.datasets import ImageDataset
 from cream_core.training.loop import TrainResult, run_training
@@ -39,7 +38,7 @@ from cream_core.training.injector import MaskedForward, MaskInjectorBase
 from cream_core.training.masks import StepMasks
 
 from . import compat, optim
-from .backend import CHECKPOINT_SUFFIX, FRAMEWORK, Backend, init_distributed
+from .backend import CHECKPOINT_SUFFIX, FRAMEWORK, Backend
 from .blocks import DropPath
 from .checkpoint import read_checkpoint
 from .childnet import ChildNet
@@ -50,8 +49,8 @@ __all__ = [
     "FRAMEWORK", "CHECKPOINT_SUFFIX", "build_model", "create_optimizer", "create_scheduler",
     "create_loss", "current_lr", "ModelEma", "MaskedDropPath", "MaskInjector", "TrainStepOps",
     "train_step",
-    "bn_buffers", "optimizer_state", "save_train_checkpoint", "train_checkpoint_writer",
-    "load_train_checkpoint", "init_distributed", "Trainer", "train",
+    "bn_buffers", "optimizer_state", "train_checkpoint_writer",
+    "load_train_checkpoint", "Trainer", "train",
 ]
 
 _SCHED_KEY = "LR_Scheduler"
@@ -116,7 +115,7 @@ class ModelEma:
             obj = read_checkpoint(resume)
             if not isinstance(obj, Mapping) or "state_dict_ema" not in obj:
                 raise CheckpointError(resume, "has no 'state_dict_ema' to resume the EMA from")
-            self.ema.set_state_dict({k: np.asarray(v) for k, v in obj["state_dict_ema"].items()})
+            Backend.load_native_state(self.ema, obj["state_dict_ema"])
         for p in self.ema.parameters():
             p.stop_gradient = True
 
@@ -204,10 +203,6 @@ def train_step(model: nn.Layer, optimizer: paddle.optimizer.Optimizer, loss_fn: 
                                 forward_model=forward_model)
 
 
-def _arrays(layer: nn.Layer) -> Dict[str, np.ndarray]:
-    return {k: np.asarray(v.numpy()) for k, v in layer.state_dict().items()}
-
-
 def _plain(v: Any) -> Any:
     """Python scalars/containers only (the restricted reader accepts no numpy scalar types)."""
     if isinstance(v, dict):
@@ -268,12 +263,6 @@ def _load_optimizer_state(path: str, model: nn.Layer, optimizer: paddle.optimize
     optimizer.set_state_dict(sd)
 
 
-def save_train_checkpoint(path: str, model: nn.Layer, ema: Optional[ModelEma],
-                          optimizer: paddle.optimizer.Optimizer, epoch: int, cfg: Any) -> None:
-    """Write a ``.pdparams`` training checkpoint (see the module doc), atomically."""
-    atomic_write(path, train_checkpoint_writer(model, ema, optimizer, epoch, cfg))
-
-
 def train_checkpoint_writer(model: nn.Layer, ema: Optional[ModelEma],
                             optimizer: paddle.optimizer.Optimizer, epoch: int, cfg: Any
                             ) -> Callable[[Any], None]:
@@ -281,26 +270,25 @@ def train_checkpoint_writer(model: nn.Layer, ema: Optional[ModelEma],
     :func:`cream_core.io.outputs.commit_files` (the state is taken now, not when ``f`` is written)."""
     obj: Dict[str, Any] = {
         "epoch": int(epoch), "arch": official_arch(cfg), "args": _plain(cfg.to_dict()),
-        "version": 2, "state_dict": _arrays(model),
+        "version": 2, "state_dict": Backend.native_state(model),
         "optimizer": optimizer_state(model, optimizer),
     }
     if ema is not None:
-        obj["state_dict_ema"] = _arrays(ema.ema)
+        obj["state_dict_ema"] = Backend.native_state(ema.ema)
     return lambda f: pickle.dump(obj, f, protocol=4)
 
 
 def load_train_checkpoint(path: str, model: nn.Layer, ema: Optional[ModelEma],
                           optimizer: paddle.optimizer.Optimizer, cfg: Any) -> int:
-    """Restore model, EMA and optimizer from :func:`save_train_checkpoint`'s file; returns its epoch."""
+    """Restore model, EMA and optimizer from :func:`train_checkpoint_writer`'s file; returns its epoch."""
     obj = check_train_checkpoint(path, read_checkpoint(path), cfg, check_resume_args)
     if not isinstance(obj.get("optimizer"), Mapping):
         raise CheckpointError(path, "has no optimizer state, so training cannot resume from it")
     check_train_states(path, obj, model.state_dict(), cfg, ema is not None)
     _load_optimizer_state(path, model, optimizer, obj["optimizer"])
-    model.set_state_dict({k: np.asarray(v) for k, v in obj["state_dict"].items()})
+    Backend.load_native_state(model, obj["state_dict"])
     if ema is not None:
-        ema.ema.set_state_dict({k: np.asarray(v) for k, v in
-                                obj.get("state_dict_ema", obj["state_dict"]).items()})
+        Backend.load_native_state(ema.ema, obj.get("state_dict_ema", obj["state_dict"]))
     return int(obj["epoch"])
 
 

@@ -16,6 +16,8 @@ from cream_core.data import ForwardFn
 from cream_core.data.framework_eval import bind_evaluate
 from cream_core.data.sharded_eval import Comm
 
+from .backend import init_distributed
+
 __all__ = ["FRAMEWORK", "FORWARD_MODES", "resolve_mode", "make_forward", "forward_logits",
            "init_comm", "evaluate"]
 
@@ -59,8 +61,6 @@ def make_forward(model: torch.nn.Module, mode: str = "auto", img_size: Optional[
 def init_comm() -> Comm:
     """This process's place among the ``torchrun`` processes (joins the gloo group when there are
     several), with ``all_gather_object`` to merge their results."""
-    from cream_torch_ref.train import init_distributed
-
     rank, world = init_distributed()
     if world == 1:
         return Comm()

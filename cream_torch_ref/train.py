@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from timm.utils import ModelEma
 
 from cream_core.arch import child_spec
-from cream_core.io.atomic import atomic_write
 from cream_core.io.errors import CheckpointError
 from cream_core.data.datasets import ImageDataset
 from cream_core.training.loop import TrainResult, run_training
@@ -41,7 +40,7 @@ from cream_core.training.injector import MaskedForward, MaskInjectorBase
 from cream_core.training.masks import StepMasks
 
 from . import optim
-from .backend import CHECKPOINT_SUFFIX, FRAMEWORK, Backend, init_distributed
+from .backend import CHECKPOINT_SUFFIX, FRAMEWORK, Backend
 from .blocks import DropPath
 from .checkpoint import read_checkpoint, save_official_checkpoint
 from .childnet import ChildNet
@@ -52,8 +51,8 @@ __all__ = [
     "FRAMEWORK", "CHECKPOINT_SUFFIX", "build_model", "create_optimizer", "create_scheduler",
     "create_loss", "current_lr", "ModelEma", "MaskedDropPath", "MaskInjector", "TrainStepOps",
     "train_step",
-    "bn_buffers", "optimizer_state", "save_train_checkpoint", "train_checkpoint_writer",
-    "load_train_checkpoint", "init_distributed", "Trainer", "train",
+    "bn_buffers", "optimizer_state", "train_checkpoint_writer",
+    "load_train_checkpoint", "Trainer", "train",
 ]
 
 
@@ -174,15 +173,9 @@ def train_checkpoint_writer(model: nn.Module, ema: Optional[ModelEma],
         args=cfg.to_dict(), arch=official_arch(cfg), optimizer=optimizer_state(model, optimizer))
 
 
-def save_train_checkpoint(path: str, model: nn.Module, ema: Optional[ModelEma],
-                          optimizer: torch.optim.Optimizer, epoch: int, cfg: Any) -> None:
-    """Write :func:`train_checkpoint_writer`'s checkpoint atomically (temporary file, rename)."""
-    atomic_write(path, train_checkpoint_writer(model, ema, optimizer, epoch, cfg))
-
-
 def load_train_checkpoint(path: str, model: nn.Module, ema: Optional[ModelEma],
                           optimizer: torch.optim.Optimizer, cfg: Any) -> int:
-    """Restore model, EMA and optimizer from a checkpoint of :func:`save_train_checkpoint`;
+    """Restore model, EMA and optimizer from a checkpoint of :func:`train_checkpoint_writer`;
     returns its epoch. Read with the project's restricted unpickler; every problem is a
     :class:`~cream_core.io.errors.CheckpointError` naming the file, raised before anything changes."""
     obj = check_train_checkpoint(path, read_checkpoint(path), cfg, check_resume_args)

@@ -207,7 +207,7 @@ def test_paddle_names_and_order_mirror_torch(twins) -> None:
 def test_paddle_forward_equals_torch(twins, train: bool) -> None:
     import paddle
 
-    from cream_paddle.search import torch_state
+    from cream_paddle.backend import Backend
 
     tm, pm, init = twins
     tm.load_state_dict({k: torch.from_numpy(v) for k, v in init.items()})
@@ -219,7 +219,7 @@ def test_paddle_forward_equals_torch(twins, train: bool) -> None:
         got = pm(paddle.to_tensor(x), cand).numpy()
         assert np.abs(got - ref).max() <= FORWARD_REL * np.abs(ref).max(), cand
     if train:  # running statistics moved the same way (torch momentum, unbiased variance)
-        ps, ts = torch_state(pm), tm.state_dict()
+        ps, ts = Backend.torch_state(pm), tm.state_dict()
         for k in ps:
             if "running_" in k:
                 ref = ts[k].numpy()
