@@ -8,7 +8,7 @@ model pair: :mod:`converters.generic`, x2paddle: :mod:`converters.x2paddle_engin
   :class:`HashingFile` (hashes what ``pickle.dump`` writes);
 * writing: :func:`write_outputs` writes the converted file and its JSON sidecar as one
   crash-consistent set; :func:`read_own_sidecar` reads back the sidecar ``convert-ckpt`` wrote next
-  to a file, only if it describes exactly that file; :func:`tool_version`, :func:`usual_mode`.
+  to a file, only if it describes exactly that file; :func:`tool_version`.
 
 Every failure is a :class:`~cream_core.io.errors.CheckpointError` naming the file at fault.
 """
@@ -27,7 +27,7 @@ from cream_core.io.outputs import commit_files, prepare_outputs
 
 __all__ = ["SIDECAR_TOOL", "TORCH_SUFFIXES", "tool_version", "sha256_file", "BackgroundHash",
            "HashingFile", "default_output", "sidecar_path", "check_source", "check_destination",
-           "usual_mode", "write_outputs", "read_own_sidecar"]
+           "write_outputs", "read_own_sidecar"]
 
 #: The ``tool`` recorded in every sidecar; a sidecar without it was not written by a converter.
 SIDECAR_TOOL = "convert-ckpt"
@@ -145,17 +145,6 @@ def _dumps(record: Mapping[str, Any]) -> str:
     """JSON with one top-level entry per line, each value compact (short and diff-friendly)."""
     rows = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()]
     return "{\n" + ",\n".join(rows) + "\n}\n"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def usual_mode(path: str) -> None:
-    """Give a file (0666) or folder (0777) made by ``tempfile`` (0600/0700) the umask's usual mode."""
-    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
 
 
 def write_outputs(dst: str, write_main: Callable[[Any], Optional[str]],

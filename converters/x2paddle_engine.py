@@ -177,7 +177,7 @@ def convert_with_x2paddle(src: "os.PathLike[str] | str", out_dir: "Optional[os.P
     from cream_torch_ref.checkpoint import load_checkpoint
 
     from .convert import resolve_arch
-    from .files import check_source, usual_mode
+    from .files import check_source
 
     src = os.fspath(src)
     out = os.fspath(out_dir) if out_dir is not None else _default_dir(src)
@@ -209,7 +209,6 @@ def convert_with_x2paddle(src: "os.PathLike[str] | str", out_dir: "Optional[os.P
     net.load_state_dict(ck.state_dict, strict=True)
     res = arch.resolution or 224
     with replaced_folder(out, f".{os.path.basename(out)}.") as tmp:
-        usual_mode(tmp)
         try:
             exp = export_with_x2paddle(net, tmp, (batch, 3, res, res))
         except RuntimeError as e:

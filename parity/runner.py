@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 import numpy as np
 
 from cream_core.arch import child_spec, seeded_input
-from cream_core.io.atomic import atomic_write
+from cream_core.io.atomic import atomic_write, replaced_folder
 
 from .capture import Capture, Event, capture_paddle, capture_torch
 from .engine import (CurvePoint, align_bn_constants_to_paddle, compare_out_grads, curve_point,
@@ -518,7 +518,6 @@ def _x2paddle_export(models: _Models, x: np.ndarray, cache_dir: str) -> Tuple[st
     built in a temporary sibling and renamed into place, so a cache is complete or absent.
     """
     import json
-    import shutil
 
     from converters import x2paddle_engine as X
 
@@ -534,15 +533,10 @@ def _x2paddle_export(models: _Models, x: np.ndarray, cache_dir: str) -> Tuple[st
             pass
     parent = os.path.dirname(os.path.abspath(cache_dir))
     os.makedirs(parent, exist_ok=True)
-    # removed on any failure; once renamed into place there is nothing left to clean up
-    with tempfile.TemporaryDirectory(prefix=".x2paddle-", dir=parent,
-                                     ignore_cleanup_errors=True) as tmp:
+    with replaced_folder(cache_dir, ".x2paddle-") as tmp:  # the old cache stays until it succeeds
         X.export_with_x2paddle(models.torch("fp32"), tmp, tuple(x.shape))
         with open(os.path.join(tmp, "key.json"), "w") as f:
             json.dump(key, f)
-        if os.path.isdir(cache_dir):
-            shutil.rmtree(cache_dir)
-        os.replace(tmp, cache_dir)
     return cache_dir, False
 
 

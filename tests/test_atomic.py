@@ -49,3 +49,6 @@ def test_replaced_folder_swaps_in_a_whole_folder_or_keeps_the_old(tmp_path: Path
         assert os.path.dirname(tmp) == str(tmp_path)
         Path(tmp, "new.txt").write_text("new")
     assert sorted(os.listdir(tmp_path)) == ["export"] and os.listdir(dest) == ["new.txt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dest.stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir would make it, not mkdtemp's 0700

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from typing import IO, Any, Callable, Iterator
 
-from cream_core.io.outputs import commit_files
+from cream_core.io.outputs import commit_files, usual_mode
 
 __all__ = ["atomic_write", "atomic_write_text", "replaced_folder"]
 
@@ -41,10 +41,12 @@ def atomic_write_text(path: "os.PathLike[str] | str", text: str) -> None:
 def replaced_folder(dest: "os.PathLike[str] | str", prefix: str) -> Iterator[str]:
     """A new temporary folder (name starting with ``prefix``) beside ``dest`` to build a folder in;
     when the block succeeds it replaces ``dest`` (an old ``dest`` is removed first), when it raises
-    it is removed and ``dest`` is left as it was. The folder ``dest`` goes in must exist."""
+    it is removed and ``dest`` is left as it was. The folder ``dest`` goes in must exist; the new
+    folder gets the mode ``mkdir`` would give it (``mkdtemp`` alone gives ``0700``)."""
     dest = os.fspath(dest)
     tmp = tempfile.mkdtemp(prefix=prefix, dir=os.path.dirname(os.path.abspath(dest)))
     try:
+        usual_mode(tmp)
         yield tmp
         if os.path.isdir(dest):
             shutil.rmtree(dest)

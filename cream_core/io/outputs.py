@@ -41,7 +41,7 @@ from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Mapping, O
 from cream_core.io.errors import OutputError
 
 __all__ = ["OutputError", "prepare_outputs", "check_output_paths", "commit_files",
-           "recover_commits", "clean_stale_temporaries", "temp_file", "os_problem",
+           "recover_commits", "clean_stale_temporaries", "temp_file", "usual_mode", "os_problem",
            "PROBE_BYTES", "JOURNAL_PREFIX", "LEGACY_GRACE_S"]
 
 PathLike = "os.PathLike[str] | str"
@@ -91,13 +91,19 @@ def _umask() -> int:
     return mask
 
 
+def usual_mode(path: str) -> None:
+    """Give a file (0666) or folder (0777) made by ``tempfile`` (0600/0700) the mode ``open()`` /
+    ``mkdir`` would give it under the umask."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
+
+
 def temp_file(dest: str) -> "tuple[int, str]":
     """A new temporary ``(fd, path)`` next to ``dest``, named after it and this process, with the
     permissions ``open()`` would give ``dest`` (``mkstemp`` alone gives ``0600``)."""
     folder = os.path.dirname(os.path.abspath(dest))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.{os.getpid()}-", suffix=".part",
                                dir=folder)
-    os.chmod(tmp, 0o666 & ~_umask())
+    usual_mode(tmp)
     return fd, tmp
 
 

@@ -128,17 +128,9 @@ class _Run:
         if self.main_rank:
             writer = self.fw.checkpoint_writer(self.searcher.model_state(), state, epoch, ARCH_TAG,
                                                plain_config(self.cfg))
-            _atomic(self.ckpt, writer)
+            atomic_write(self.ckpt, writer)  # an OS failure is an OutputError naming the file
             self.files["checkpoint"] = self.ckpt
         self.searcher.backend.barrier()
-
-
-def _atomic(path: str, write: Callable[[Any], None]) -> None:
-    """:func:`atomic_write`; a failing write is a :class:`CheckpointError` naming ``path``."""
-    try:
-        atomic_write(path, write)
-    except OSError as e:
-        raise CheckpointError(path, f"could not be written ({e.strerror or e})") from None
 
 
 # --- before the loop -----------------------------------------------------------------------------

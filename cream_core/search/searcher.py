@@ -15,6 +15,7 @@ import numpy as np
 
 from cream_core.arch.supernet import flops_table
 from cream_core.io.errors import CheckpointError
+from cream_core.io.statecheck import compare_shapes
 from cream_core.search.board import BoardEntry, PrioritizedBoard
 from cream_core.search.legacy_sgd import LegacySGDBase
 from cream_core.search.records import StepOutput
@@ -162,17 +163,12 @@ class Searcher:
             raise CheckpointError(path, f"cannot resume from it ({e})") from None
 
     def _restore(self, model_state: Mapping[str, np.ndarray], state: Mapping[str, Any]) -> None:
-        own = self.model.state_dict()
-        missing = sorted(set(own) - set(model_state))
-        unexpected = sorted(set(model_state) - set(own))
-        if missing or unexpected:
-            raise ValueError(f"checkpoint does not fit this supernet: missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}")
-        # Paddle's set_state_dict only warns on a mis-shaped entry and keeps the fresh weights
-        wrong = [f"{k} {tuple(np.shape(model_state[k]))} vs {tuple(own[k].shape)}" for k in own
-                 if tuple(np.shape(model_state[k])) != tuple(own[k].shape)]
-        if wrong:
-            raise ValueError(f"checkpoint does not fit this supernet: shapes {wrong[:3]}")
+        # keys and shapes first: Paddle's set_state_dict only warns on a mis-shaped entry and
+        # keeps the fresh weights
+        fit = compare_shapes({k: tuple(v.shape) for k, v in self.model.state_dict().items()},
+                             {k: tuple(np.shape(v)) for k, v in model_state.items()})
+        if not fit.ok:
+            raise ValueError(f"checkpoint does not fit this supernet: {fit.summary()}")
         name, keys, pos, has_gauss, cached = state["rng"]
         rng_state = (name, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached))
         self.backend.load_native_state(self.model, model_state)

@@ -59,8 +59,7 @@ class TrainerProtocol(Protocol):
 
     def evaluate(self, loader: EvalLoader, ema: bool) -> EvalResult: ...  # noqa: D102,E704
 
-    def checkpoint_writer(self, epoch: int, metric: Optional[float]  # noqa: D102
-                          ) -> Callable[[Any], None]: ...  # noqa: E704
+    def checkpoint_writer(self, epoch: int) -> Callable[[Any], None]: ...  # noqa: D102,E704
 
     def load(self, path: str) -> int: ...  # noqa: D102,E704  (returns the saved epoch)
 
@@ -134,15 +133,14 @@ def _summary_writer(rows: List[EpochRecord]) -> Callable[[Any], None]:
     return write
 
 
-def _commit_epoch(trainer: TrainerProtocol, names: Dict[str, str], epoch: int, metric: float,
-                  improved: bool, history: List[EpochRecord]) -> None:
+def _commit_epoch(trainer: TrainerProtocol, names: Dict[str, str], epoch: int, improved: bool,
+                  history: List[EpochRecord]) -> None:
     """``last``, ``model_best`` (when ``improved``) and ``summary.csv`` as one crash-consistent set
     (:func:`cream_core.io.outputs.commit_files`): after a kill at any point, the folder holds the
     previous epoch's three files or this epoch's, never a mix."""
-    m = None if math.isnan(metric) else metric
-    members = {names["last"]: trainer.checkpoint_writer(epoch, m)}
+    members = {names["last"]: trainer.checkpoint_writer(epoch)}
     if improved:
-        members[names["best"]] = trainer.checkpoint_writer(epoch, m)
+        members[names["best"]] = trainer.checkpoint_writer(epoch)
     members[names["summary"]] = _summary_writer(history)
     commit_files(members, modes={names["summary"]: "w"})
 
@@ -279,7 +277,7 @@ def _run_epoch(run: _Run, epoch: int) -> None:
     if improved:
         run.best_metric, run.best_epoch = metric, epoch
     if run.names and run.main:
-        _commit_epoch(trainer, run.names, epoch, metric, improved, run.history)
+        _commit_epoch(trainer, run.names, epoch, improved, run.history)
         run.result.last_checkpoint = run.names["last"]
     trainer.barrier()
     if run.main:

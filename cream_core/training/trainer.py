@@ -121,7 +121,7 @@ class Trainer:
         finally:
             self.model.train()
 
-    def checkpoint_writer(self, epoch: int, metric: Optional[float]) -> Callable[[Any], None]:
+    def checkpoint_writer(self, epoch: int) -> Callable[[Any], None]:
         """``write(f)`` of a training checkpoint of the current state."""
         return self.ops.train_checkpoint_writer(self.model, self.ema, self.optimizer, epoch,
                                                 self.cfg)
