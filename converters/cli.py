@@ -21,6 +21,7 @@ from cream_core.io.cli_errors import (EXIT_INTERNAL, EXIT_OK, UsageError, exit_h
 from cream_core.io.errors import CheckpointError, OutputError
 from cream_core.arch.space import model_names
 
+from .files import is_paddle_file
 from .generic import GenericInputError, add_model_pair_arguments
 
 __all__ = ["main", "build_parser"]
@@ -89,7 +90,7 @@ def _generic_usage(args: argparse.Namespace) -> Optional[str]:
 def _run_generic(args: argparse.Namespace) -> str:
     from .generic import convert_generic, parse_shape, pdparams_to_torch_generic
 
-    back = args.reverse or args.src.lower().endswith(".pdparams")
+    back = args.reverse or is_paddle_file(args.src)
     res = (pdparams_to_torch_generic if back else convert_generic)(
         args.src, args.torch, args.paddle, args.output, input_shape=parse_shape(args.input_shape),
         map_file=args.map, force=args.force, torch_kwargs=args.torch_kwargs,
@@ -107,7 +108,7 @@ def _run(args: argparse.Namespace) -> str:
         return json.dumps(res.as_dict(), indent=2) if args.json else res.summary()
     from .convert import convert_checkpoint, pdparams_to_pth, result_as_dict
 
-    if args.reverse or src.lower().endswith(".pdparams"):
+    if args.reverse or is_paddle_file(src):
         if args.weights != "ema":
             raise CheckpointError(src, "--weights applies to torch training checkpoints only; "
                                        "a .pdparams holds one set of weights")

@@ -23,16 +23,24 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from cream_core.io.digest import sha256_file
 from cream_core.io.errors import CheckpointError, OutputError
-from cream_core.io.outputs import commit_files, prepare_outputs
+from cream_core.backend import CHECKPOINT_SUFFIXES
+from cream_core.io.outputs import commit_files, entry_per_line_json, prepare_outputs
 
-__all__ = ["SIDECAR_TOOL", "TORCH_SUFFIXES", "tool_version", "sha256_file", "BackgroundHash",
-           "HashingFile", "default_output", "sidecar_path", "check_source", "check_destination",
+__all__ = ["SIDECAR_TOOL", "TORCH_SUFFIXES", "PADDLE_SUFFIX", "is_paddle_file", "tool_version",
+           "sha256_file", "BackgroundHash", "HashingFile", "default_output", "sidecar_path", "check_source", "check_destination",
            "write_outputs", "read_own_sidecar"]
 
 #: The ``tool`` recorded in every sidecar; a sidecar without it was not written by a converter.
 SIDECAR_TOOL = "convert-ckpt"
 #: Suffixes stripped from a torch checkpoint's name to form the default ``.pdparams`` name.
 TORCH_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar", ".ckpt", ".bin")
+#: A Paddle checkpoint's suffix (the one table: :data:`cream_core.backend.CHECKPOINT_SUFFIXES`).
+PADDLE_SUFFIX = CHECKPOINT_SUFFIXES["paddle"]
+
+
+def is_paddle_file(path: str) -> bool:
+    """Whether ``path`` names a Paddle checkpoint (converted back to torch by default)."""
+    return os.fspath(path).lower().endswith(PADDLE_SUFFIX)
 
 
 def tool_version() -> str:
@@ -85,14 +93,14 @@ def default_output(src: str, reverse: bool = False) -> str:
     base = os.fspath(src)
     low = base.lower()
     if reverse:
-        if low.endswith(".pdparams"):
-            base = base[: -len(".pdparams")]
-        return base + ".pth.tar"
+        if is_paddle_file(base):
+            base = base[: -len(PADDLE_SUFFIX)]
+        return base + CHECKPOINT_SUFFIXES["torch"]
     for suf in TORCH_SUFFIXES:
         if low.endswith(suf):
             base = base[: -len(suf)]
             break
-    return base + ".pdparams"
+    return base + PADDLE_SUFFIX
 
 
 def sidecar_path(dst: str) -> str:
@@ -141,12 +149,6 @@ def _note(msg: str) -> None:
     print(f"convert-ckpt: note: {msg}", file=sys.stderr)
 
 
-def _dumps(record: Mapping[str, Any]) -> str:
-    """JSON with one top-level entry per line, each value compact (short and diff-friendly)."""
-    rows = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()]
-    return "{\n" + ",\n".join(rows) + "\n}\n"
-
-
 def write_outputs(dst: str, write_main: Callable[[Any], Optional[str]],
                    sidecar: Dict[str, Any]) -> str:
     """Write ``dst`` and its sidecar as one crash-consistent set; returns the sha256 of ``dst``.
@@ -166,7 +168,7 @@ def write_outputs(dst: str, write_main: Callable[[Any], Optional[str]],
         digest["sha256"] = got
 
     def write_sidecar(f: Any) -> None:
-        f.write(_dumps(dict(sidecar, output=os.path.basename(dst), output_sha256=digest["sha256"])))
+        f.write(entry_per_line_json(dict(sidecar, output=os.path.basename(dst), output_sha256=digest["sha256"])))
 
     side = sidecar_path(dst)
     try:

@@ -159,9 +159,9 @@ def run_x2paddle(export: "X2PaddleExport | str | Any", x: np.ndarray) -> np.ndar
 
 
 def _default_dir(src: str) -> str:
-    from .files import default_output
+    from .files import PADDLE_SUFFIX, default_output
 
-    return default_output(src)[: -len(".pdparams")] + ".x2paddle"
+    return default_output(src)[: -len(PADDLE_SUFFIX)] + ".x2paddle"
 
 
 def convert_with_x2paddle(src: "os.PathLike[str] | str", out_dir: "Optional[os.PathLike[str] | str]" = None,
@@ -176,13 +176,13 @@ def convert_with_x2paddle(src: "os.PathLike[str] | str", out_dir: "Optional[os.P
     """
     from cream_torch_ref.checkpoint import load_checkpoint
 
-    from .convert import resolve_arch
+    from .convert import WEIGHTS, resolve_arch
     from .files import check_source
 
     src = os.fspath(src)
     out = os.fspath(out_dir) if out_dir is not None else _default_dir(src)
-    if weights not in ("ema", "model"):
-        raise CheckpointError(src, f"--weights must be ema or model, got {weights!r}")
+    if weights not in WEIGHTS:
+        raise CheckpointError(src, f"--weights must be {' or '.join(WEIGHTS)}, got {weights!r}")
     check_source(src)
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):

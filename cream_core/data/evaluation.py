@@ -181,12 +181,14 @@ def batch_totals(framework: str, paths: Sequence[str], labels: Sequence[np.ndarr
     )
 
 
-def progress_bar(total: int, desc: str, enabled: bool) -> Any:
-    """A tqdm bar over images (on stderr), or ``None`` when disabled."""
+def progress_bar(total: int, desc: str, enabled: bool, unit: str = "img", initial: int = 0) -> Any:
+    """The project's tqdm bar (on stderr, gone when done): over images here, over steps in the
+    training and search loops; ``None`` when disabled."""
     if not enabled:
         return None
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False,
+                dynamic_ncols=True)
 
 
 def run_evaluation(forward: ForwardFn, loader: EvalLoader, framework: str, *,

@@ -42,7 +42,7 @@ from cream_core.io.errors import OutputError
 
 __all__ = ["OutputError", "prepare_outputs", "check_output_paths", "commit_files",
            "recover_commits", "clean_stale_temporaries", "temp_file", "usual_mode", "os_problem",
-           "PROBE_BYTES", "JOURNAL_PREFIX", "LEGACY_GRACE_S"]
+           "entry_per_line_json", "PROBE_BYTES", "JOURNAL_PREFIX", "LEGACY_GRACE_S"]
 
 PathLike = "os.PathLike[str] | str"
 #: Size of the probe written into each output folder before the work (one file-system block: a
@@ -89,6 +89,13 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def entry_per_line_json(record: Mapping[str, Any], indent: int = 2) -> str:
+    """JSON text of ``record`` with one top-level entry per line, each value compact: short, and a
+    diff of two such files shows which entries changed (sidecars, ``best_arch.json``)."""
+    rows = [f"{' ' * indent}{json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()]
+    return "{\n" + ",\n".join(rows) + "\n}\n"
 
 
 def usual_mode(path: str) -> None:

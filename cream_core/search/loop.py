@@ -9,7 +9,6 @@ best child's weights, written as one set).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -23,7 +22,7 @@ from cream_core.backend import CHECKPOINT_SUFFIXES
 from cream_core.io.atomic import atomic_write
 from cream_core.io.cli_errors import UsageError
 from cream_core.io.errors import CheckpointError
-from cream_core.io.outputs import OutputError, commit_files, os_problem
+from cream_core.io.outputs import OutputError, commit_files, entry_per_line_json, os_problem
 from cream_core.search.records import StepOutput
 from cream_core.search.searcher import SearchFramework, Searcher, plain_config
 
@@ -270,12 +269,12 @@ def _train_line(run: _Run, out: StepOutput, stats: _EpochStats, step: int, steps
 
 
 def _progress_bar(run: _Run, steps: int) -> Any:
-    if not (run.opts.progress and run.main_rank):
-        return None
-    from tqdm import tqdm
+    """The epoch's bar over steps (rank 0, unless --no-progress), from the resumed step."""
+    from cream_core.data.evaluation import progress_bar
 
-    return tqdm(total=steps, initial=run.start_step, desc=f"{run.opts.framework} search epoch "
-                f"{run.epoch}/{run.cfg.epochs - 1}", unit="step", leave=False, dynamic_ncols=True)
+    return progress_bar(steps, f"{run.opts.framework} search epoch {run.epoch}/"
+                        f"{run.cfg.epochs - 1}", run.opts.progress and run.main_rank, unit="step",
+                        initial=run.start_step)
 
 
 def _train_epoch(run: _Run, loader: Any, interval: Optional[int]) -> Tuple[_EpochStats, int, bool]:
@@ -396,8 +395,7 @@ def _write_answer(run: _Run, best: List[List[int]], source: str, info: Dict[str,
               "sta_num": list(plan.sta_num), "framework": opts.framework,
               "iterations": s.iteration, "child_weights": os.path.basename(child_file),
               "board": s.board.summary()}
-    text = "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items()) \
-        + "\n}\n"
+    text = entry_per_line_json(record, indent=1)
     # one set: best_arch.json names best_child, so after any crash they belong together
     commit_files({child_file: writer, arch_file: lambda f: f.write(text)}, modes={arch_file: "w"})
     run.files["best_arch"], run.files["best_child"] = arch_file, child_file

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 from cream_core.io.outputs import commit_files, recover_commits
 
 from cream_core.data.datasets import ImageDataset
-from cream_core.data.evaluation import EvalResult
+from cream_core.data.evaluation import EvalResult, progress_bar
 from cream_core.data.loader import EvalLoader
 from cream_core.data.train_loader import TrainBatch, TrainLoader
 from cream_core.training.masks import MaskSpec, StepMasks, step_masks
@@ -207,11 +207,8 @@ def _resume(run: _Run, resume: str) -> int:
 def _train_epoch(run: _Run, epoch: int, lr: float) -> Tuple[float, int]:
     """Every step of ``epoch`` (at most ``steps_per_epoch``): the sum of the losses and the steps."""
     trainer, cfg, total = run.trainer, run.cfg, run.cfg.total_epochs
-    bar = None
-    if run.progress and run.main:
-        from tqdm import tqdm
-        bar = tqdm(total=run.steps_per_epoch, desc=f"{trainer.framework} epoch {epoch}/{total - 1}",
-                   unit="step", leave=False, dynamic_ncols=True)
+    bar = progress_bar(run.steps_per_epoch, f"{trainer.framework} epoch {epoch}/{total - 1}",
+                       run.progress and run.main, unit="step")
     loss_sum, n = 0.0, 0
     batches = run.loader.epoch_batches(epoch)
     try:
