@@ -36,9 +36,9 @@ from cream_core.arch.space import CHILD_NETS, child_spec
 
 from cream_core.rules import Mapped, RuleError, TargetKey, apply_rules
 
-from .files import (SIDECAR_TOOL, BackgroundHash, HashingFile, check_destination, check_source,
-                    default_output, read_own_sidecar, sha256_file, sidecar_path, tool_version,
-                    write_outputs)
+from .files import (SIDECAR_TOOL, BackgroundHash, check_destination, check_source, counters_record,
+                    default_output, pdparams_writer, read_own_sidecar, recorded_counters,
+                    sha256_file, sidecar_path, tool_version, torch_state_to_numpy, write_outputs)
 
 __all__ = ["ConversionResult", "convert_checkpoint", "pdparams_to_pth", "result_as_dict", "resolve_arch",
            "WEIGHTS"]
@@ -160,14 +160,7 @@ def convert_checkpoint(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike
     notes: List[str] = []
     if weights == "ema" and ck.source != "state_dict_ema":
         notes.append(f"no EMA weights in the file, converted {ck.source}")
-    source = {}
-    for k, v in ck.state_dict.items():
-        try:
-            source[k] = v.detach().cpu().numpy()
-        except TypeError:  # bfloat16 and the like have no numpy dtype
-            raise CheckpointError(src, f"entry {k!r} is {str(v.dtype).replace('torch.', '')}, "
-                                       "which the Paddle model cannot take (it expects "
-                                       "float32)") from None
+    source = torch_state_to_numpy(src, ck.state_dict)
     shapes = {k: v.shape for k, v in source.items()}
     supernet = detect_supernet(shapes, "torch") if model == "auto" else None  # a search checkpoint
     arch = _supernet_arch(supernet) if supernet else resolve_arch(shapes, model, "torch", src)
@@ -187,23 +180,14 @@ def convert_checkpoint(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike
         target = paddle_layout(net)
     mapped = _map(src, source, target, "paddle", f"Paddle {type(net).__name__} {arch.label}")
     nbt = {k: int(v) for k, v in mapped.dropped.items() if k.endswith("num_batches_tracked")}
-    values = set(nbt.values())
     extra: Dict[str, Any] = {
         "epoch": ck.meta.get("epoch") if isinstance(ck.meta.get("epoch"), int) else None,
-        # torch-only BatchNorm counters, kept so that the way back restores them bit-exactly
-        "num_batches_tracked": values.pop() if len(values) == 1 else nbt,
+        "num_batches_tracked": counters_record(nbt),
     }
     src_sha = src_hash.result()
     side = _sidecar("torch->paddle", src, src_sha, arch, ck.source, len(mapped.state_dict), extra)
 
-    from cream_paddle.checkpoint import save_checkpoint
-
-    def write(f: Any) -> str:
-        hf = HashingFile(f)
-        save_checkpoint(hf, mapped.state_dict)
-        return hf.sha.hexdigest()
-
-    digest = write_outputs(dst, write, side)
+    digest = write_outputs(dst, pdparams_writer(mapped.state_dict), side)
     return ConversionResult("torch->paddle", src, dst, sidecar_path(dst), arch.label,
                             [list(s) for s in arch.arch_list], arch.num_classes, arch.resolution,
                             ck.source, src_sha, digest, len(mapped.state_dict),
@@ -255,12 +239,12 @@ def pdparams_to_pth(src: "os.PathLike[str] | str", dst: "Optional[os.PathLike[st
                                            supernet.slice))
         else:
             target = torch_layout(ChildNet(arch.arch_list, num_classes=arch.num_classes))
-    recorded = side.get("num_batches_tracked")
+    recorded = recorded_counters(side.get("num_batches_tracked"))
     restored: List[str] = []
 
     def fill(key: str, tk: TargetKey) -> np.ndarray:
-        value: Any = recorded.get(key) if isinstance(recorded, dict) else recorded
-        if isinstance(value, int) and not isinstance(value, bool):
+        value = recorded.get(key, recorded.get("*"))
+        if value is not None:
             restored.append(key)
             return np.array(value, dtype=tk.dtype)
         return np.zeros(tk.shape, dtype=tk.dtype)

@@ -21,14 +21,17 @@ import sys
 import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+import numpy as np
+
+from cream_core.backend import CHECKPOINT_SUFFIXES
 from cream_core.io.digest import sha256_file
 from cream_core.io.errors import CheckpointError, OutputError
-from cream_core.backend import CHECKPOINT_SUFFIXES
 from cream_core.io.outputs import commit_files, entry_per_line_json, prepare_outputs
 
 __all__ = ["SIDECAR_TOOL", "TORCH_SUFFIXES", "PADDLE_SUFFIX", "is_paddle_file", "tool_version",
-           "sha256_file", "BackgroundHash", "HashingFile", "default_output", "sidecar_path", "check_source", "check_destination",
-           "write_outputs", "read_own_sidecar"]
+           "sha256_file", "BackgroundHash", "HashingFile", "default_output", "sidecar_path",
+           "check_source", "check_destination", "write_outputs", "read_own_sidecar",
+           "torch_state_to_numpy", "pdparams_writer", "recorded_counters", "counters_record"]
 
 #: The ``tool`` recorded in every sidecar; a sidecar without it was not written by a converter.
 SIDECAR_TOOL = "convert-ckpt"
@@ -168,7 +171,8 @@ def write_outputs(dst: str, write_main: Callable[[Any], Optional[str]],
         digest["sha256"] = got
 
     def write_sidecar(f: Any) -> None:
-        f.write(entry_per_line_json(dict(sidecar, output=os.path.basename(dst), output_sha256=digest["sha256"])))
+        f.write(entry_per_line_json(dict(sidecar, output=os.path.basename(dst),
+                                         output_sha256=digest["sha256"])))
 
     side = sidecar_path(dst)
     try:
@@ -197,3 +201,46 @@ def read_own_sidecar(src: str, src_sha: str, notes: List[str]) -> Dict[str, Any]
                      "of the file)")
         return {}
     return side
+
+
+def torch_state_to_numpy(src: str, state: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+    """A torch state dict (read from ``src``) as numpy arrays; an entry whose dtype numpy has no
+    counterpart (bfloat16 and the like) is a :class:`CheckpointError` naming it."""
+    out: Dict[str, np.ndarray] = {}
+    for k, v in state.items():
+        try:
+            out[k] = v.detach().cpu().numpy()
+        except TypeError:
+            raise CheckpointError(src, f"entry {k!r} is {str(v.dtype).replace('torch.', '')}, "
+                                       "which has no numpy type (the Paddle model takes "
+                                       "float32)") from None
+    return out
+
+
+def pdparams_writer(state: Mapping[str, Any]) -> Callable[[Any], str]:
+    """``write(f)`` of a ``.pdparams`` holding ``state`` that returns the file's sha256 (for
+    :func:`write_outputs`)."""
+    from cream_paddle.checkpoint import save_checkpoint  # Paddle, lazily
+
+    def write(f: Any) -> str:
+        hashing = HashingFile(f)
+        save_checkpoint(hashing, state)
+        return hashing.sha.hexdigest()
+    return write
+
+
+def counters_record(counters: Mapping[str, int]) -> Any:
+    """The sidecar's ``num_batches_tracked``: torch-only BatchNorm counters, kept so that the way
+    back restores them; one number when all are equal (the usual case), else torch key -> value."""
+    values = set(counters.values())
+    return values.pop() if len(values) == 1 else dict(counters)
+
+
+def recorded_counters(recorded: Any) -> Dict[str, int]:
+    """:func:`counters_record`'s value read back: torch key -> value, or ``{"*": value}`` for one
+    number for all; anything else recorded nothing."""
+    if isinstance(recorded, dict):
+        return {k: v for k, v in recorded.items() if isinstance(v, int) and not isinstance(v, bool)}
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        return {"*": recorded}
+    return {}

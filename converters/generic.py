@@ -26,9 +26,9 @@ import numpy as np
 from cream_core.io.errors import CheckpointError
 from cream_core.rules import RuleError
 
-from .files import (SIDECAR_TOOL, BackgroundHash, HashingFile, check_destination, check_source,
-                    default_output, read_own_sidecar, sha256_file, sidecar_path, tool_version,
-                    write_outputs)
+from .files import (SIDECAR_TOOL, BackgroundHash, check_destination, check_source, counters_record,
+                    default_output, pdparams_writer, read_own_sidecar, recorded_counters,
+                    sha256_file, sidecar_path, tool_version, torch_state_to_numpy, write_outputs)
 from .matching import (MatchError, Matching, load_matching, match_models, paddle_to_torch_state,
                        torch_to_paddle_state)
 
@@ -149,14 +149,7 @@ def _read_torch_state(src: str) -> Tuple[Dict[str, np.ndarray], str]:
     from cream_torch_ref.checkpoint import load_checkpoint  # the safe loader
 
     ck = load_checkpoint(src, use_ema=False)
-    out: Dict[str, np.ndarray] = {}
-    for k, v in ck.state_dict.items():
-        try:
-            out[k] = v.detach().cpu().numpy()
-        except TypeError:  # bfloat16 and the like have no numpy dtype
-            raise CheckpointError(src, f"entry {k!r} is {str(v.dtype).replace('torch.', '')}, "
-                                       "which has no numpy type") from None
-    return out, ck.source
+    return torch_state_to_numpy(src, ck.state_dict), ck.source
 
 
 def _matching(torch_model: Any, paddle_model: Any, shape: Sequence[int], map_file: Optional[str]
@@ -214,14 +207,7 @@ def convert_generic(src: "os.PathLike[str] | str", torch_spec: str, paddle_spec:
     side = _sidecar("torch->paddle", src, src_hash.result(), torch_spec, paddle_spec, shape,
                     map_file, entry, len(state), matching, counters, kwargs)
 
-    from cream_paddle.checkpoint import save_checkpoint
-
-    def write(f: Any) -> str:
-        hf = HashingFile(f)
-        save_checkpoint(hf, state)
-        return hf.sha.hexdigest()
-
-    digest = write_outputs(dst, write, side)
+    digest = write_outputs(dst, pdparams_writer(state), side)
     return GenericConversion(src, dst, sidecar_path(dst), torch_spec, paddle_spec, entry,
                              side["source_sha256"], digest, len(state),
                              sorted({m.how for m in matching.layers if m.has_params}),
@@ -233,7 +219,6 @@ def _sidecar(direction: str, src: str, src_sha: str, torch_spec: str, paddle_spe
              matching: Matching, counters: Dict[str, int],
              kwargs: "Tuple[Optional[Mapping[str, Any]], Optional[Mapping[str, Any]]]"
              ) -> Dict[str, Any]:
-    values = set(counters.values())
     return {
         "tool": SIDECAR_TOOL,
         "tool_version": tool_version(),
@@ -248,20 +233,14 @@ def _sidecar(direction: str, src: str, src_sha: str, torch_spec: str, paddle_spe
         "source": os.path.basename(src),
         "source_sha256": src_sha,
         "keys": keys,
-        # torch-only BatchNorm counters, kept so that a way back can restore them
-        "num_batches_tracked": values.pop() if len(values) == 1 else counters,
+        "num_batches_tracked": counters_record(counters),
         "matching": matching.to_json(),
     }
 
 
 def _recorded_counters(src: str, src_sha: str) -> Dict[str, int]:
     """``num_batches_tracked`` values the source's own sidecar recorded (torch key -> value)."""
-    recorded = read_own_sidecar(src, src_sha, []).get("num_batches_tracked")
-    if isinstance(recorded, dict):
-        return {k: v for k, v in recorded.items() if isinstance(v, int)}
-    if isinstance(recorded, int) and not isinstance(recorded, bool):
-        return {"*": recorded}
-    return {}
+    return recorded_counters(read_own_sidecar(src, src_sha, []).get("num_batches_tracked"))
 
 
 def pdparams_to_torch_generic(src: "os.PathLike[str] | str", torch_spec: str, paddle_spec: str,
