@@ -55,12 +55,10 @@ def one_torch_thread() -> Iterator[None]:
     second OpenMP thread spin-waits on a busy 2-core machine, 10-20x the CPU time of one thread
     for the small forwards and meta steps of these tests (measured with the suite running
     alongside); the previous count is restored after the module."""
-    import torch
+    from parity.engine import torch_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

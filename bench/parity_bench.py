@@ -120,10 +120,9 @@ def _build_pair(args: argparse.Namespace, x: Any, prec: str, mode: str) -> Tuple
         FAULTS[args.fault].apply(pm)
     xt, xp = torch.tensor(x), paddle.to_tensor(x)
     if prec == "fp64":
-        from parity.runner import align_bn_constants_to_paddle
+        from parity.engine import paddle_at, torch_at
 
-        tm, xt, xp = align_bn_constants_to_paddle(tm.double()), xt.double(), xp.astype("float64")
-        pm.to(dtype="float64")
+        tm, pm, xt, xp = torch_at(tm, prec), paddle_at(pm, prec), xt.double(), xp.astype("float64")
     if mode == "train":
         tm.train()
         pm.train()

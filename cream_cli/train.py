@@ -29,6 +29,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cream_core.backend import CHECKPOINT_SUFFIXES
 from cream_core.io.cli_errors import exit_help, int_at_least
 from cream_core.config.retrain import RetrainConfig, config_path, load_retrain_config
 from cream_core.io.errors import CheckpointError
@@ -134,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
         args.model, args.config, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         num_classes=train_set.num_classes, img_size=args.img_size,
         drop_path_rate=args.drop_path_rate, eval_interval=args.eval_interval, seed=args.seed)
-    suffix = ".pth.tar" if args.framework == "torch" else ".pdparams"
+    suffix = CHECKPOINT_SUFFIXES[args.framework]
     output = args.output or os.path.join("output", f"{args.model}-{args.framework}")
     if os.path.exists(output) and not os.path.isdir(output):
         raise UsageError(f"--output {output} exists and is not a folder")
@@ -236,8 +237,7 @@ def run_digits_demo(framework: str = "torch", epochs: Optional[int] = None,
     result = run_train(framework, cfg, train_set, val_set if eval_during_training else None,
                        run_dir, workers=workers, progress=progress, max_steps=max_steps, log=log)
     other = "paddle" if framework == "torch" else "torch"
-    converted = os.path.join(out_dir, f"{DIGITS_MODEL}-digits-ema"
-                             + (".pdparams" if other == "paddle" else ".pth.tar"))
+    converted = os.path.join(out_dir, f"{DIGITS_MODEL}-digits-ema" + CHECKPOINT_SUFFIXES[other])
     conv = _convert(framework, result.last_checkpoint, converted)
     weights = {framework: result.last_checkpoint, other: converted}
     evals = {}

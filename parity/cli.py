@@ -246,8 +246,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if handler is None:
         parser.print_help()
         return EXIT_BAD_INPUT
-    # every handler ends with the same convention (most already do: this catches the rest)
-    code = run_body(None, args, handler, prog=f"parity {args.command}")
+    code = handler(args)  # each handler applies the CLI convention itself (run_body)
     if argv is None and ("torch" in sys.modules or "paddle" in sys.modules):
         import logging
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from .tolerances import GRAD_CONTEXT_FLOOR, Comparison, compare_arrays, compare_
 
 __all__ = ["CurvePoint", "owner", "grouped", "grad_context", "curve_point",
            "align_bn_constants_to_paddle", "torch_at", "paddle_at", "compare_out_grads",
-           "param_and_input_grads", "stage_error", "torch_threads"]
+           "param_and_input_grads", "stage_error", "torch_threads", "with_threads"]
 
 #: One point of the depth plot: (module, max abs error / scale, excess over the bound).
 CurvePoint = Tuple[str, float, float]
@@ -175,14 +175,23 @@ def stage_error(stage: str, category: str, what: str, exc: BaseException) -> Com
     return c
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (at least 1), then restore the count."""
+def with_threads(n: Optional[int]) -> Callable[[], None]:
+    """Switch torch to ``n`` intra-op threads (at least 1; ``None``: leave the setting alone);
+    returns the restorer (the noise model's ``set_threads``)."""
     import torch
 
     old = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(n)))
+    if n is not None:
+        torch.set_num_threads(max(1, int(n)))
+    return lambda: torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (:func:`with_threads`), then restore the
+    count."""
+    restore = with_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(old)
+        restore()

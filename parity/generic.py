@@ -37,7 +37,7 @@ import numpy as np
 
 from .capture import Capture, capture_paddle, capture_torch
 from .engine import (CurvePoint, compare_out_grads, curve_point, grad_context, owner, paddle_at,
-                     param_and_input_grads, stage_error, torch_at)
+                     param_and_input_grads, stage_error, torch_at, with_threads)
 from .tolerances import Comparison, compare_arrays, compare_named
 from .generic_noise import GENERIC_NOISE_MEMBERS
 from .noise import NOISE_FACTOR, max_abs_diff
@@ -404,7 +404,7 @@ def _measure_noise(torch_model: Any, xs: np.ndarray, target: np.ndarray, t_eval:
     in_noise: Dict[Tuple[str, int], float] = {}
     ident = {n: n for n in pairs}
     for pert in gn.members(count):
-        restore = gn.with_threads(pert.threads)
+        restore = with_threads(pert.threads)
         try:
             tm = gn.perturbed_torch(torch_model, pert)
             xm = pert.perturb("input", xs)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import math
 from types import SimpleNamespace
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from .tolerances import LAYER_TRAIN_FP32, Comparison
 from .noise import NOISE_FACTOR, NOISE_THREADS, Perturbation, ensemble, judge_with_noise, max_abs_diff
 
 __all__ = ["GENERIC_NOISE_MEMBERS", "NoiseKey", "noise_keys", "record", "apply_noise",
-           "perturbed_torch", "with_threads", "members", "identity_matching", "Crossing",
+           "perturbed_torch", "members", "identity_matching", "Crossing",
            "kink_crossings", "input_noise", "kink_twin"]
 
 #: Perturbed torch fp32 runs per generic comparison. Two (plus the fp64 run, counted as one more
@@ -92,16 +92,6 @@ def perturbed_torch(torch_model: Any, p: Perturbation) -> Any:
     with torch.no_grad():
         tm.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in moved.items()})
     return tm
-
-
-def with_threads(n: Optional[int]) -> Callable[[], None]:
-    """Switch torch to ``n`` threads; returns the restorer."""
-    import torch
-
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    return lambda: torch.set_num_threads(old)
 
 
 def members(count: int, seed: int = 0) -> List[Perturbation]:

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from cream_core.io.atomic import atomic_write
 
-from .tolerances import CATEGORIES, Comparison, STAGE_ORDER, tolerance_for
+from .tolerances import CATEGORIES, Comparison, tolerance_for
 from .runner import ParityResult
 
 __all__ = ["summary_rows", "format_table", "format_first_divergence", "write_json", "write_plot"]
@@ -28,8 +28,8 @@ def summary_rows(result: ParityResult) -> List[List[str]]:
         groups.setdefault((c.stage, c.category), []).append(c)
 
     def rank(key: Tuple[str, str]) -> Tuple[int, int]:
-        st, cat = key
-        return (STAGE_ORDER.index(st) if st in STAGE_ORDER else len(STAGE_ORDER),
+        cat = key[1]
+        return (groups[key][0].stage_rank,
                 CATEGORIES.index(cat) if cat in CATEGORIES else len(CATEGORIES))
 
     rows = []

@@ -37,14 +37,12 @@ from cream_core.arch import child_spec, seeded_input
 from cream_core.io.atomic import atomic_write, replaced_folder
 
 from .capture import Capture, Event, capture_paddle, capture_torch
-from .engine import (CurvePoint, align_bn_constants_to_paddle, compare_out_grads, curve_point,
-                     grad_context, owner, paddle_at, param_and_input_grads, stage_error, torch_at,
-                     torch_threads)
+from .engine import (CurvePoint, compare_out_grads, curve_point, grad_context, owner, paddle_at,
+                     param_and_input_grads, stage_error, torch_at, torch_threads)
 from .tolerances import Comparison, compare_arrays, compare_named, first_divergence
 
-# align_bn_constants_to_paddle lives in parity.engine; re-exported (bench/parity_bench.py uses it)
-__all__ = ["ParityConfig", "ParityResult", "run_parity", "align_bn_constants_to_paddle",
-           "make_seeded_checkpoint", "STAGES", "PRECISIONS"]
+__all__ = ["ParityConfig", "ParityResult", "run_parity", "make_seeded_checkpoint", "STAGES",
+           "PRECISIONS"]
 
 #: Stage groups a run can be limited to (``ParityConfig.stages``).
 STAGES: Tuple[str, ...] = ("eval", "train", "losses", "optim", "lr", "x2paddle")

@@ -59,6 +59,7 @@ from cream_core.arch.official_init import OFFICIAL_INIT, official_init_state
 from cream_core.io.outputs import prepare_outputs
 from cream_core.arch.seeded import seeded_state
 
+from .engine import with_threads
 from .subcommand import Subcommand
 from .tolerances import GRAD_CONTEXT_FLOOR, Tolerance
 from .noise import NOISE_FACTOR, NOISE_MEMBERS, NoiseModel, Perturbation, measure_noise
@@ -742,16 +743,8 @@ def measure_search_noise(g: Golden, base: RunRecord, members: int = NOISE_MEMBER
     """The fp32 noise of every quantity of the iteration: ``members`` torch fp32 runs with
     last-bit perturbations and other thread counts, and the torch fp64 run ``truth`` (made here if
     not given), against the unperturbed torch run ``base``."""
-    import torch
-
-    def set_threads(n: Optional[int]) -> Callable[[], None]:
-        before = torch.get_num_threads()
-        if n is not None:
-            torch.set_num_threads(n)
-        return lambda: torch.set_num_threads(before)
-
     model, _ = measure_noise(lambda p: record_tensors(run_torch(g, "fp32", p)), members,
-                             base=record_tensors(base), set_threads=set_threads,
+                             base=record_tensors(base), set_threads=with_threads,
                              truth=record_tensors(truth or run_torch(g, "fp64")))
     return model
 

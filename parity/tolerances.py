@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -40,7 +40,7 @@ __all__ = [
     "OPTIM_PARAMS_FP64", "BN_STATS_FP64",
     "tolerance_for", "Metrics", "tensor_metrics", "Comparison", "compare_arrays",
     "compare_named", "tolerance_name", "tolerance_table_markdown", "STAGE_CATEGORIES",
-    "first_divergence", "worst_by_group", "summarize",
+    "first_divergence",
 ]
 
 #: Absolute floor of the relative error's denominator, so an all-zero reference cannot divide by 0.
@@ -146,7 +146,7 @@ OPTIM_PARAMS_FP64 = Tolerance(0.0, 1e-6, "Paddle's optimizer attributes and LR t
 #: In float64 rounding noise is ~1e-16 per op and stays below ~1e-12 of a tensor's scale through
 #: the whole network, in eval and in train mode, for BN statistics and losses (measured on all six
 #: nets; the float64 reference uses Paddle's float32-rounded BN epsilon and momentum, see
-#: ``parity.runner.align_bn_constants_to_paddle``). A difference above 1e-9 is a difference in *what
+#: ``parity.engine.align_bn_constants_to_paddle``). A difference above 1e-9 is a difference in *what
 #: is computed*, not in how it is rounded: this is what catches a hard-sigmoid slope of 0.1666667
 #: instead of 1/6 (~2e-8 of the gate's scale, which fp32 rounding would hide) and names the module.
 STRICT_FP64 = Tolerance(0.0, 1e-9, "fp64 rounding leaves < 1e-12 of scale (measured 1e-13); more is "
@@ -379,31 +379,6 @@ def first_divergence(comparisons: Iterable[Comparison]) -> Optional[Comparison]:
     if not failed:
         return None
     return min(failed, key=lambda c: (c.stage_rank, c.order))
-
-
-def worst_by_group(comparisons: Iterable[Comparison], top: int = 1
-                   ) -> Dict[Tuple[str, str], List[Comparison]]:
-    """Per ``(stage, category)``, the ``top`` comparisons with the largest excess over tolerance."""
-    groups: Dict[Tuple[str, str], List[Comparison]] = {}
-    for c in comparisons:
-        groups.setdefault((c.stage, c.category), []).append(c)
-
-    def key(c: Comparison) -> float:
-        return math.inf if math.isnan(c.excess) else c.excess
-
-    return {g: sorted(cs, key=key, reverse=True)[:top] for g, cs in groups.items()}
-
-
-def summarize(comparisons: Sequence[Comparison]) -> Dict[str, object]:
-    """Counts, pass/fail and the first divergence, as plain data for the JSON report."""
-    failed = [c for c in comparisons if not c.ok]
-    first = first_divergence(comparisons)
-    return {
-        "ok": not failed and bool(comparisons),
-        "compared": len(comparisons),
-        "failed": len(failed),
-        "first_divergence": first.as_dict() if first else None,
-    }
 
 
 #: The categories each stage compares (for the README's table).

@@ -52,11 +52,10 @@ harness notices.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 import numpy as np
 
@@ -65,6 +64,7 @@ from cream_core.backend import BackendBase
 from cream_core.io.cli_errors import float_in, int_at_least
 from cream_core.io.outputs import prepare_outputs
 
+from .engine import torch_threads
 from .subcommand import Subcommand
 from .tolerances import (BN_STATS_FP32, BN_STATS_FP64, GRAD_CONTEXT_FLOOR, GRAD_FP32, GRAD_FP64,
                       LOSS_FP32, LR_VALUES, OPTIM_PARAMS_FP32, OPTIM_PARAMS_FP64, STRICT_FP64,
@@ -75,7 +75,7 @@ from .noise import (NOISE_FACTOR, NOISE_MEMBERS, NOISE_THREADS, NoiseAccumulator
 __all__ = ["TrainStepConfig", "TrainStepResult", "FAULTS", "MODES", "FREE_HORIZON", "MIN_JUDGED_STEPS",
            "EMA_FP32", "EMA_FP64",
            "OPTIM_STATE_FP32", "OPTIM_STATE_FP64", "SYNCED_TOLERANCES", "FREE_TOLERANCES",
-           "run_train_step_parity", "format_steps", "judged_steps", "register", "command"]
+           "run_train_step_parity", "format_steps", "judged_steps", "register"]
 
 #: EMA entries: ``ema = 0.9999 ema + 1e-4 model`` moves each entry by 1e-4 of the weights'
 #: difference from it, so the EMA differs by far less than the weights; bounded like them.
@@ -223,22 +223,6 @@ def _batches(recipe: Any, steps: int) -> List[Tuple[np.ndarray, np.ndarray, Any]
     return out
 
 
-@contextlib.contextmanager
-def _torch_threads(n: Optional[int]) -> Iterator[None]:
-    """Run torch on ``n`` threads inside the block (``None``: leave the setting alone)."""
-    if n is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 class _Side:
     """One framework's model, optimizer, schedule, loss, EMA and injector, ready to step."""
 
@@ -333,7 +317,7 @@ class _Side:
         if masks is not None:
             masks = type(masks)([None if m is None else self.cast(m) for m in masks.drop_path],
                                 None if masks.dropout is None else self.cast(masks.dropout))
-        with _torch_threads(p.threads if p is not None else None):
+        with torch_threads(p.threads if p is not None else None):
             loss = self.mod.train_step(self.model, self.optimizer, self.loss_fn, self.cast(images),
                                        labels, injector=self.injector, masks=masks, ema=self.ema)
         self.scheduler.step(max(0, k + 1 + self.lr_shift))
@@ -437,14 +421,8 @@ def run_train_step_parity(cfg: TrainStepConfig, progress: bool = False,
                           log: Callable[[str], None] = lambda s: None) -> TrainStepResult:
     """Run ``cfg.steps`` training steps in both frameworks and compare after every step
     (torch runs on ``cfg.threads`` threads; the previous setting is restored afterwards)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, cfg.threads))
-    try:
+    with torch_threads(cfg.threads):
         return _run(cfg, progress, log)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run(cfg: TrainStepConfig, progress: bool, log: Callable[[str], None]) -> TrainStepResult:
@@ -731,4 +709,4 @@ def _print_result(args: argparse.Namespace, cfg: TrainStepConfig, result: TrainS
 #: 2 bad input, 130 interrupted.
 SUBCOMMAND = Subcommand("train-step", __doc__, _add_arguments, _command,
                         help="k retraining steps in both frameworks, compared after every step")
-command, register = SUBCOMMAND.handler, SUBCOMMAND.register
+register = SUBCOMMAND.register
