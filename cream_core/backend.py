@@ -40,7 +40,6 @@ class BackendBase:
     """
 
     framework: str = ""
-    checkpoint_suffix: str = ""
     #: the variable the framework's launcher sets to the number of processes
     world_size_env: str = ""
     #: ``set_threads(n)`` and ``init_distributed() -> (rank, world_size)`` of the framework

@@ -54,7 +54,6 @@ class Backend(BackendBase):
     """Processes, collectives and numpy conversions of one Paddle run (twin of the torch class)."""
 
     framework = FRAMEWORK
-    checkpoint_suffix = CHECKPOINT_SUFFIX
     world_size_env = WORLD_SIZE_ENV
     _set_threads = staticmethod(set_threads)
     _init_distributed = staticmethod(init_distributed)

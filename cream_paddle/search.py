@@ -41,7 +41,7 @@ from cream_core.config.search import SearchConfig
 from cream_core.arch.supernet import FlopsTable
 
 from . import second_order
-from .backend import CHECKPOINT_SUFFIX, FRAMEWORK, Backend
+from .backend import FRAMEWORK, Backend
 from .checkpoint import read_checkpoint, save_checkpoint
 from .losses import LabelSmoothingCrossEntropy, cross_entropy, cross_entropy_loss_with_soft_target
 from .supernet import SuperNet, create_supernet
@@ -176,7 +176,6 @@ class SearchOps:
     """The Paddle half of :mod:`cream_core.search` (twin of the torch class)."""
 
     framework = FRAMEWORK
-    checkpoint_suffix = CHECKPOINT_SUFFIX
     backend = Backend
     optimizer = LegacySGD
     select_teacher = staticmethod(select_teacher)

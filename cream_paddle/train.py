@@ -38,7 +38,7 @@ from cream_core.training.injector import MaskedForward, MaskInjectorBase
 from cream_core.training.masks import StepMasks
 
 from . import compat, optim
-from .backend import CHECKPOINT_SUFFIX, FRAMEWORK, Backend
+from .backend import FRAMEWORK, Backend
 from .blocks import DropPath
 from .checkpoint import read_checkpoint
 from .childnet import ChildNet
@@ -46,7 +46,7 @@ from .evaluate import evaluate  # noqa: F401  (the shared Trainer calls this mod
 from .losses import LabelSmoothingCrossEntropy, cross_entropy
 
 __all__ = [
-    "FRAMEWORK", "CHECKPOINT_SUFFIX", "build_model", "create_optimizer", "create_scheduler",
+    "FRAMEWORK", "build_model", "create_optimizer", "create_scheduler",
     "create_loss", "current_lr", "ModelEma", "MaskedDropPath", "MaskInjector", "TrainStepOps",
     "train_step",
     "bn_buffers", "optimizer_state", "train_checkpoint_writer",

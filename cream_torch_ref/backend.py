@@ -53,7 +53,6 @@ class Backend(BackendBase):
     """
 
     framework = FRAMEWORK
-    checkpoint_suffix = CHECKPOINT_SUFFIX
     world_size_env = WORLD_SIZE_ENV
     _set_threads = staticmethod(set_threads)
     _init_distributed = staticmethod(init_distributed)

@@ -71,7 +71,7 @@ from cream_core.search.step import FirstOrder
 from cream_core.config.search import SearchConfig
 from cream_core.arch.supernet import FlopsTable
 
-from .backend import CHECKPOINT_SUFFIX, FRAMEWORK, Backend
+from .backend import FRAMEWORK, Backend
 from .checkpoint import read_checkpoint, save_official_checkpoint
 from .losses import LabelSmoothingCrossEntropy, cross_entropy, cross_entropy_loss_with_soft_target
 from .supernet import SuperNet, create_supernet
@@ -176,7 +176,6 @@ class SearchOps:
     operations, the supernet and optimizer, and the checkpoint files."""
 
     framework = FRAMEWORK
-    checkpoint_suffix = CHECKPOINT_SUFFIX
     backend = Backend
     optimizer = LegacySGD
     select_teacher = staticmethod(select_teacher)

@@ -28,7 +28,6 @@ class SearchFramework(StepOps, Protocol):
     """What a framework supplies besides the step's operations (a class with static methods)."""
 
     framework: str
-    checkpoint_suffix: str
     #: the framework's LegacySGD: ``(model, lr, meta_lr, momentum, weight_decay, nesterov)``
     optimizer: Callable[..., LegacySGDBase]
 

@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
+from cream_core.backend import CHECKPOINT_SUFFIXES
 from cream_core.io.outputs import commit_files, recover_commits
 
 from cream_core.data.datasets import ImageDataset
@@ -46,7 +47,6 @@ class TrainerProtocol(Protocol):
     framework: str
     rank: int
     world_size: int
-    checkpoint_suffix: str  # '.pth.tar' or '.pdparams'
     has_ema: bool
 
     def mask_spec(self) -> MaskSpec: ...  # noqa: D102,E704
@@ -296,7 +296,7 @@ def run_training(cfg: Any, trainer: TrainerProtocol, train_set: ImageDataset,
     eval_loader = EvalLoader(val_set, cfg.img_size, cfg.eval_batch_size, workers=workers) \
         if val_set is not None else None
     run = _Run(cfg, trainer, loader, eval_loader, trainer.mask_spec(),
-               checkpoint_names(output_dir, trainer.checkpoint_suffix) if output_dir else {},
+               checkpoint_names(output_dir, CHECKPOINT_SUFFIXES[trainer.framework]) if output_dir else {},
                len(loader) if max_steps is None else min(len(loader), max_steps), progress, log,
                TrainResult(trainer.framework, cfg.model, []))
     if output_dir and run.main:

@@ -37,7 +37,6 @@ class TrainOps(Protocol):
     """What a framework's ``train`` module supplies (its module-level names)."""
 
     FRAMEWORK: str
-    CHECKPOINT_SUFFIX: str
     ModelEma: Any
     MaskInjector: Any
 
@@ -77,7 +76,6 @@ class Trainer:
         self.cfg = cfg
         self.ops = ops
         self.framework = ops.FRAMEWORK
-        self.checkpoint_suffix = ops.CHECKPOINT_SUFFIX
         self.backend = backend
         self.rank, self.world_size = backend.rank, backend.world_size
         self.shards = shards
