@@ -6,13 +6,13 @@ to a few ulp. See ``cream_torch_ref.losses`` for what each loss is in the offici
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Callable, Union
 
 import paddle
 import paddle.nn.functional as F
 
-__all__ = ["cross_entropy", "LabelSmoothingCrossEntropy", "label_smoothing_cross_entropy",
-           "cross_entropy_loss_with_soft_target", "cream_distill_loss"]
+__all__ = ["training_loss", "cross_entropy", "LabelSmoothingCrossEntropy",
+           "label_smoothing_cross_entropy", "cross_entropy_loss_with_soft_target", "cream_distill_loss"]
 
 
 def _nll(logprobs: paddle.Tensor, target: paddle.Tensor) -> paddle.Tensor:
@@ -69,3 +69,9 @@ def cream_distill_loss(output: paddle.Tensor, target: paddle.Tensor, teacher_out
     ce = label_smoothing_cross_entropy(output, target, smoothing) if smoothing > 0 else \
         cross_entropy(output, target)
     return (meta_value * kd + (2 - meta_value) * ce) / 2
+
+
+def training_loss(smoothing: float) -> Callable[[paddle.Tensor, paddle.Tensor], paddle.Tensor]:
+    """The training loss of the official retraining and search: label smoothing (timm's rule)
+    if ``smoothing > 0``, else cross-entropy."""
+    return LabelSmoothingCrossEntropy(smoothing=smoothing) if smoothing > 0 else cross_entropy

@@ -43,7 +43,7 @@ from cream_core.arch.supernet import FlopsTable
 from . import second_order
 from .backend import FRAMEWORK, Backend
 from .checkpoint import read_checkpoint, save_checkpoint
-from .losses import LabelSmoothingCrossEntropy, cross_entropy, cross_entropy_loss_with_soft_target
+from .losses import cross_entropy, cross_entropy_loss_with_soft_target, training_loss
 from .supernet import SuperNet, create_supernet
 
 __all__ = ["LegacySGD", "clip_grad_norm_legacy", "StepRecord", "StepOutput", "select_teacher",
@@ -106,9 +106,9 @@ def accuracy(output: paddle.Tensor, target: paddle.Tensor, topk: Tuple[int, ...]
     return res
 
 
-def make_loss_fn(smoothing: float) -> Callable[[paddle.Tensor, paddle.Tensor], paddle.Tensor]:
-    """The training loss of the official search: label smoothing if ``smoothing > 0``, else CE."""
-    return LabelSmoothingCrossEntropy(smoothing=smoothing) if smoothing > 0 else cross_entropy
+#: The training loss of the official search, ``make_loss_fn(smoothing)``: the retraining's
+#: (:func:`.losses.training_loss`).
+make_loss_fn = training_loss
 
 
 # ---- the algorithm -----------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from .blocks import DropPath
 from .checkpoint import read_checkpoint
 from .childnet import ChildNet
 from .evaluate import evaluate  # noqa: F401  (the shared Trainer calls this module's evaluate)
-from .losses import LabelSmoothingCrossEntropy, cross_entropy
+from .losses import training_loss
 
 __all__ = [
     "FRAMEWORK", "build_model", "create_optimizer", "create_scheduler",
@@ -79,14 +79,9 @@ def create_scheduler(optimizer: paddle.optimizer.Optimizer, cfg: Any) -> Tuple[A
     return optim.create_retrain_scheduler(optimizer, **scheduler_args(cfg), lr=cfg.lr)
 
 
-class _CrossEntropy(nn.Layer):
-    def forward(self, x: paddle.Tensor, target: paddle.Tensor) -> paddle.Tensor:  # noqa: D102
-        return cross_entropy(x, target)
-
-
-def create_loss(cfg: Any) -> nn.Layer:
-    """Label-smoothing cross-entropy when ``cfg.smoothing > 0``, else cross-entropy (torch's ops)."""
-    return LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing > 0 else _CrossEntropy()
+def create_loss(cfg: Any) -> Callable[[paddle.Tensor, paddle.Tensor], paddle.Tensor]:
+    """The recipe's training loss (:func:`.losses.training_loss` of ``cfg.smoothing``)."""
+    return training_loss(cfg.smoothing)
 
 
 def current_lr(optimizer: paddle.optimizer.Optimizer) -> float:

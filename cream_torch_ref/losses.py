@@ -13,13 +13,13 @@
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Callable, Union
 
 import torch
 import torch.nn.functional as F
 from timm.loss import LabelSmoothingCrossEntropy
 
-__all__ = ["cross_entropy", "LabelSmoothingCrossEntropy", "label_smoothing_cross_entropy",
+__all__ = ["training_loss", "cross_entropy", "LabelSmoothingCrossEntropy", "label_smoothing_cross_entropy",
            "cross_entropy_loss_with_soft_target", "cream_distill_loss"]
 
 
@@ -53,3 +53,9 @@ def cream_distill_loss(output: torch.Tensor, target: torch.Tensor, teacher_outpu
     ce = label_smoothing_cross_entropy(output, target, smoothing) if smoothing > 0 else \
         cross_entropy(output, target)
     return (meta_value * kd + (2 - meta_value) * ce) / 2
+
+
+def training_loss(smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training loss of the official retraining and search: label smoothing (timm's rule)
+    if ``smoothing > 0``, else cross-entropy."""
+    return LabelSmoothingCrossEntropy(smoothing=smoothing) if smoothing > 0 else cross_entropy

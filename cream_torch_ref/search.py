@@ -73,7 +73,7 @@ from cream_core.arch.supernet import FlopsTable
 
 from .backend import FRAMEWORK, Backend
 from .checkpoint import read_checkpoint, save_official_checkpoint
-from .losses import LabelSmoothingCrossEntropy, cross_entropy, cross_entropy_loss_with_soft_target
+from .losses import cross_entropy, cross_entropy_loss_with_soft_target, training_loss
 from .supernet import SuperNet, create_supernet
 
 __all__ = ["LegacySGD", "clip_grad_norm_legacy", "StepRecord", "StepOutput", "select_teacher",
@@ -133,9 +133,9 @@ def accuracy(output: torch.Tensor, target: torch.Tensor, topk: Tuple[int, ...] =
             for k in topk]
 
 
-def make_loss_fn(smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The training loss of the official search: label smoothing if ``smoothing > 0``, else CE."""
-    return LabelSmoothingCrossEntropy(smoothing=smoothing) if smoothing > 0 else cross_entropy
+#: The training loss of the official search, ``make_loss_fn(smoothing)``: the retraining's
+#: (:func:`.losses.training_loss`).
+make_loss_fn = training_loss
 
 
 # ---- the algorithm -----------------------------------------------------------------------------

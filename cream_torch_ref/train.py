@@ -45,7 +45,7 @@ from .blocks import DropPath
 from .checkpoint import read_checkpoint, save_official_checkpoint
 from .childnet import ChildNet
 from .evaluate import evaluate  # noqa: F401  (the shared Trainer calls this module's evaluate)
-from .losses import LabelSmoothingCrossEntropy
+from .losses import training_loss
 
 __all__ = [
     "FRAMEWORK", "build_model", "create_optimizer", "create_scheduler",
@@ -77,9 +77,9 @@ def create_scheduler(optimizer: torch.optim.Optimizer, cfg: Any) -> Tuple[Any, i
     return optim.create_retrain_scheduler(optimizer, **scheduler_args(cfg))
 
 
-def create_loss(cfg: Any) -> nn.Module:
-    """Label-smoothing cross-entropy (timm's) when ``cfg.smoothing > 0``, else cross-entropy."""
-    return LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing > 0 else nn.CrossEntropyLoss()
+def create_loss(cfg: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The recipe's training loss (:func:`.losses.training_loss` of ``cfg.smoothing``)."""
+    return training_loss(cfg.smoothing)
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
