@@ -273,10 +273,7 @@ def paddle_to_torch_names(values: Mapping[str, np.ndarray], layout: Mapping[str,
     for key, value in values.items():
         prefix, leaf = _split(key)
         rule = rule_for("paddle", leaf, layout[key].kind) if key in layout else None
-        a = np.asarray(value)
-        if rule is not None and rule.action == "transpose" and a.ndim == 2:
-            a = np.ascontiguousarray(a.T)
-        out[prefix + (rule.torch_leaf if rule is not None else leaf)] = a
+        out[prefix + (rule.torch_leaf if rule is not None else leaf)] = _moved(value, rule)
     return out
 
 
@@ -292,8 +289,13 @@ def torch_to_paddle_names(values: Mapping[str, np.ndarray], layout: Mapping[str,
         rule = rule_for("torch", leaf, kinds.get(prefix, "other"))
         if rule is not None and rule.action == "drop":
             continue
-        a = np.asarray(value)
-        if rule is not None and rule.action == "transpose" and a.ndim == 2:
-            a = np.ascontiguousarray(a.T)
-        out[prefix + str(rule.paddle_leaf if rule is not None else leaf)] = a
+        out[prefix + str(rule.paddle_leaf if rule is not None else leaf)] = _moved(value, rule)
     return out
+
+
+def _moved(value: np.ndarray, rule: Optional[Rule]) -> np.ndarray:
+    """``value`` in the other framework's layout: a ``transpose`` rule swaps a 2-D entry's axes."""
+    a = np.asarray(value)
+    if rule is not None and rule.action == "transpose" and a.ndim == 2:
+        a = np.ascontiguousarray(a.T)
+    return a
